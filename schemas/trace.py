@@ -1,0 +1,137 @@
+"""The trace event: one span of an agent's work, as published on ``coalmine.traces``.
+
+Field names follow the OpenTelemetry GenAI semantic conventions where they exist
+(``gen_ai.provider.name`` → ``provider``, ``gen_ai.request.model`` → ``model``,
+``gen_ai.usage.input_tokens`` → ``input_tokens`` …). Validation is strict on purpose: whatever
+passes here is stored for good, so anything ambiguous is rejected with a reason instead.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION = 1
+
+MAX_EVENT_BYTES = 64 * 1024
+"""Largest accepted message value; bigger ones are rejected before parsing."""
+MAX_ERROR_MESSAGE_CHARS = 2048
+MAX_ATTRIBUTES = 32
+MAX_ATTRIBUTE_KEY_CHARS = 64
+MAX_ATTRIBUTE_VALUE_CHARS = 1024
+
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+"""Agent, version, environment, tenant, provider, model and tool names."""
+SpanRef = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z_.:-]+$")]
+"""Trace and span ids: OpenTelemetry hex ids, or any compact printable id."""
+AttributeKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ATTRIBUTE_KEY_CHARS, pattern=r"^[\w.-]+$")
+]
+AttributeValue = Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_VALUE_CHARS)] | bool | int | float
+
+
+class SpanKind(StrEnum):
+    REQUEST = "request"
+    """The root span of one agent task; request-level metrics come from these."""
+    LLM = "llm"
+    TOOL = "tool"
+    RETRIEVAL = "retrieval"
+    GUARDRAIL = "guardrail"
+    EVAL = "eval"
+    CUSTOM = "custom"
+
+
+class SpanStatus(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+QUALITY_KINDS = frozenset({SpanKind.REQUEST, SpanKind.EVAL})
+
+
+class TraceEvent(BaseModel):
+    """One span. ``event_id`` is the idempotency key: a span is stored once however often it
+    is delivered."""
+
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        frozen=True,
+        allow_inf_nan=False,
+        str_max_length=MAX_ATTRIBUTE_VALUE_CHARS,
+        json_schema_extra={"$id": "https://coalmine.dev/schemas/trace-event.schema.json"},
+    )
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: UUID
+    trace_id: SpanRef
+    span_id: SpanRef
+    parent_span_id: SpanRef | None = None
+
+    agent: Identifier
+    version: Identifier
+    environment: Identifier = "production"
+    tenant: Identifier | None = None
+
+    kind: SpanKind
+    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+    start_time: AwareDatetime
+    end_time: AwareDatetime
+
+    status: SpanStatus = SpanStatus.OK
+    error_type: Identifier | None = None
+    error_message: Annotated[str, StringConstraints(max_length=MAX_ERROR_MESSAGE_CHARS)] | None = (
+        Field(default=None, description="Truncated by the SDK; longer values are rejected.")
+    )
+
+    provider: Identifier | None = None
+    model: Identifier | None = None
+    input_tokens: Annotated[int, Field(ge=0, le=100_000_000)] = 0
+    output_tokens: Annotated[int, Field(ge=0, le=100_000_000)] = 0
+    cost_usd: Annotated[float, Field(ge=0, le=1_000_000)] | None = Field(
+        default=None, description="Computed from the model price table when absent."
+    )
+    tool_name: Identifier | None = None
+
+    task_completed: bool | None = Field(default=None, description="Only on request and eval spans.")
+    quality_score: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None, description="Only on request and eval spans."
+    )
+
+    attributes: Annotated[dict[AttributeKey, AttributeValue], Field(max_length=MAX_ATTRIBUTES)] = (
+        Field(default_factory=dict)
+    )
+
+    @field_validator("start_time", "end_time")
+    @classmethod
+    def _to_utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> TraceEvent:
+        if self.end_time < self.start_time:
+            raise ValueError("end_time is before start_time")
+        if self.kind not in QUALITY_KINDS and (
+            self.task_completed is not None or self.quality_score is not None
+        ):
+            raise ValueError("task_completed and quality_score belong on request or eval spans")
+        if self.status is SpanStatus.OK and self.error_type is not None:
+            raise ValueError("error_type is set but status is ok")
+        return self
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_time - self.start_time).total_seconds() * 1000.0

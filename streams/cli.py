@@ -1,0 +1,179 @@
+"""The ``coalmine`` command line. Each subcommand is a thin adapter over a module's function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from streams.errors import CoalmineError
+from streams.settings import Settings, SettingsError
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
+
+
+def _share(text: str) -> float:
+    value = _positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
+    return value
+
+
+def _dev_up(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import localkafka
+
+    localkafka.up(settings)
+    return 0
+
+
+def _dev_down(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import localkafka
+
+    localkafka.down(settings)
+    return 0
+
+
+def _dev_status(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import localkafka
+
+    return 0 if localkafka.status(settings) else 1
+
+
+def _dev_fetch(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import localkafka
+
+    localkafka.fetch_jars(settings)
+    return 0
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import clickhouse
+
+    applied = clickhouse.migrate(clickhouse.connect(settings))
+    print(f"{len(applied)} migration(s) applied" if applied else "schema is up to date")
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import worker
+
+    return worker.run(settings)
+
+
+def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import generate
+
+    return generate.run(settings, generate.TrafficPlan.from_args(args))
+
+
+def _sql(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import sqlcli
+
+    return sqlcli.run(settings, args.query, args.format)
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from streams import demo
+
+    return demo.run(settings, duration_s=args.duration, rate=args.rate, seed=args.seed)
+
+
+def _bench_detector(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.detector.bench import cli as bench_cli
+
+    return bench_cli.run(quick=args.quick, json_path=args.json, plot_path=args.plot)
+
+
+def _bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.bench import ingest
+
+    return ingest.run(settings, events=args.events)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coalmine",
+        description="Coalmine: per-version quality, cost and error statistics for AI agents.",
+        epilog="Settings come from COALMINE_* environment variables; see the README.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = commands.add_parser("dev", help="the local single-node Kafka broker (KRaft)")
+    dev_commands = dev.add_subparsers(dest="dev_command", required=True, metavar="ACTION")
+    for name, handler, text in (
+        ("up", _dev_up, "fetch the jars if needed and start the broker on 127.0.0.1"),
+        ("down", _dev_down, "stop the broker"),
+        ("status", _dev_status, "say whether the broker runs and answers (exit 1 if not)"),
+        ("fetch", _dev_fetch, "resolve and cache the Kafka jars from Maven Central"),
+    ):
+        dev_commands.add_parser(name, help=text, description=text).set_defaults(handler=handler)
+
+    commands.add_parser(
+        "migrate", help="apply the sql/ migrations (idempotent)"
+    ).set_defaults(handler=_migrate)
+    commands.add_parser(
+        "worker", help="run the Faust worker with every stream processor"
+    ).set_defaults(handler=_worker)
+
+    gen = commands.add_parser("generate", help="simulated agents producing traffic through the SDK")
+    from streams.generate import add_traffic_arguments
+
+    add_traffic_arguments(gen)
+    gen.set_defaults(handler=_generate)
+
+    sql = commands.add_parser("sql", help="run read-only SQL and print the result")
+    sql.add_argument("query", help='e.g. "SELECT agent, count() FROM coalmine.spans GROUP BY agent"')
+    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sql.set_defaults(handler=_sql)
+
+    demo = commands.add_parser("demo", help="Kafka + worker + generated traffic, end to end")
+    demo.add_argument("--duration", type=_positive_float, default=60.0, help="seconds of traffic")
+    demo.add_argument("--rate", type=_positive_float, default=200.0, help="requests per second")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(handler=_demo)
+
+    bench = commands.add_parser("bench", help="benchmarks that print their figures")
+    bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    det = bench_commands.add_parser("detector", help="canary judges on simulated deployments")
+    det.add_argument("--quick", action="store_true", help="a smaller run (under two minutes)")
+    det.add_argument("--json", type=Path, help="write result rows as JSON here")
+    det.add_argument("--plot", type=Path, help="write a PNG plot here")
+    det.set_defaults(handler=_bench_detector)
+    ing = bench_commands.add_parser("ingest", help="pipeline vs raw consume-insert loop")
+    ing.add_argument("--events", type=int, default=100_000)
+    ing.set_defaults(handler=_bench_ingest)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        handler: Handler = args.handler
+        return handler(args, settings)
+    except (CoalmineError, SettingsError) as exc:
+        print(f"coalmine: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("coalmine: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
