@@ -30,6 +30,13 @@ class Settings:
         default="127.0.0.1:9092",
         metadata={"env": "COALMINE_KAFKA_BOOTSTRAP", "doc": "Kafka bootstrap servers."},
     )
+    kafka_jars_dir: Path | None = field(
+        default=None,
+        metadata={
+            "env": "COALMINE_KAFKA_JARS",
+            "doc": "Jars of the local dev broker (default <home>/kafka/<version>/libs).",
+        },
+    )
     clickhouse_url: str = field(
         default="",
         metadata={
