@@ -1,0 +1,32 @@
+"""Sequential statistics for canary judgement and drift detection (pure: no I/O, no clock)."""
+
+from streams.detector.drift import DriftConfig, DriftDetector
+from streams.detector.judge import (
+    DEFAULT_METRIC_WEIGHTS,
+    DEFAULT_TOLERANCES,
+    CanaryJudge,
+    JudgeConfig,
+)
+from streams.detector.types import (
+    MEAN_METRICS,
+    RATE_METRICS,
+    Decision,
+    Metric,
+    MetricEvidence,
+    Verdict,
+)
+
+__all__ = [
+    "DEFAULT_METRIC_WEIGHTS",
+    "DEFAULT_TOLERANCES",
+    "MEAN_METRICS",
+    "RATE_METRICS",
+    "CanaryJudge",
+    "Decision",
+    "DriftConfig",
+    "DriftDetector",
+    "JudgeConfig",
+    "Metric",
+    "MetricEvidence",
+    "Verdict",
+]
