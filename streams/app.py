@@ -1,0 +1,172 @@
+"""The Faust application: topics, agents, timers and web pages. Wiring only.
+
+Business logic lives in :mod:`streams.ingest` and :mod:`streams.clickhouse`; the agents here
+hand batches to it and acknowledge them once they are stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import faust
+from faust.web import Request, Response, View
+
+from streams import clickhouse
+from streams.ingest import SPAN_COLUMNS, Header, IngestProcessor, RawMessage, rate_line
+from streams.pricing import PriceTable
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+PROGRESS_INTERVAL_S = 10.0
+
+
+class ClickHouseThread:
+    """Runs blocking ClickHouse calls on one dedicated thread.
+
+    The client is synchronous (chDB even runs inside this process), so calls leave the event
+    loop free for Kafka heartbeats, and one thread means one call at a time on the client.
+    """
+
+    def __init__(self, client: clickhouse.Client) -> None:
+        self._client = client
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+
+    async def run(self, call: Callable[[clickhouse.Client], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call, self._client)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._client.close()
+
+
+class AsyncSpanWriter:
+    def __init__(self, thread: ClickHouseThread) -> None:
+        self._thread = thread
+        self._writer: clickhouse.SpanWriter | None = None
+
+    async def write(self, rows: Sequence[Sequence[Any]]) -> int:
+        def write(client: clickhouse.Client) -> int:
+            if self._writer is None:
+                self._writer = clickhouse.SpanWriter(client, SPAN_COLUMNS)
+            return self._writer.write(rows)
+
+        return await self._thread.run(write)
+
+
+class FaustDeadLetters:
+    """Dead-letter records sent through the app's producer, waiting for the broker's ack."""
+
+    def __init__(self, app: faust.App, topic: str) -> None:
+        self._app = app
+        self._topic = topic
+
+    async def send(self, key: bytes | None, value: bytes | None, headers: list[Header]) -> None:
+        await self._app.producer.send_and_wait(
+            self._topic, key, value, partition=None, timestamp=None, headers=headers
+        )
+
+
+def _raw_message(event: Any) -> RawMessage:
+    message = event.message
+    headers = message.headers or ()
+    if isinstance(headers, dict):
+        headers = headers.items()
+    return RawMessage(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value,
+        headers=tuple((str(k), bytes(v or b"")) for k, v in headers),
+    )
+
+
+def create_app(settings: Settings, thread: ClickHouseThread, prices: PriceTable) -> faust.App:
+    """The worker's app, bound to the ClickHouse thread and a price table."""
+    app = faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        autodiscover=False,
+        store="memory://",
+        datadir=str(settings.home / "faust"),
+        key_serializer="raw",
+        value_serializer="raw",
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.traces_partitions,
+        topic_replication_factor=settings.replication_factor,
+        producer_acks=-1,
+        web_enabled=True,
+        web_bind=settings.worker_host,
+        web_host=settings.worker_host,
+        web_port=settings.worker_port,
+    )
+    traces = app.topic(
+        settings.topic("traces"),
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.traces_partitions,
+        replicas=settings.replication_factor,
+    )
+    dead_letter_topic = app.topic(
+        settings.topic("traces.dlq"),
+        partitions=settings.traces_partitions,
+        replicas=settings.replication_factor,
+    )
+    processor = IngestProcessor(
+        spans=AsyncSpanWriter(thread),
+        dead_letters=FaustDeadLetters(app, dead_letter_topic.get_topic_name()),
+        prices=prices,
+        stopping=lambda: bool(app.should_stop),
+    )
+    started = time.monotonic()
+
+    # Concurrency 1: with more, Faust can commit an offset past a batch still in flight
+    # (faust-streaming issue #606). Workers scale out by partitions instead.
+    @app.agent(traces, concurrency=1, name="ingest")
+    async def ingest(stream: faust.StreamT[bytes]) -> None:
+        # noack_take: events are acknowledged here, only after they are stored; Faust's
+        # take() would acknowledge a batch even when processing it was interrupted.
+        async for events in stream.noack_take(
+            settings.batch_max_events, within=settings.batch_max_seconds
+        ):
+            if not await processor.process([_raw_message(e) for e in events]):
+                return
+            for event in events:
+                await stream.ack(event)
+
+    @app.timer(interval=PROGRESS_INTERVAL_S)
+    async def report_progress() -> None:
+        log.info(rate_line(processor.counters, time.monotonic() - started))
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok", **processor.counters.__dict__})
+
+    @app.page("/sql")
+    class Sql(View):
+        """Read-only SQL for ``coalmine sql`` while this worker holds the embedded database."""
+
+        async def post(self, request: Request) -> Response:
+            body = await request.json()
+            query = body.get("query") if isinstance(body, dict) else None
+            if not isinstance(query, str) or not query.strip():
+                return self.json({"error": "body must be {\"query\": \"SELECT ...\"}"}, status=400)
+            try:
+                columns, rows = await thread.run(
+                    lambda c: clickhouse.query_readonly(c, query)
+                )
+            except clickhouse.ClickHouseQueryError as exc:
+                return self.json({"error": str(exc)}, status=400)
+            payload = json.dumps({"columns": columns, "rows": rows}, default=str)
+            return self.bytes(payload.encode(), content_type="application/json")
+
+    return app

@@ -1,0 +1,247 @@
+"""ClickHouse access: one client factory for chDB and servers, migrations, the span sink.
+
+The same clickhouse-connect client code serves both engines: ``chdb:///abs/path`` opens the
+embedded engine in this process (only one process may hold a data folder), ``http(s)://``
+talks to a server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+from clickhouse_connect.driver.exceptions import ClickHouseError
+
+from streams.errors import ClickHouseUnavailableError
+from streams.settings import Settings, mask_url
+
+log = logging.getLogger(__name__)
+
+DATABASE = "coalmine"
+MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+class Client(Protocol):
+    """The slice of clickhouse-connect's client that Coalmine uses."""
+
+    def command(self, cmd: str, parameters: Any = None, settings: Any = None) -> Any: ...
+    def query(self, query: str, parameters: Any = None, settings: Any = None) -> Any: ...
+    def insert(
+        self, table: str, data: Sequence[Sequence[Any]], column_names: Sequence[str] = ...
+    ) -> Any: ...
+    def close(self) -> None: ...
+
+
+def connect(settings: Settings) -> Client:
+    """Open the configured ClickHouse; a clear error when it cannot be reached or opened."""
+    url = settings.clickhouse_url
+    try:
+        if settings.is_embedded_clickhouse:
+            settings.chdb_path.mkdir(parents=True, exist_ok=True)
+            client: Client = clickhouse_connect.get_client(dsn=url)
+        else:
+            # Sessions start in `default`: the URL's database may not exist before the first
+            # migration, and every query here names `coalmine.` explicitly.
+            client = clickhouse_connect.get_client(dsn=url, database="default")
+    except Exception as exc:
+        raise ClickHouseUnavailableError(_open_failure(settings, exc)) from exc
+    return client
+
+
+def _open_failure(settings: Settings, exc: Exception) -> str:
+    if settings.is_embedded_clickhouse and "EmbeddedServer" in str(exc):
+        return (
+            f"the embedded ClickHouse at {settings.chdb_path} is held by another process "
+            "(a running `coalmine worker`?); only one process can open it"
+        )
+    return f"cannot open ClickHouse at {mask_url(settings.clickhouse_url)}: {exc}"
+
+
+# --- migrations -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def statements(self) -> list[str]:
+        """The file's statements; each ends with ``;`` at the end of a line."""
+        body = "\n".join(
+            line for line in self.sql.splitlines() if not line.lstrip().startswith("--")
+        )
+        return [s.strip() for s in re.split(r";\s*$", body, flags=re.MULTILINE) if s.strip()]
+
+
+def migrations_dir() -> Path:
+    """``sql/`` of the source tree, or the copy packaged inside an installed wheel."""
+    packaged = Path(str(files("streams"))) / "_sql"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "sql"
+
+
+def load_migrations(directory: Path | None = None) -> list[Migration]:
+    found = []
+    for path in sorted((directory or migrations_dir()).glob("*.sql")):
+        match = MIGRATION_NAME.match(path.name)
+        if match is None:
+            raise ClickHouseUnavailableError(f"migration file name {path.name} is not NNNN_name.sql")
+        found.append(Migration(int(match.group(1)), path.stem, path.read_text(encoding="utf-8")))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise ClickHouseUnavailableError("two migration files share a version number")
+    return found
+
+
+def migrate(client: Client, spans_ttl_days: int | None = None) -> list[Migration]:
+    """Apply every migration not yet recorded, in order; returns those applied.
+
+    Idempotent: statements are ``IF NOT EXISTS`` and each applied migration is recorded with
+    its checksum, so a changed file after application is reported instead of half-applied.
+    """
+    pending = []
+    applied = _applied_checksums(client)
+    for migration in load_migrations():
+        recorded = applied.get(migration.version)
+        if recorded is None:
+            pending.append(migration)
+        elif recorded != migration.checksum:
+            log.warning("migration %s changed after it was applied; not re-applied", migration.name)
+    for migration in pending:
+        log.info("applying migration %s", migration.name)
+        for statement in migration.statements():
+            client.command(statement)
+        client.insert(
+            f"{DATABASE}.schema_migrations",
+            [[migration.version, migration.name, migration.checksum]],
+            column_names=["version", "name", "checksum"],
+        )
+    if spans_ttl_days is not None:
+        set_spans_retention(client, spans_ttl_days)
+    return pending
+
+
+def _applied_checksums(client: Client) -> dict[int, str]:
+    exists = client.command(
+        "SELECT count() FROM system.tables WHERE database = {db:String} "
+        "AND name = 'schema_migrations'",
+        parameters={"db": DATABASE},
+    )
+    if not exists:
+        return {}
+    rows = client.query(f"SELECT version, checksum FROM {DATABASE}.schema_migrations").result_rows
+    return {int(version): str(checksum) for version, checksum in rows}
+
+
+def set_spans_retention(client: Client, ttl_days: int) -> None:
+    """Make the spans TTL match the setting (0 keeps spans forever)."""
+    create = str(
+        client.command(
+            "SELECT create_table_query FROM system.tables "
+            "WHERE database = {db:String} AND name = 'spans'",
+            parameters={"db": DATABASE},
+        )
+    )
+    wanted = f"toIntervalDay({ttl_days})"
+    has_ttl = " TTL " in create
+    if ttl_days > 0 and wanted not in create:
+        client.command(
+            f"ALTER TABLE {DATABASE}.spans MODIFY TTL "
+            f"toDateTime(start_time) + INTERVAL {int(ttl_days)} DAY"
+        )
+    elif ttl_days == 0 and has_ttl:
+        client.command(f"ALTER TABLE {DATABASE}.spans REMOVE TTL")
+
+
+# --- the span sink ------------------------------------------------------------------------
+
+
+class SpanWriter:
+    """Inserts span rows exactly once per ``event_id``.
+
+    Before inserting a batch it asks which of the batch's event ids are already stored
+    (narrowed to the batch's time range, so only a few partitions and granules are read) and
+    inserts only the others. A batch re-delivered after a crash therefore adds nothing. The
+    check is exact because each Kafka partition has one consumer at a time and the insert is
+    synchronous: when ``write`` returns, the rows are durable and visible.
+    """
+
+    def __init__(self, client: Client, columns: Sequence[str], table: str = "spans") -> None:
+        self._client = client
+        self._columns = list(columns)
+        self._table = f"{DATABASE}.{table}"
+        self._id_index = self._columns.index("event_id")
+        self._time_index = self._columns.index("start_time")
+
+    def write(self, rows: Sequence[Sequence[Any]]) -> int:
+        """Insert the rows whose event_id is not stored yet; returns how many were inserted.
+
+        Raises the client's error when ClickHouse fails; nothing is then known to be written
+        and the caller retries the whole batch (which this method makes safe).
+        """
+        fresh = self._unique(rows)
+        if not fresh:
+            return 0
+        stored = self._stored_ids(fresh)
+        new_rows = [row for row in fresh if row[self._id_index] not in stored]
+        if new_rows:
+            self._client.insert(self._table, new_rows, column_names=self._columns)
+        return len(new_rows)
+
+    def _unique(self, rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+        seen: dict[Any, Sequence[Any]] = {}
+        for row in rows:
+            seen.setdefault(row[self._id_index], row)
+        return list(seen.values())
+
+    def _stored_ids(self, rows: Sequence[Sequence[Any]]) -> set[Any]:
+        times: list[datetime] = [row[self._time_index] for row in rows]
+        result = self._client.query(
+            f"SELECT event_id FROM {self._table} "
+            "WHERE start_time BETWEEN {lo:DateTime64(6)} AND {hi:DateTime64(6)} "
+            "AND event_id IN {ids:Array(UUID)}",
+            parameters={
+                "lo": min(times),
+                "hi": max(times),
+                "ids": [row[self._id_index] for row in rows],
+            },
+        )
+        return {row[0] for row in result.result_rows}
+
+
+def query_readonly(client: Client, sql: str) -> tuple[list[str], list[Sequence[Any]]]:
+    """Run one read-only statement; ClickHouse itself refuses writes (``readonly=1``)."""
+    try:
+        result = client.query(sql, settings={"readonly": 1})
+    except ClickHouseError as exc:
+        raise ClickHouseQueryError(_first_line(str(exc))) from None
+    return list(result.column_names), list(result.result_rows)
+
+
+class ClickHouseQueryError(ClickHouseUnavailableError):
+    """ClickHouse rejected a query (syntax, unknown table, write in read-only mode...)."""
+
+
+def _first_line(message: str) -> str:
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[0] if lines else message
+
+
+def describe(settings: Settings) -> str:
+    """Where the data lives, for progress lines."""
+    if settings.is_embedded_clickhouse:
+        return f"chDB at {settings.chdb_path}"
+    return f"ClickHouse at {urlsplit(mask_url(settings.clickhouse_url)).netloc}"

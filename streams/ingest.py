@@ -1,0 +1,288 @@
+"""Ingest: decode and validate trace events, price them, and route each to spans or dead letters.
+
+Everything up to :class:`IngestProcessor` is pure and unit-tested without I/O. The processor
+is the adapter the Faust agent calls with each batch; it never raises, because an exception
+escaping a Faust agent gets the batch acknowledged and lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from pydantic import ValidationError
+
+from schemas.trace import MAX_EVENT_BYTES, TraceEvent
+from streams.pricing import PriceTable
+
+log = logging.getLogger(__name__)
+
+Header = tuple[str, bytes]
+MAX_REASON_CHARS = 1000
+
+DLQ_REASON = "coalmine.dlq.reason"
+DLQ_SOURCE_TOPIC = "coalmine.dlq.source_topic"
+DLQ_SOURCE_PARTITION = "coalmine.dlq.source_partition"
+DLQ_SOURCE_OFFSET = "coalmine.dlq.source_offset"
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """A consumed Kafka record, exactly as it arrived."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[Header, ...] = ()
+
+
+class InvalidEventError(ValueError):
+    """A message that can never become a span; the text is the dead-letter reason."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    message: RawMessage
+    reason: str
+
+
+def decode(value: bytes | None) -> TraceEvent:
+    """Parse and validate one message value, or raise :class:`InvalidEventError`."""
+    if value is None:
+        raise InvalidEventError("empty message (tombstone): a trace event needs a JSON value")
+    if len(value) > MAX_EVENT_BYTES:
+        raise InvalidEventError(f"message is {len(value)} bytes; the limit is {MAX_EVENT_BYTES}")
+    try:
+        return TraceEvent.model_validate_json(value)
+    except ValidationError as exc:
+        raise InvalidEventError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One bounded line naming each failing field: ``input_tokens: Input should be ...``."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in error["loc"]) or "event"
+        parts.append(f"{where}: {error['msg']}")
+    text = "; ".join(parts)
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+
+
+SPAN_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "agent",
+    "version",
+    "environment",
+    "tenant",
+    "kind",
+    "name",
+    "start_time",
+    "end_time",
+    "duration_ms",
+    "status",
+    "error_type",
+    "error_message",
+    "provider",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "cost_source",
+    "tool_name",
+    "task_completed",
+    "quality_score",
+    "attributes",
+    "kafka_partition",
+    "kafka_offset",
+)
+
+
+def to_row(event: TraceEvent, prices: PriceTable, partition: int, offset: int) -> tuple[Any, ...]:
+    """The ``coalmine.spans`` row of an event, in :data:`SPAN_COLUMNS` order."""
+    cost, source = prices.price(
+        event.cost_usd, event.provider, event.model, event.input_tokens, event.output_tokens
+    )
+    return (
+        event.event_id,
+        event.trace_id,
+        event.span_id,
+        event.parent_span_id or "",
+        event.agent,
+        event.version,
+        event.environment,
+        event.tenant or "",
+        event.kind.value,
+        event.name,
+        event.start_time,
+        event.end_time,
+        event.duration_ms,
+        event.status.value,
+        event.error_type or "",
+        event.error_message or "",
+        event.provider or "",
+        event.model or "",
+        event.input_tokens,
+        event.output_tokens,
+        cost,
+        source.value,
+        event.tool_name or "",
+        event.task_completed,
+        event.quality_score,
+        {key: _attribute_text(value) for key, value in event.attributes.items()},
+        partition,
+        offset,
+    )
+
+
+def _attribute_text(value: str | bool | int | float) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@dataclass
+class RoutedBatch:
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def route(messages: Sequence[RawMessage], prices: PriceTable) -> RoutedBatch:
+    """Split a batch into span rows and rejections; one bad message never affects another."""
+    routed = RoutedBatch()
+    for message in messages:
+        try:
+            event = decode(message.value)
+        except InvalidEventError as exc:
+            routed.rejected.append(Rejection(message, str(exc)))
+            continue
+        routed.rows.append(to_row(event, prices, message.partition, message.offset))
+    return routed
+
+
+def dead_letter_headers(rejection: Rejection) -> list[Header]:
+    """The original headers plus why and where from, so the message can be replayed."""
+    message = rejection.message
+    return [
+        *message.headers,
+        (DLQ_REASON, rejection.reason.encode("utf-8", errors="replace")),
+        (DLQ_SOURCE_TOPIC, message.topic.encode()),
+        (DLQ_SOURCE_PARTITION, str(message.partition).encode()),
+        (DLQ_SOURCE_OFFSET, str(message.offset).encode()),
+    ]
+
+
+# --- the adapter the Faust agent drives ---------------------------------------------------
+
+
+class DeadLetterSink(Protocol):
+    async def send(self, key: bytes | None, value: bytes | None, headers: list[Header]) -> None:
+        """Return once the broker has durably accepted the record."""
+
+
+class SpanSink(Protocol):
+    async def write(self, rows: Sequence[Sequence[Any]]) -> int:
+        """Store rows idempotently (by event_id); return how many were new."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    first_delay_s: float = 0.2
+    max_delay_s: float = 10.0
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.max_delay_s, self.first_delay_s * 2**attempt))
+
+
+@dataclass
+class IngestCounters:
+    batches: int = 0
+    spans_written: int = 0
+    duplicates_skipped: int = 0
+    dead_lettered: int = 0
+    sink_retries: int = 0
+
+
+T = TypeVar("T")
+
+
+class IngestProcessor:
+    """Writes one batch durably: dead letters to Kafka, rows to ClickHouse, then returns.
+
+    Failures are retried with backoff for as long as the worker runs. ``process`` returns
+    ``False`` only when the worker is stopping before the batch was stored: the caller must
+    then not acknowledge it, so it is delivered again after restart.
+    """
+
+    def __init__(
+        self,
+        spans: SpanSink,
+        dead_letters: DeadLetterSink,
+        prices: PriceTable,
+        stopping: Callable[[], bool],
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._spans = spans
+        self._dead_letters = dead_letters
+        self._prices = prices
+        self._stopping = stopping
+        self._retry = retry or RetryPolicy()
+        self.counters = IngestCounters()
+
+    async def process(self, messages: Sequence[RawMessage]) -> bool:
+        routed = route(messages, self._prices)
+        for rejection in routed.rejected:
+            log.warning(
+                "dead-lettering %s[%d]@%d: %s",
+                rejection.message.topic,
+                rejection.message.partition,
+                rejection.message.offset,
+                rejection.reason,
+            )
+            sent = await self._with_retry("dead-letter send", lambda r=rejection: self._send(r))
+            if sent is None:
+                return False
+        written = await self._with_retry("ClickHouse insert", lambda: self._spans.write(routed.rows))
+        if written is None:
+            return False
+        self.counters.batches += 1
+        self.counters.spans_written += written
+        self.counters.duplicates_skipped += len(routed.rows) - written
+        self.counters.dead_lettered += len(routed.rejected)
+        return True
+
+    async def _send(self, rejection: Rejection) -> bool:
+        message = rejection.message
+        await self._dead_letters.send(message.key, message.value, dead_letter_headers(rejection))
+        return True
+
+    async def _with_retry(self, what: str, attempt_once: Callable[[], Awaitable[T]]) -> T | None:
+        attempt = 0
+        while True:
+            try:
+                return await attempt_once()
+            except Exception as exc:
+                if self._stopping():
+                    log.warning("%s failed while stopping; batch left unacknowledged", what)
+                    return None
+                delay = self._retry.delay(attempt)
+                self.counters.sink_retries += 1
+                log.error("%s failed (%s); retrying in %.1fs", what, exc, delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+
+
+def rate_line(counters: IngestCounters, elapsed_s: float) -> str:
+    rate = counters.spans_written / elapsed_s if elapsed_s > 0 else 0.0
+    return (
+        f"ingested {counters.spans_written} spans ({rate:.0f}/s), "
+        f"{counters.dead_lettered} dead-lettered, {counters.duplicates_skipped} duplicates skipped, "
+        f"{counters.sink_retries} retries"
+    )
+

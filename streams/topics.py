@@ -1,0 +1,68 @@
+"""The topics Coalmine owns, created up front with their configured partition counts.
+
+Faust only declares its internal topics, and a topic auto-created by a producer gets the
+broker's default partition count; so the worker creates its topics before it subscribes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.errors import CoalmineError
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ADMIN_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: tuple[tuple[str, str], ...] = ()
+
+
+def owned_topics(settings: Settings) -> list[TopicSpec]:
+    """Every topic the pipeline reads or writes, with how it is laid out."""
+    return [
+        TopicSpec(settings.topic("traces"), settings.traces_partitions),
+        TopicSpec(settings.topic("traces.dlq"), settings.traces_partitions),
+    ]
+
+
+def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
+    """Create the topics that do not exist yet; returns the names created."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    wanted = specs if specs is not None else owned_topics(settings)
+    try:
+        existing = set(admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics)
+    except KafkaException as exc:
+        raise CoalmineError(
+            f"Kafka at {settings.kafka_bootstrap} does not answer ({exc.args[0]}); "
+            "start it with `coalmine dev up`"
+        ) from None
+    missing = [
+        NewTopic(
+            spec.name,
+            num_partitions=spec.partitions,
+            replication_factor=settings.replication_factor,
+            config=dict(spec.config),
+        )
+        for spec in wanted
+        if spec.name not in existing
+    ]
+    if not missing:
+        return []
+    for name, future in admin.create_topics(missing, request_timeout=ADMIN_TIMEOUT_S).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise CoalmineError(f"cannot create topic {name}: {exc.args[0].str()}") from None
+        log.info("created topic %s", name)
+    return [topic.topic for topic in missing]

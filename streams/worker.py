@@ -1,0 +1,40 @@
+"""``coalmine worker``: migrate, then run the Faust worker until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from streams import clickhouse
+from streams.app import ClickHouseThread, create_app
+from streams.pricing import load_prices
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+
+def run(settings: Settings) -> int:
+    prices = load_prices(settings.prices_file)
+    client = clickhouse.connect(settings)
+    applied = clickhouse.migrate(client, settings.spans_ttl_days)
+    log.info(
+        "%s ready (%d migration(s) applied); %d model prices; consuming %s from %s",
+        clickhouse.describe(settings),
+        len(applied),
+        len(prices),
+        settings.topic("traces"),
+        settings.kafka_bootstrap,
+    )
+    ensure_topics(settings)
+    thread = ClickHouseThread(client)
+    app = create_app(settings, thread, prices)
+    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    finally:
+        thread.close()
+    return 0
