@@ -111,9 +111,10 @@ class BrokerPaths:
 
 
 def broker_paths(settings: Settings) -> BrokerPaths:
-    root = settings.home / "kafka"
+    # Absolute, because the paths end up in the broker's command line and configuration.
+    root = settings.home.absolute() / "kafka"
     jars = settings.kafka_jars_dir or root / KAFKA_VERSION / "libs"
-    return BrokerPaths(root=root, jars=jars)
+    return BrokerPaths(root=root, jars=jars.absolute())
 
 
 def jars_dir(settings: Settings) -> Path:
@@ -568,7 +569,7 @@ def _start(settings: Settings, paths: BrokerPaths, host: str, port: int) -> None
     fetch_jars(settings)
     paths.logs.mkdir(parents=True, exist_ok=True)
     properties = render_server_properties(
-        port=port, controller_port=free_loopback_port(), data_dir=paths.data.resolve()
+        port=port, controller_port=free_loopback_port(), data_dir=paths.data
     )
     paths.server_properties.write_text(properties)
     paths.log4j_properties.write_text(LOG4J_PROPERTIES)
@@ -614,8 +615,8 @@ def status(settings: Settings) -> bool:
         process += " (but a broker this home did not start answers on its address)"
     _say(f"local Kafka {KAFKA_VERSION} (KRaft, single node): {process}")
     _say(f"  address: {host}:{port}, {'answering' if answering else 'not answering'}")
-    _say(f"  data:    {paths.data.resolve()}")
-    _say(f"  log:     {paths.server_log.resolve()}")
+    _say(f"  data:    {paths.data}")
+    _say(f"  log:     {paths.server_log}")
     return answering
 
 
