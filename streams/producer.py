@@ -126,6 +126,13 @@ class PublisherStats:
         return self.published - self.delivered - self.failed
 
 
+class CountingPublisher(Publisher, Protocol):
+    """A publisher that reports how its events fared (what ``coalmine generate`` shows)."""
+
+    @property
+    def stats(self) -> PublisherStats: ...
+
+
 _HEADERS: list[tuple[str, str | bytes | None]] = [
     ("content-type", b"application/json"),
     ("schema_version", str(SCHEMA_VERSION).encode()),
