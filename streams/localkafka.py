@@ -23,6 +23,7 @@ import base64
 import enum
 import errno
 import os
+import re
 import shutil
 import signal
 import socket
@@ -300,6 +301,22 @@ def last_lines(text: str, count: int = 20) -> str:
     return "\n".join(text.rstrip().splitlines()[-count:])
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def maven_failure_summary(output: str) -> str:
+    """The part of Maven's output that says what failed, without colours or the generic advice
+    (``re-run with -e``, help links) Maven appends after a blank ``[ERROR]`` line."""
+    lines = _ANSI_ESCAPE.sub("", output).splitlines()
+    errors: list[str] = []
+    for line in lines:
+        if line.startswith("[ERROR]"):
+            if not line[len("[ERROR]") :].strip():
+                break
+            errors.append(line)
+    return "\n".join(errors) if errors else last_lines("\n".join(lines), 15)
+
+
 # --- processes, files and the network ---------------------------------------------------------
 
 
@@ -379,8 +396,8 @@ def _run_maven(mvn: str, out_dir: Path) -> None:
             f"Maven did not finish resolving the Kafka jars within {MAVEN_TIMEOUT_S:.0f} s"
         ) from None
     if done.returncode != 0:
-        output = last_lines(done.stdout + done.stderr, 15)
-        raise LocalKafkaError(f"Maven could not resolve the Kafka jars:\n{output}")
+        summary = maven_failure_summary(done.stdout + done.stderr)
+        raise LocalKafkaError(f"Maven could not resolve the Kafka jars:\n{summary}")
 
 
 def free_loopback_port() -> int:

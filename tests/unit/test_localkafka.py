@@ -22,6 +22,7 @@ from streams.localkafka import (
     jars_dir,
     java_command,
     last_lines,
+    maven_failure_summary,
     new_cluster_id,
     parse_local_bootstrap,
     read_pid,
@@ -188,3 +189,22 @@ def test_up_decision(alive: bool, answering: bool, in_use: bool, action: UpActio
 def test_last_lines_keeps_the_end() -> None:
     assert last_lines("a\nb\nc\n\n", 2) == "b\nc"
     assert last_lines("", 5) == ""
+
+
+def test_maven_failure_summary_keeps_the_error_and_drops_colours_and_advice() -> None:
+    output = (
+        "\x1b[0m[ERROR] Failed to execute goal on project local-kafka: Could not resolve "
+        "dependencies: Could not find artifact org.apache.kafka:kafka_2.13:jar:0.0.9\n"
+        "[ERROR] \n"
+        "[ERROR] To see the full stack trace of the errors, re-run Maven with the -e switch.\n"
+        "\x1b[0m\x1b[0m"
+    )
+    summary = maven_failure_summary(output)
+    assert summary.startswith("[ERROR] Failed to execute goal")
+    assert "kafka_2.13:jar:0.0.9" in summary
+    assert "re-run Maven" not in summary
+    assert "\x1b" not in summary
+
+
+def test_maven_failure_summary_falls_back_to_the_last_lines() -> None:
+    assert maven_failure_summary("Downloading...\nkilled\n") == "Downloading...\nkilled"
