@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from streams.errors import LocalKafkaError
-from streams.localkafka import (
+from streams.localkafka.config import (
     KAFKA_VERSION,
     RELOAD4J_VERSION,
     SCALA_VERSION,
