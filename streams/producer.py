@@ -210,12 +210,12 @@ class KafkaPublisher:
 
     def publish(self, event: TraceEvent) -> None:
         """Queue ``event``; never raises, never blocks."""
+        if self._closed:
+            self._drop("publisher is closed")
+            return
         try:
             value = event.model_dump_json().encode()
             event_id = str(event.event_id)
-            if self._closed:
-                self._drop("publisher is closed")
-                return
             # Ingest rejects bigger messages; sending one would only move the loss downstream.
             if len(value) > MAX_EVENT_BYTES:
                 self._drop(f"event {event_id} is {len(value)} bytes (limit {MAX_EVENT_BYTES})")

@@ -14,7 +14,7 @@ from confluent_kafka import Consumer, Message
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # not re-exported by confluent_kafka.admin
 
-from schemas.trace import TraceEvent
+from schemas.trace import MAX_ATTRIBUTE_VALUE_CHARS, MAX_EVENT_BYTES, TraceEvent
 from streams import generate
 from streams.producer import KafkaPublisher
 from streams.settings import Settings
@@ -191,3 +191,17 @@ def test_generate_run_stops_when_asked(kafka_settings: Settings) -> None:
     assert time.monotonic() - began < 15
     assert code == 0
     assert 20 <= reports[-1].requests <= 80
+
+
+def test_an_event_too_big_for_ingest_is_dropped_and_counted() -> None:
+    # Valid by the schema, yet over MAX_EVENT_BYTES once encoded (3-byte UTF-8 characters):
+    # ingest would reject it, so the SDK does not send it.
+    big = _events(1)[-1].model_copy(
+        update={"attributes": {f"a{n}": "界" * MAX_ATTRIBUTE_VALUE_CHARS for n in range(32)}}
+    )
+    TraceEvent.model_validate(big.model_dump())
+    assert len(big.model_dump_json().encode()) > MAX_EVENT_BYTES
+    publisher = KafkaPublisher(UNREACHABLE, "coalmine.traces")
+    publisher.publish(big)
+    publisher.close(timeout=1)
+    assert (publisher.stats.published, publisher.stats.dropped) == (0, 1)
