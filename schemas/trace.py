@@ -71,7 +71,6 @@ class TraceEvent(BaseModel):
         frozen=True,
         allow_inf_nan=False,
         str_max_length=MAX_ATTRIBUTE_VALUE_CHARS,
-        json_schema_extra={"$id": "https://coalmine.dev/schemas/trace-event.schema.json"},
     )
 
     schema_version: Literal[1] = SCHEMA_VERSION

@@ -103,6 +103,7 @@ def create_app(settings: Settings, thread: ClickHouseThread, prices: PriceTable)
         topic_partitions=settings.traces_partitions,
         topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
+        broker_session_timeout=settings.session_timeout_s,
         web_enabled=True,
         web_bind=settings.worker_host,
         web_host=settings.worker_host,

@@ -8,7 +8,9 @@ talks to a server.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -64,6 +66,30 @@ def _open_failure(settings: Settings, exc: Exception) -> str:
             "(a running `coalmine worker`?); only one process can open it"
         )
     return f"cannot open ClickHouse at {mask_url(settings.clickhouse_url)}: {exc}"
+
+
+# --- who holds the embedded database ----------------------------------------------------
+
+
+def owner_file(settings: Settings) -> Path:
+    return settings.chdb_path.with_name(settings.chdb_path.name + ".owner.json")
+
+
+def claim_embedded(settings: Settings, service_url: str) -> Path:
+    """Record that this process holds the chDB folder and where it answers queries."""
+    path = owner_file(settings)
+    path.write_text(json.dumps({"pid": os.getpid(), "url": service_url}), encoding="utf-8")
+    return path
+
+
+def embedded_owner_url(settings: Settings) -> str | None:
+    """The query URL of the live process holding the chDB folder, if one does."""
+    try:
+        owner = json.loads(owner_file(settings).read_text(encoding="utf-8"))
+        os.kill(int(owner["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no file, or a stale one left by a crashed worker
+    return str(owner["url"])
 
 
 # --- migrations -------------------------------------------------------------------------

@@ -64,6 +64,13 @@ class Settings:
         default=0.5,
         metadata={"env": "COALMINE_BATCH_MAX_SECONDS", "doc": "Longest wait to fill a batch."},
     )
+    session_timeout_s: float = field(
+        default=30.0,
+        metadata={
+            "env": "COALMINE_SESSION_TIMEOUT_S",
+            "doc": "How long a silent worker keeps its partitions before the group takes them.",
+        },
+    )
     spans_ttl_days: int = field(
         default=90,
         metadata={"env": "COALMINE_SPANS_TTL_DAYS", "doc": "Days raw spans are kept (0 = forever)."},
@@ -145,6 +152,14 @@ class Settings:
     @property
     def worker_url(self) -> str:
         return f"http://{self.worker_host}:{self.worker_port}"
+
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``COALMINE_*`` variables, for a child process (secrets included)."""
+        return {
+            f.metadata["env"]: str(getattr(self, f.name))
+            for f in fields(self)
+            if getattr(self, f.name) is not None
+        }
 
     def masked(self) -> dict[str, str]:
         """Settings for display, with passwords in URLs replaced by ``***``."""

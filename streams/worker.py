@@ -31,10 +31,13 @@ def run(settings: Settings) -> int:
     thread = ClickHouseThread(client)
     app = create_app(settings, thread, prices)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    owner = clickhouse.claim_embedded(settings, settings.worker_url) if settings.is_embedded_clickhouse else None
     try:
         worker.execute_from_commandline()
     except SystemExit as exit_:
         return int(exit_.code or 0)
     finally:
         thread.close()
+        if owner is not None:
+            owner.unlink(missing_ok=True)
     return 0

@@ -1,0 +1,120 @@
+"""``coalmine sql``: read-only SQL, printed as a table, CSV or JSON.
+
+chDB lets one process hold a data folder. While a worker runs it holds the embedded database,
+so the query goes to the worker's read-only ``/sql`` page on 127.0.0.1; otherwise this process
+opens the database itself. A ClickHouse server is always queried directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+from streams import clickhouse
+from streams.errors import ClickHouseUnavailableError
+from streams.settings import Settings
+
+Rows = list[Sequence[Any]]
+MAX_CELL_CHARS = 60
+WORKER_TIMEOUT_S = 60.0
+
+
+def run(settings: Settings, query: str, output_format: str) -> int:
+    columns, rows = fetch(settings, query)
+    print(render(columns, rows, output_format))
+    return 0
+
+
+def fetch(settings: Settings, query: str) -> tuple[list[str], Rows]:
+    owner_url = clickhouse.embedded_owner_url(settings) if settings.is_embedded_clickhouse else None
+    if owner_url is not None:
+        return _fetch_from_worker(owner_url, query)
+    client = clickhouse.connect(settings)
+    try:
+        return clickhouse.query_readonly(client, query)
+    finally:
+        client.close()
+
+
+def worker_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2.0) as response:
+            return bool(response.status == 200)
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def _fetch_from_worker(url: str, query: str) -> tuple[list[str], Rows]:
+    request = urllib.request.Request(
+        f"{url}/sql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=WORKER_TIMEOUT_S) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
+        raise clickhouse.ClickHouseQueryError(str(detail)) from None
+    except (OSError, ValueError) as exc:
+        raise ClickHouseUnavailableError(
+            f"the worker at {url} holds the embedded database but did not answer: {exc}"
+        ) from None
+    return list(body["columns"]), list(body["rows"])
+
+
+def render(columns: Sequence[str], rows: Rows, output_format: str) -> str:
+    if output_format == "csv":
+        return render_csv(columns, rows)
+    if output_format == "json":
+        return json.dumps([dict(zip(columns, row, strict=True)) for row in rows], default=str)
+    return render_table(columns, rows)
+
+
+def render_csv(columns: Sequence[str], rows: Rows) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([[_cell(value) for value in row] for row in rows])
+    return out.getvalue().rstrip("\n")
+
+
+def render_table(columns: Sequence[str], rows: Rows) -> str:
+    """Columns aligned for a terminal: numbers right, text left, long cells shortened."""
+    cells = [[_short(_cell(value)) for value in row] for row in rows]
+    widths = [
+        max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(columns)
+    ]
+    numeric = [
+        bool(rows) and all(isinstance(row[i], int | float) for row in rows)
+        for i in range(len(columns))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    lines = [line(list(columns)), "  ".join("-" * w for w in widths)]
+    lines.extend(line(row) for row in cells)
+    lines.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"

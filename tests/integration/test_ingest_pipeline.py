@@ -1,0 +1,244 @@
+"""The ingest spine end to end: SDK → real Kafka → ``coalmine worker`` → chDB spans."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from schemas.trace import MAX_EVENT_BYTES, TraceEvent
+from streams.ingest import DLQ_REASON, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION, DLQ_SOURCE_TOPIC
+from streams.producer import KafkaPublisher, Tracer
+from streams.topics import ensure_topics
+from tests.integration.harness import (
+    WorkerProcess,
+    consume_all,
+    headers_of,
+    isolated_settings,
+    worker,
+)
+
+pytestmark = pytest.mark.integration
+__all__ = ["worker"]  # the fixture, imported for the tests below
+
+SPAN_FIELDS = (
+    "toString(event_id), trace_id, span_id, parent_span_id, agent, version, toString(kind), "
+    "name, toString(status), error_type, provider, model, input_tokens, output_tokens, "
+    "cost_usd, toString(cost_source), tool_name, task_completed, quality_score, duration_ms"
+)
+
+
+class RecordingPublisher:
+    """Publishes through Kafka and remembers every event, to compare with the stored rows."""
+
+    def __init__(self, inner: KafkaPublisher) -> None:
+        self.inner = inner
+        self.events: list[TraceEvent] = []
+
+    def publish(self, event: TraceEvent) -> None:
+        self.events.append(event)
+        self.inner.publish(event)
+
+    def flush(self, timeout: float) -> int:
+        return self.inner.flush(timeout)
+
+    def close(self, timeout: float) -> None:
+        self.inner.close(timeout)
+
+
+def trace_requests(tracer: Tracer, count: int) -> None:
+    """``count`` agent tasks, each a request with an llm call and a tool call."""
+    for i in range(count):
+        with tracer.request("answer", tenant="acme") as request:
+            with request.llm("draft", provider="openai", model="gpt-4o-mini") as llm:
+                llm.set_usage(input_tokens=100 + i, output_tokens=20)
+            try:
+                with request.tool("search", tool_name="web_search"):
+                    if i % 10 == 0:
+                        raise TimeoutError("search timed out")
+            except TimeoutError:
+                pass
+            request.set_outcome(task_completed=i % 4 != 0, quality_score=(i % 11) / 10)
+
+
+def test_events_from_the_sdk_become_exactly_those_rows(worker: WorkerProcess) -> None:
+    settings = worker.settings
+    publisher = RecordingPublisher(KafkaPublisher.from_settings(settings))
+    trace_requests(Tracer("support-bot", "v12", publisher), count=200)
+    assert publisher.inner.flush(30) == 0
+    assert publisher.inner.stats.delivered == len(publisher.events) == 600
+
+    assert worker.wait_for("SELECT count() FROM coalmine.spans", 600) == 600
+    rows = {row[0]: row for row in worker.sql(f"SELECT {SPAN_FIELDS} FROM coalmine.spans")}
+    assert len(rows) == 600
+    for event in publisher.events:
+        assert_row_matches(rows[str(event.event_id)], event)
+    publisher.close(5)
+
+
+def assert_row_matches(row: Sequence[Any], event: TraceEvent) -> None:
+    (
+        _,
+        trace_id,
+        span_id,
+        parent,
+        agent,
+        version,
+        kind,
+        name,
+        status,
+        error_type,
+        provider,
+        model,
+        input_tokens,
+        output_tokens,
+        cost,
+        cost_source,
+        tool_name,
+        task_completed,
+        quality,
+        duration_ms,
+    ) = row
+    assert (trace_id, span_id, parent or None) == (event.trace_id, event.span_id, event.parent_span_id)
+    assert (agent, version, kind, name) == (event.agent, event.version, event.kind, event.name)
+    assert (status, error_type or None) == (event.status, event.error_type)
+    assert (provider or None, model or None, tool_name or None) == (
+        event.provider,
+        event.model,
+        event.tool_name,
+    )
+    assert (input_tokens, output_tokens) == (event.input_tokens, event.output_tokens)
+    assert task_completed == event.task_completed
+    assert quality == pytest.approx(event.quality_score, abs=1e-6)
+    assert duration_ms == pytest.approx(event.duration_ms, abs=1e-3)
+    if event.model == "gpt-4o-mini":  # priced from the built-in table: 0.15 / 0.60 per Mtok
+        expected = (event.input_tokens * 0.15 + event.output_tokens * 0.60) / 1e6
+        assert (cost, cost_source) == (pytest.approx(expected), "price_table")
+
+
+def valid_event(**overrides: Any) -> dict[str, Any]:
+    start = datetime.now(UTC)
+    fields: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "trace_id": uuid.uuid4().hex,
+        "span_id": uuid.uuid4().hex[:16],
+        "agent": "sql-copilot",
+        "version": "v3",
+        "kind": "request",
+        "name": "query",
+        "start_time": start.isoformat(),
+        "end_time": (start + timedelta(milliseconds=40)).isoformat(),
+        "quality_score": 0.9,
+    }
+    fields.update(overrides)
+    return fields
+
+
+INVALID: dict[str, bytes] = {
+    "malformed JSON": b'{"event_id": "1", "agent": ',
+    "schema violation": json.dumps(valid_event(quality_score=2.0)).encode(),
+    "NaN": json.dumps(valid_event(quality_score=float("nan"))).encode(),
+    "oversized field": json.dumps(valid_event(name="n" * 10_000)).encode(),
+    "oversized message": json.dumps(valid_event(pad="x" * MAX_EVENT_BYTES)).encode(),
+    "wrong type": json.dumps(valid_event(input_tokens="many")).encode(),
+    "unknown enum": json.dumps(valid_event(kind="daydream")).encode(),
+    "not an object": b"[1, 2, 3]",
+}
+
+
+def test_invalid_events_go_to_the_dead_letter_topic_and_the_rest_land(
+    worker: WorkerProcess,
+) -> None:
+    settings = worker.settings
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    valid = [json.dumps(valid_event()).encode() for _ in range(20)]
+    sent = [(f"valid-{i}", value) for i, value in enumerate(valid)]
+    sent[5:5] = [(f"invalid-{name}", value) for name, value in INVALID.items()]
+    for key, value in sent:
+        producer.produce(settings.topic("traces"), value, key=key, headers=[("origin", b"test")])
+    assert producer.flush(30) == 0
+
+    assert worker.wait_for("SELECT count() FROM coalmine.spans", len(valid)) == len(valid)
+    dead = consume_all(settings.kafka_bootstrap, settings.topic("traces.dlq"), len(INVALID))
+    by_key = {m.key().decode(): m for m in dead}
+    assert sorted(by_key) == sorted(f"invalid-{name}" for name in INVALID)
+    for name, value in INVALID.items():
+        message = by_key[f"invalid-{name}"]
+        headers = headers_of(message)
+        assert message.value() == value, name
+        assert headers["origin"] == b"test"
+        assert headers[DLQ_REASON], name
+        assert headers[DLQ_SOURCE_TOPIC] == settings.topic("traces").encode()
+        assert int(headers[DLQ_SOURCE_PARTITION]) >= 0
+        assert int(headers[DLQ_SOURCE_OFFSET]) >= 0
+    assert b"finite number" in headers_of(by_key["invalid-NaN"])[DLQ_REASON]
+    assert b"valid integer" in headers_of(by_key["invalid-wrong type"])[DLQ_REASON]
+    stored = {row[0] for row in worker.sql("SELECT toString(event_id) FROM coalmine.spans")}
+    assert stored == {json.loads(value)["event_id"] for value in valid}
+
+
+class AcknowledgedIds:
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, event_id: str, error: str | None) -> None:
+        with self._lock:
+            if error is None:
+                self.ids.add(event_id)
+            else:
+                self.failed += 1
+
+
+def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
+    kafka_settings: Any, tmp_path: Any
+) -> None:
+    settings = isolated_settings(kafka_settings, tmp_path)
+    ensure_topics(settings)
+    acknowledged = AcknowledgedIds()
+    publisher = KafkaPublisher.from_settings(settings, on_delivery=acknowledged)
+    tracer = Tracer("research-agent", "v7", publisher)
+    done = threading.Event()
+
+    def produce() -> None:
+        # ~3 spans per request, 40 requests per 0.1 s: a steady stream during the kills.
+        while not done.is_set():
+            trace_requests(tracer, 40)
+            time.sleep(0.1)
+
+    worker_process = WorkerProcess(settings, tmp_path / "worker.log")
+    worker_process.start()
+    producer_thread = threading.Thread(target=produce)
+    producer_thread.start()
+    rng = random.Random(20261124)
+    try:
+        for _ in range(3):
+            time.sleep(rng.uniform(2.0, 6.0))
+            worker_process.kill()
+            time.sleep(rng.uniform(0.0, 1.0))
+            worker_process.start()
+        time.sleep(2)
+    finally:
+        done.set()
+        producer_thread.join()
+        assert publisher.flush(30) == 0
+    expected = len(acknowledged.ids)
+    assert expected > 1000 and acknowledged.failed == 0
+
+    query = "SELECT count() FROM coalmine.spans"
+    assert worker_process.wait_for(query, expected, timeout_s=180) == expected
+    count, unique = worker_process.sql("SELECT count(), uniqExact(event_id) FROM coalmine.spans")[0]
+    stored = {row[0] for row in worker_process.sql("SELECT toString(event_id) FROM coalmine.spans")}
+    assert (count, unique) == (expected, expected)
+    assert stored == acknowledged.ids
+    assert worker_process.stop() == 0, worker_process.log_tail()
+    publisher.close(5)

@@ -1,0 +1,169 @@
+"""Decoding, validation, pricing and row mapping of trace events: pure, no I/O."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from schemas.trace import MAX_EVENT_BYTES, TraceEvent
+from streams.ingest import (
+    DLQ_REASON,
+    DLQ_SOURCE_OFFSET,
+    DLQ_SOURCE_PARTITION,
+    DLQ_SOURCE_TOPIC,
+    SPAN_COLUMNS,
+    InvalidEventError,
+    RawMessage,
+    decode,
+    dead_letter_headers,
+    route,
+    to_row,
+)
+from streams.pricing import ModelPrice, PriceTable
+
+START = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+PRICES = PriceTable({("openai", "gpt-4o"): ModelPrice(2.5, 10.0)})
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "event_id": str(uuid.UUID(int=1)),
+        "trace_id": "a" * 32,
+        "span_id": "b" * 16,
+        "agent": "support-bot",
+        "version": "v12",
+        "kind": "llm",
+        "name": "draft",
+        "start_time": START.isoformat(),
+        "end_time": (START + timedelta(milliseconds=250)).isoformat(),
+        "provider": "openai",
+        "model": "gpt-4o",
+        "input_tokens": 1000,
+        "output_tokens": 100,
+    }
+    fields.update(overrides)
+    return fields
+
+
+def encoded(**overrides: Any) -> bytes:
+    return json.dumps(event(**overrides)).encode()
+
+
+def reason_for(value: bytes) -> str:
+    with pytest.raises(InvalidEventError) as caught:
+        decode(value)
+    return str(caught.value)
+
+
+def test_a_valid_event_decodes() -> None:
+    decoded = decode(encoded())
+    assert decoded.agent == "support-bot"
+    assert decoded.duration_ms == pytest.approx(250.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"{not json", "Invalid JSON"),
+        (encoded(input_tokens=-1), "input_tokens: Input should be greater than or equal to 0"),
+        (encoded(input_tokens="12"), "input_tokens: Input should be a valid integer"),
+        (encoded(kind="thought"), "kind: Input should be 'request', 'llm'"),
+        (encoded(status="maybe"), "status: Input should be 'ok' or 'error'"),
+        (encoded(name="x" * 300), "name: String should have at most 256 characters"),
+        (encoded(error_message="e" * 5000), "error_message: String should have at most 2048"),
+        (encoded(surprise=1), "surprise: Extra inputs are not permitted"),
+        (encoded(end_time=(START - timedelta(seconds=1)).isoformat()), "end_time is before"),
+        (encoded(start_time="2026-11-24T12:00:00"), "start_time: Input should have timezone info"),
+        (encoded(quality_score=0.5), "belong on request or eval spans"),
+        (encoded(kind="request", quality_score=1.5), "quality_score: Input should be less than"),
+        (encoded(attributes={f"k{i}": i for i in range(40)}), "attributes: Dictionary should"),
+        (encoded(cost_usd=float("nan")), "cost_usd: Input should be a finite number"),
+        (encoded(cost_usd=float("inf")), "cost_usd: Input should be a finite number"),
+        (encoded(cost_usd=1.0).replace(b"1.0", b"1e999"), "cost_usd: Input should be a finite"),
+        (encoded(agent="\ud800"), "Invalid JSON: unexpected end of hex escape"),
+        (encoded(agent="ok").replace(b"ok", b"\xff"), "Invalid JSON"),
+        (b"[]", "Input should be an object"),
+    ],
+)
+def test_invalid_events_are_rejected_with_a_reason(value: bytes, expected: str) -> None:
+    assert expected in reason_for(value)
+
+
+def test_oversized_and_empty_messages_are_rejected_before_parsing() -> None:
+    assert "limit is" in reason_for(b" " * (MAX_EVENT_BYTES + 1))
+    assert "tombstone" in reason_for(None)  # type: ignore[arg-type]
+
+
+def test_times_are_normalised_to_utc() -> None:
+    decoded = decode(encoded(start_time="2026-11-24T14:00:00+02:00"))
+    assert decoded.start_time == START
+    assert decoded.start_time.tzinfo == UTC
+
+
+def test_row_prices_from_the_table_when_cost_is_absent() -> None:
+    row = dict(zip(SPAN_COLUMNS, to_row(decode(encoded()), PRICES, 3, 42), strict=True))
+    assert row["cost_usd"] == pytest.approx((1000 * 2.5 + 100 * 10.0) / 1e6)
+    assert row["cost_source"] == "price_table"
+    assert (row["kafka_partition"], row["kafka_offset"]) == (3, 42)
+    assert row["parent_span_id"] == ""
+    assert row["task_completed"] is None
+
+
+def test_row_keeps_a_reported_cost_and_flags_unknown_models() -> None:
+    reported = dict(zip(SPAN_COLUMNS, to_row(decode(encoded(cost_usd=0.5)), PRICES, 0, 0)))
+    assert (reported["cost_usd"], reported["cost_source"]) == (0.5, "reported")
+    unknown = dict(zip(SPAN_COLUMNS, to_row(decode(encoded(model="mystery")), PRICES, 0, 0)))
+    assert (unknown["cost_usd"], unknown["cost_source"]) == (0.0, "unpriced")
+
+
+def test_row_maps_every_field() -> None:
+    source = TraceEvent.model_validate_json(
+        encoded(
+            kind="request",
+            status="error",
+            error_type="RateLimitError",
+            error_message="slow down",
+            tenant="acme",
+            parent_span_id="c" * 16,
+            task_completed=False,
+            quality_score=0.25,
+            attributes={"region": "eu", "retries": 2, "cached": True},
+        )
+    )
+    row = dict(zip(SPAN_COLUMNS, to_row(source, PRICES, 1, 7), strict=True))
+    assert row["event_id"] == uuid.UUID(int=1)
+    assert (row["status"], row["error_type"], row["error_message"]) == (
+        "error",
+        "RateLimitError",
+        "slow down",
+    )
+    assert (row["tenant"], row["parent_span_id"]) == ("acme", "c" * 16)
+    assert (row["task_completed"], row["quality_score"]) == (False, 0.25)
+    assert row["attributes"] == {"region": "eu", "retries": "2", "cached": "true"}
+    assert row["start_time"] == START
+
+
+def test_route_keeps_good_events_when_neighbours_are_bad() -> None:
+    messages = [
+        RawMessage("coalmine.traces", 0, i, b"k", value)
+        for i, value in enumerate([encoded(), b"garbage", encoded(event_id=str(uuid.uuid4()))])
+    ]
+    routed = route(messages, PRICES)
+    assert [row[SPAN_COLUMNS.index("kafka_offset")] for row in routed.rows] == [0, 2]
+    assert [r.message.offset for r in routed.rejected] == [1]
+
+
+def test_dead_letter_headers_keep_the_original_and_add_the_source() -> None:
+    message = RawMessage("coalmine.traces", 2, 99, b"k", b"v", (("trace", b"1"),))
+    (rejection,) = route([message], PRICES).rejected
+    headers = dead_letter_headers(rejection)
+    assert headers[0] == ("trace", b"1")
+    named = dict(headers[1:])
+    assert named[DLQ_SOURCE_TOPIC] == b"coalmine.traces"
+    assert named[DLQ_SOURCE_PARTITION] == b"2"
+    assert named[DLQ_SOURCE_OFFSET] == b"99"
+    assert b"Invalid JSON" in named[DLQ_REASON]

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import json
+
+from streams.sqlcli import render
+
+
+def test_table_aligns_numbers_right_and_counts_rows() -> None:
+    text = render(["agent", "requests"], [("support-bot", 12), ("sql", 3400)], "table")
+    assert text.splitlines() == [
+        "agent        requests",
+        "-----------  --------",
+        "support-bot        12",
+        "sql              3400",
+        "(2 rows)",
+    ]
+
+
+def test_csv_and_json_keep_every_value() -> None:
+    rows = [("a,b", None, 0.5)]
+    assert render(["x", "y", "z"], rows, "csv") == 'x,y,z\n"a,b",NULL,0.5'
+    assert json.loads(render(["x", "y", "z"], rows, "json")) == [{"x": "a,b", "y": None, "z": 0.5}]
+
+
+def test_empty_result_still_shows_the_header() -> None:
+    assert render(["n"], [], "table").splitlines() == ["n", "-", "(0 rows)"]
