@@ -32,13 +32,16 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         if user.is_embedded_clickhouse
         else user.clickhouse_url,
     )
+    failure = None
     try:
         # LocalKafka stops the broker when the session ends, also after failures; a start
         # that fails half-way stops what it began before raising.
         with localkafka.LocalKafka(settings):
             yield settings
     except CoalmineError as exc:
-        pytest.fail(f"the local Kafka broker for the tests failed: {exc}", pytrace=False)
+        failure = f"the local Kafka broker for the tests failed: {exc}"
+    if failure is not None:  # outside the except block, so the report is just the reason
+        pytest.fail(failure, pytrace=False)
 
 
 @pytest.fixture(scope="session")
