@@ -609,6 +609,7 @@ class GeneratorProgress:
 
 PROGRESS_EVERY_S = 5.0
 CLOSE_TIMEOUT_S = 30.0
+INTERRUPTED_CLOSE_TIMEOUT_S = 5.0
 
 
 def run(
@@ -658,12 +659,17 @@ def run(
             if time.monotonic() >= next_report:
                 next_report += PROGRESS_EVERY_S
                 report(snapshot(done=False))
-    finally:
-        publisher.close(CLOSE_TIMEOUT_S)
+    except BaseException:
+        # Ctrl-C: keep what is already queued if the broker takes it soon, but do not make
+        # the user wait out a long flush.
+        publisher.close(INTERRUPTED_CLOSE_TIMEOUT_S)
+        raise
+    publisher.close(CLOSE_TIMEOUT_S)
     final = snapshot(done=True)
-    report(final)
     if progress is None:
         _print_summary(sim.requests, final)
+    else:
+        progress(final)
     return 0 if final.failed == final.dropped == final.invalid == 0 else 1
 
 

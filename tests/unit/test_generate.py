@@ -342,3 +342,19 @@ def test_the_progress_line_reads_well() -> None:
     assert line == (
         "generate:   10.0 s  500 requests (50.0/s)  2600 spans  2590 delivered  0 failed  0 dropped"
     )
+
+
+def test_an_interrupted_run_closes_its_publisher_quickly_and_reraises() -> None:
+    class Interrupted(CountingListPublisher):
+        close_timeout: float | None = None
+
+        def publish(self, event: TraceEvent) -> None:
+            raise KeyboardInterrupt
+
+        def close(self, timeout: float) -> None:
+            self.close_timeout = timeout
+
+    publisher = Interrupted()
+    with pytest.raises(KeyboardInterrupt):
+        generate.run(Settings(), TrafficPlan(), progress=lambda p: None, publisher=publisher)
+    assert publisher.close_timeout == generate.INTERRUPTED_CLOSE_TIMEOUT_S
