@@ -663,6 +663,8 @@ def run(
         # Ctrl-C: keep what is already queued if the broker takes it soon, but do not make
         # the user wait out a long flush.
         publisher.close(INTERRUPTED_CLOSE_TIMEOUT_S)
+        if progress is None:
+            _print_summary(sim.requests, snapshot(done=True), "interrupted")
         raise
     publisher.close(CLOSE_TIMEOUT_S)
     final = snapshot(done=True)
@@ -673,9 +675,11 @@ def run(
     return 0 if final.failed == final.dropped == final.invalid == 0 else 1
 
 
-def _print_summary(requests: Counter[tuple[str, str]], final: GeneratorProgress) -> None:
+def _print_summary(
+    requests: Counter[tuple[str, str]], final: GeneratorProgress, how: str = "done"
+) -> None:
     print(
-        f"generate: done: {final.requests} requests, {final.spans} spans in "
+        f"generate: {how}: {final.requests} requests, {final.spans} spans in "
         f"{final.elapsed_s:.1f} s; {final.delivered} delivered, {final.failed} failed, "
         f"{final.dropped} dropped, {final.invalid} invalid"
     )
