@@ -110,7 +110,7 @@ def parse_local_bootstrap(bootstrap: str) -> tuple[str, int]:
             f"the local broker only listens on 127.0.0.1, not {host!r}; set "
             f"COALMINE_KAFKA_BOOTSTRAP=127.0.0.1:<port>, or use your own broker without `dev up`"
         )
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise LocalKafkaError(f"COALMINE_KAFKA_BOOTSTRAP has no valid port: {bootstrap!r}")
     return "127.0.0.1", int(port_text)
 
@@ -239,7 +239,9 @@ def java_command(java: str, paths: BrokerPaths, main_class: str, *args: str) -> 
 def read_pid(text: str) -> int | None:
     """The pid in a pid file's text, or None when it holds no positive number."""
     stripped = text.strip()
-    return int(stripped) if stripped.isdigit() and int(stripped) > 0 else None
+    return (
+        int(stripped) if stripped.isascii() and stripped.isdigit() and int(stripped) > 0 else None
+    )
 
 
 def is_broker_cmdline(cmdline: bytes, server_properties: Path) -> bool:

@@ -62,6 +62,7 @@ def test_bootstrap_on_loopback_is_accepted(bootstrap: str, expected: tuple[str, 
         ("127.0.0.1:0", "no valid port"),
         ("127.0.0.1:65536", "no valid port"),
         ("127.0.0.1:", "no valid port"),
+        ("127.0.0.1:\uff19\uff10", "no valid port"),  # fullwidth digits: isdigit() but not a port
     ],
 )
 def test_bootstrap_elsewhere_is_refused_with_a_reason(bootstrap: str, complaint: str) -> None:
