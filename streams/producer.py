@@ -210,32 +210,42 @@ class KafkaPublisher:
 
     def publish(self, event: TraceEvent) -> None:
         """Queue ``event``; never raises, never blocks."""
-        if self._closed:
-            self._drop("publisher is closed")
-            return
         try:
             value = event.model_dump_json().encode()
-            event_id = str(event.event_id)
-            # Ingest rejects bigger messages; sending one would only move the loss downstream.
-            if len(value) > MAX_EVENT_BYTES:
-                self._drop(f"event {event_id} is {len(value)} bytes (limit {MAX_EVENT_BYTES})")
-                return
-            self._producer.produce(
-                self._topic,
-                value=value,
-                key=event.trace_id.encode(),
-                headers=_HEADERS,
-                on_delivery=functools.partial(self._delivery_report, event_id),
-            )
-        except BufferError:
-            self._drop("the send queue is full (is the broker reachable?)")
+        except Exception as exc:  # cannot happen for a validated event; never raise anyway
+            self._drop(f"cannot encode event: {type(exc).__name__}: {exc}")
             return
-        except Exception as exc:  # KafkaException (fatal producer state), anything else
-            self._drop(f"{type(exc).__name__}: {exc}")
+        # Ingest rejects bigger messages; sending one would only move the loss downstream.
+        if len(value) > MAX_EVENT_BYTES:
+            self._drop(f"event is {len(value)} bytes (limit {MAX_EVENT_BYTES})")
             return
-        with self._lock:
-            self._published += 1
+        problem = self._produce(event, value)
+        if problem is not None:
+            self._drop(problem)
+            return
         self._poll(0)
+
+    def _produce(self, event: TraceEvent, value: bytes) -> str | None:
+        """Hand the message to librdkafka; return why not, if it was not taken."""
+        # Under the lock so that close() cannot slip between the check and the produce and
+        # leave a message that is neither delivered nor failed. produce() runs no callbacks.
+        with self._lock:
+            if self._closed:
+                return "publisher is closed"
+            try:
+                self._producer.produce(
+                    self._topic,
+                    value=value,
+                    key=event.trace_id.encode(),
+                    headers=_HEADERS,
+                    on_delivery=functools.partial(self._delivery_report, str(event.event_id)),
+                )
+            except BufferError:
+                return "the send queue is full (is the broker reachable?)"
+            except Exception as exc:  # KafkaException (fatal producer state), anything else
+                return f"{type(exc).__name__}: {exc}"
+            self._published += 1
+            return None
 
     def flush(self, timeout: float) -> int:
         """Wait up to ``timeout`` seconds for outstanding deliveries; return how many remain."""
