@@ -26,7 +26,10 @@ from streams.detector.bench.baselines import (
     METRICS,
     FlaggerConfig,
     FlaggerJudge,
+    KayentaConfig,
     KayentaJudge,
+    classify_metric,
+    classify_metrics,
     failed_checks,
     hodges_lehmann_interval,
     minute_values,
@@ -321,3 +324,14 @@ def test_judge_runner_stops_at_the_first_rollback() -> None:
     assert outcome.alarm_s == 300.0
     assert outcome.observations == 60
     assert outcome.excess_failed == excess[59]
+
+
+def test_vectorised_kayenta_classification_matches_the_per_metric_one() -> None:
+    rng = np.random.default_rng(2)
+    config = KayentaConfig()
+    for minutes in (3, 6, 20):
+        baseline = rng.normal(size=(minutes, len(METRICS)))
+        canary = rng.normal(size=(minutes, len(METRICS))) + np.linspace(0, 2, len(METRICS))
+        expected = [classify_metric(canary[:, j], baseline[:, j], config) for j in range(7)]
+        assert classify_metrics(canary, baseline, config) == expected
+    assert any(expected) and not all(expected)
