@@ -19,10 +19,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas.trace import SpanKind, SpanStatus, TraceEvent
-from streams import generate
-from streams.generate import MODELS, GeneratorProgress, TrafficPlan, simulate
+from streams import generate, traffic
+from streams.generate import GeneratorProgress, TrafficPlan, simulate
 from streams.producer import PublisherStats
 from streams.settings import Settings
+from streams.traffic import MODELS
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 N_REQUESTS = 20_000
@@ -148,7 +149,7 @@ def test_a_failed_request_names_the_step_that_failed_it(events: list[TraceEvent]
                 step = last_child[event.trace_id]
                 assert step.status is SpanStatus.ERROR
                 assert event.error_type == step.error_type
-                assert event.error_type in generate.FAILURE_SECONDS
+                assert event.error_type in traffic.FAILURE_SECONDS
                 assert (event.task_completed, event.quality_score) == (False, None)
             else:
                 assert event.error_type is None
@@ -212,7 +213,7 @@ def test_no_canary_when_its_share_is_zero() -> None:
 
 
 def test_more_agents_than_the_catalog_get_distinct_names() -> None:
-    names = [a.name for a in generate.agent_profiles(20)]
+    names = [a.name for a in traffic.agent_profiles(20)]
     assert len(set(names)) == 20
     assert names[:3] == ["support-bot", "research-agent", "sql-copilot"]
 
