@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streams.detector.bench.report import fmt_duration
+from streams.detector.bench.report import TARGETS, fmt_duration
 from streams.detector.bench.summary import Row
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ COLORS = {
     "flagger": "#2ca02c",
     "flagger-abs": "#8c564b",
 }
-_DELAY_MIN_S, _DELAY_MAX_S = 4.0, 4 * 3600.0
+_DELAY_MIN_S, _HORIZON_S, _MISS_S = 4.0, 3600.0, 9000.0
 _RATE_MIN = 5e-4
 
 
@@ -45,25 +45,32 @@ def _delay_panel(ax: Axes, rows: Sequence[Row]) -> None:
             y = scenarios.index(row.scenario) + (j - (len(judges) - 1) / 2) * step
             color = COLORS.get(judge, "black")
             median, p90 = row.delay_median_s, row.delay_p90_s
-            right = min(p90, _DELAY_MAX_S) if math.isfinite(p90) else _DELAY_MAX_S
+            right = p90 if math.isfinite(p90) else _MISS_S
             if math.isfinite(median):
                 ax.plot([max(median, _DELAY_MIN_S), right], [y, y], color=color, lw=2, alpha=0.6)
                 ax.plot(max(median, _DELAY_MIN_S), y, "o", color=color, ms=6)
             else:
-                ax.plot(_DELAY_MAX_S, y, ">", mfc="none", color=color, ms=7)
+                ax.plot(_MISS_S, y, "x", color=color, ms=7, mew=2)
+    for target in TARGETS:
+        if target.what == "delay_median_s" and target.scenario in scenarios:
+            y = scenarios.index(target.scenario) - 0.4
+            ax.plot(target.limit, y, "v", color="black", ms=5)
     for seconds, label in ((60, "1 min"), (300, "5 min"), (900, "15 min"), (3600, "1 h")):
         ax.axvline(seconds, color="grey", lw=0.6, ls=":")
         ax.text(seconds, len(scenarios) - 0.4, label, fontsize=7, color="grey", ha="center")
+    ax.axvspan(_HORIZON_S * 1.6, _MISS_S * 1.6, color="0.92")
+    ax.text(_MISS_S, -0.45, "missed\n(inf)", fontsize=7, ha="center", va="bottom")
     ax.set_xscale("log")
-    ax.set_xlim(_DELAY_MIN_S, _DELAY_MAX_S * 1.3)
+    ax.set_xlim(_DELAY_MIN_S, _MISS_S * 1.6)
     ax.set_yticks(range(len(scenarios)), scenarios, fontsize=8)
     ax.set_ylim(-0.6, len(scenarios) - 0.1)
     ax.invert_yaxis()
-    ax.set_xlabel("detection delay after onset, s (dot = median, bar to p90; open > = missed)")
+    ax.grid(axis="y", color="0.9", lw=0.5)
+    ax.set_xlabel("detection delay after onset, s (dot = median, bar to p90; x = median missed)")
     ax.set_title("Time to rollback (lower is better)", fontsize=10)
     for judge in judges:
         ax.plot([], [], "o-", color=COLORS.get(judge, "black"), label=judge)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.plot([], [], "v", color="black", ms=5, label="target median (issue 3)")
 
 
 def _false_alarm_panel(ax: Axes, rows: Sequence[Row]) -> None:
@@ -123,8 +130,11 @@ def write_plot(rows: Sequence[Row], path: Path) -> None:
     )
     _delay_panel(left, rows)
     _false_alarm_panel(right, rows)
-    figure.suptitle("Coalmine canary judges vs Kayenta- and Flagger-style judges", fontsize=13)
-    figure.text(0.5, 0.955, _subtitle(rows), ha="center", fontsize=8.5, color="dimgrey")
+    figure.legend(loc="outside lower center", ncols=6, fontsize=9, frameon=False)
+    figure.suptitle(
+        "Coalmine canary judges vs Kayenta- and Flagger-style judges\n" + _subtitle(rows),
+        fontsize=11,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
