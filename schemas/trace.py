@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 MAX_EVENT_BYTES = 64 * 1024
 """Largest accepted message value; bigger ones are rejected before parsing."""
@@ -34,12 +34,16 @@ MAX_ATTRIBUTE_VALUE_CHARS = 1024
 
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 """Agent, version, environment, tenant, provider, model and tool names."""
-SpanRef = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z_.:-]+$")]
+SpanRef = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z_.:-]+$")
+]
 """Trace and span ids: OpenTelemetry hex ids, or any compact printable id."""
 AttributeKey = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_ATTRIBUTE_KEY_CHARS, pattern=r"^[\w.-]+$")
 ]
-AttributeValue = Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_VALUE_CHARS)] | bool | int | float
+AttributeValue = (
+    Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_VALUE_CHARS)] | bool | int | float
+)
 
 
 class SpanKind(StrEnum):

@@ -10,15 +10,18 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import faust
+from clickhouse_connect.driver.client import Client
+from faust.streams import Stream
+from faust.types import EventT
 from faust.web import Request, Response, View
 
 from streams import clickhouse
-from streams.ingest import SPAN_COLUMNS, Header, IngestProcessor, RawMessage, rate_line
+from streams.ingest import SPAN_COLUMNS, Header, IngestProcessor, ProgressLog, RawMessage
 from streams.pricing import PriceTable
 from streams.settings import Settings
 
@@ -35,11 +38,11 @@ class ClickHouseThread:
     loop free for Kafka heartbeats, and one thread means one call at a time on the client.
     """
 
-    def __init__(self, client: clickhouse.Client) -> None:
+    def __init__(self, client: Client) -> None:
         self._client = client
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
 
-    async def run(self, call: Callable[[clickhouse.Client], T]) -> T:
+    async def run(self, call: Callable[[Client], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, call, self._client)
 
     def close(self) -> None:
@@ -53,7 +56,7 @@ class AsyncSpanWriter:
         self._writer: clickhouse.SpanWriter | None = None
 
     async def write(self, rows: Sequence[Sequence[Any]]) -> int:
-        def write(client: clickhouse.Client) -> int:
+        def write(client: Client) -> int:
             if self._writer is None:
                 self._writer = clickhouse.SpanWriter(client, SPAN_COLUMNS)
             return self._writer.write(rows)
@@ -74,18 +77,26 @@ class FaustDeadLetters:
         )
 
 
-def _raw_message(event: Any) -> RawMessage:
+def _event_batches(
+    stream: faust.StreamT[bytes], max_events: int, within_s: float
+) -> AsyncIterator[Sequence[EventT[bytes]]]:
+    """Batches of unacknowledged events. Faust types ``noack_take`` as yielding values and only
+    declares it on the concrete ``Stream``; at run time it yields the events themselves."""
+    batches = cast(Stream[bytes], stream).noack_take(max_events, within=within_s)
+    return cast(AsyncIterator[Sequence[EventT[bytes]]], batches)
+
+
+def _raw_message(event: EventT[bytes]) -> RawMessage:
     message = event.message
     headers = message.headers or ()
-    if isinstance(headers, dict):
-        headers = headers.items()
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
     return RawMessage(
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,
         key=message.key,
         value=message.value,
-        headers=tuple((str(k), bytes(v or b"")) for k, v in headers),
+        headers=tuple((key, value or b"") for key, value in pairs),
     )
 
 
@@ -127,7 +138,7 @@ def create_app(settings: Settings, thread: ClickHouseThread, prices: PriceTable)
         prices=prices,
         stopping=lambda: bool(app.should_stop),
     )
-    started = time.monotonic()
+    progress = ProgressLog(started=time.monotonic(), interval_s=PROGRESS_INTERVAL_S)
 
     # Concurrency 1: with more, Faust can commit an offset past a batch still in flight
     # (faust-streaming issue #606). Workers scale out by partitions instead.
@@ -135,17 +146,14 @@ def create_app(settings: Settings, thread: ClickHouseThread, prices: PriceTable)
     async def ingest(stream: faust.StreamT[bytes]) -> None:
         # noack_take: events are acknowledged here, only after they are stored; Faust's
         # take() would acknowledge a batch even when processing it was interrupted.
-        async for events in stream.noack_take(
-            settings.batch_max_events, within=settings.batch_max_seconds
+        async for events in _event_batches(
+            stream, settings.batch_max_events, settings.batch_max_seconds
         ):
             if not await processor.process([_raw_message(e) for e in events]):
                 return
             for event in events:
                 await stream.ack(event)
-
-    @app.timer(interval=PROGRESS_INTERVAL_S)
-    async def report_progress() -> None:
-        log.info(rate_line(processor.counters, time.monotonic() - started))
+            progress.maybe_log(processor.counters, time.monotonic())
 
     @app.page("/health")
     class Health(View):
@@ -160,11 +168,9 @@ def create_app(settings: Settings, thread: ClickHouseThread, prices: PriceTable)
             body = await request.json()
             query = body.get("query") if isinstance(body, dict) else None
             if not isinstance(query, str) or not query.strip():
-                return self.json({"error": "body must be {\"query\": \"SELECT ...\"}"}, status=400)
+                return self.json({"error": 'body must be {"query": "SELECT ..."}'}, status=400)
             try:
-                columns, rows = await thread.run(
-                    lambda c: clickhouse.query_readonly(c, query)
-                )
+                columns, rows = await thread.run(lambda c: clickhouse.query_readonly(c, query))
             except clickhouse.ClickHouseQueryError as exc:
                 return self.json({"error": str(exc)}, status=400)
             payload = json.dumps({"columns": columns, "rows": rows}, default=str)

@@ -93,7 +93,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 def _bench_detector(args: argparse.Namespace, settings: Settings) -> int:
     from streams.detector.bench import cli as bench_cli
 
-    return bench_cli.run(quick=args.quick, json_path=args.json, plot_path=args.plot)
+    exit_code: int = bench_cli.run(quick=args.quick, json_path=args.json, plot_path=args.plot)
+    return exit_code
 
 
 def _bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -120,9 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         dev_commands.add_parser(name, help=text, description=text).set_defaults(handler=handler)
 
-    commands.add_parser(
-        "migrate", help="apply the sql/ migrations (idempotent)"
-    ).set_defaults(handler=_migrate)
+    commands.add_parser("migrate", help="apply the sql/ migrations (idempotent)").set_defaults(
+        handler=_migrate
+    )
     commands.add_parser(
         "worker", help="run the Faust worker with every stream processor"
     ).set_defaults(handler=_worker)
@@ -134,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(handler=_generate)
 
     sql = commands.add_parser("sql", help="run read-only SQL and print the result")
-    sql.add_argument("query", help='e.g. "SELECT agent, count() FROM coalmine.spans GROUP BY agent"')
+    sql.add_argument(
+        "query", help='e.g. "SELECT agent, count() FROM coalmine.spans GROUP BY agent"'
+    )
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.set_defaults(handler=_sql)
 

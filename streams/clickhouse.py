@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
+from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from streams.errors import ClickHouseUnavailableError
@@ -32,24 +33,13 @@ DATABASE = "coalmine"
 MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
-class Client(Protocol):
-    """The slice of clickhouse-connect's client that Coalmine uses."""
-
-    def command(self, cmd: str, parameters: Any = None, settings: Any = None) -> Any: ...
-    def query(self, query: str, parameters: Any = None, settings: Any = None) -> Any: ...
-    def insert(
-        self, table: str, data: Sequence[Sequence[Any]], column_names: Sequence[str] = ...
-    ) -> Any: ...
-    def close(self) -> None: ...
-
-
 def connect(settings: Settings) -> Client:
     """Open the configured ClickHouse; a clear error when it cannot be reached or opened."""
     url = settings.clickhouse_url
     try:
         if settings.is_embedded_clickhouse:
             settings.chdb_path.mkdir(parents=True, exist_ok=True)
-            client: Client = clickhouse_connect.get_client(dsn=url)
+            client = clickhouse_connect.get_client(dsn=url)
         else:
             # Sessions start in `default`: the URL's database may not exist before the first
             # migration, and every query here names `coalmine.` explicitly.
@@ -119,12 +109,19 @@ def migrations_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "sql"
 
 
+def example_query(name: str) -> str:
+    """The text of ``sql/queries/<name>.sql``."""
+    return (migrations_dir() / "queries" / f"{name}.sql").read_text(encoding="utf-8")
+
+
 def load_migrations(directory: Path | None = None) -> list[Migration]:
     found = []
     for path in sorted((directory or migrations_dir()).glob("*.sql")):
         match = MIGRATION_NAME.match(path.name)
         if match is None:
-            raise ClickHouseUnavailableError(f"migration file name {path.name} is not NNNN_name.sql")
+            raise ClickHouseUnavailableError(
+                f"migration file name {path.name} is not NNNN_name.sql"
+            )
         found.append(Migration(int(match.group(1)), path.stem, path.read_text(encoding="utf-8")))
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):

@@ -8,6 +8,7 @@ escaping a Faust agent gets the batch acknowledged and lost.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -245,10 +246,14 @@ class IngestProcessor:
                 rejection.message.offset,
                 rejection.reason,
             )
-            sent = await self._with_retry("dead-letter send", lambda r=rejection: self._send(r))
+            sent = await self._with_retry(
+                "dead-letter send", functools.partial(self._send, rejection)
+            )
             if sent is None:
                 return False
-        written = await self._with_retry("ClickHouse insert", lambda: self._spans.write(routed.rows))
+        written = await self._with_retry(
+            "ClickHouse insert", lambda: self._spans.write(routed.rows)
+        )
         if written is None:
             return False
         self.counters.batches += 1
@@ -278,11 +283,26 @@ class IngestProcessor:
                 attempt += 1
 
 
+@dataclass
+class ProgressLog:
+    """Logs the ingest counters at most every ``interval_s`` seconds of the given clock."""
+
+    started: float
+    interval_s: float
+    last: float | None = None
+
+    def maybe_log(self, counters: IngestCounters, now: float) -> bool:
+        if self.last is not None and now - self.last < self.interval_s:
+            return False
+        self.last = now
+        log.info(rate_line(counters, now - self.started))
+        return True
+
+
 def rate_line(counters: IngestCounters, elapsed_s: float) -> str:
     rate = counters.spans_written / elapsed_s if elapsed_s > 0 else 0.0
     return (
         f"ingested {counters.spans_written} spans ({rate:.0f}/s), "
-        f"{counters.dead_lettered} dead-lettered, {counters.duplicates_skipped} duplicates skipped, "
-        f"{counters.sink_retries} retries"
+        f"{counters.dead_lettered} dead-lettered, "
+        f"{counters.duplicates_skipped} duplicates skipped, {counters.sink_retries} retries"
     )
-

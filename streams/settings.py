@@ -46,7 +46,10 @@ class Settings:
     )
     topic_prefix: str = field(
         default="coalmine",
-        metadata={"env": "COALMINE_TOPIC_PREFIX", "doc": "Prefix of every topic and the consumer group."},
+        metadata={
+            "env": "COALMINE_TOPIC_PREFIX",
+            "doc": "Prefix of every topic and the consumer group.",
+        },
     )
     traces_partitions: int = field(
         default=4,
@@ -73,7 +76,10 @@ class Settings:
     )
     spans_ttl_days: int = field(
         default=90,
-        metadata={"env": "COALMINE_SPANS_TTL_DAYS", "doc": "Days raw spans are kept (0 = forever)."},
+        metadata={
+            "env": "COALMINE_SPANS_TTL_DAYS",
+            "doc": "Days raw spans are kept (0 = forever).",
+        },
     )
     prices_file: Path | None = field(
         default=None,

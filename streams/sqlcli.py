@@ -88,9 +88,7 @@ def render_csv(columns: Sequence[str], rows: Rows) -> str:
 def render_table(columns: Sequence[str], rows: Rows) -> str:
     """Columns aligned for a terminal: numbers right, text left, long cells shortened."""
     cells = [[_short(_cell(value)) for value in row] for row in rows]
-    widths = [
-        max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(columns)
-    ]
+    widths = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(columns)]
     numeric = [
         bool(rows) and all(isinstance(row[i], int | float) for row in rows)
         for i in range(len(columns))

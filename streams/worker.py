@@ -31,7 +31,11 @@ def run(settings: Settings) -> int:
     thread = ClickHouseThread(client)
     app = create_app(settings, thread, prices)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
-    owner = clickhouse.claim_embedded(settings, settings.worker_url) if settings.is_embedded_clickhouse else None
+    owner = (
+        clickhouse.claim_embedded(settings, settings.worker_url)
+        if settings.is_embedded_clickhouse
+        else None
+    )
     try:
         worker.execute_from_commandline()
     except SystemExit as exit_:

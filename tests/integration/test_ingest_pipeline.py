@@ -18,11 +18,12 @@ from schemas.trace import MAX_EVENT_BYTES, TraceEvent
 from streams.ingest import DLQ_REASON, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION, DLQ_SOURCE_TOPIC
 from streams.producer import KafkaPublisher, Tracer
 from streams.topics import ensure_topics
+from streams.worker_process import WorkerProcess
 from tests.integration.harness import (
-    WorkerProcess,
     consume_all,
     headers_of,
     isolated_settings,
+    wait_for,
     worker,
 )
 
@@ -76,7 +77,7 @@ def test_events_from_the_sdk_become_exactly_those_rows(worker: WorkerProcess) ->
     assert publisher.inner.flush(30) == 0
     assert publisher.inner.stats.delivered == len(publisher.events) == 600
 
-    assert worker.wait_for("SELECT count() FROM coalmine.spans", 600) == 600
+    assert wait_for(worker, "SELECT count() FROM coalmine.spans", 600) == 600
     rows = {row[0]: row for row in worker.sql(f"SELECT {SPAN_FIELDS} FROM coalmine.spans")}
     assert len(rows) == 600
     for event in publisher.events:
@@ -107,7 +108,11 @@ def assert_row_matches(row: Sequence[Any], event: TraceEvent) -> None:
         quality,
         duration_ms,
     ) = row
-    assert (trace_id, span_id, parent or None) == (event.trace_id, event.span_id, event.parent_span_id)
+    assert (trace_id, span_id, parent or None) == (
+        event.trace_id,
+        event.span_id,
+        event.parent_span_id,
+    )
     assert (agent, version, kind, name) == (event.agent, event.version, event.kind, event.name)
     assert (status, error_type or None) == (event.status, event.error_type)
     assert (provider or None, model or None, tool_name or None) == (
@@ -166,9 +171,9 @@ def test_invalid_events_go_to_the_dead_letter_topic_and_the_rest_land(
         producer.produce(settings.topic("traces"), value, key=key, headers=[("origin", b"test")])
     assert producer.flush(30) == 0
 
-    assert worker.wait_for("SELECT count() FROM coalmine.spans", len(valid)) == len(valid)
+    assert wait_for(worker, "SELECT count() FROM coalmine.spans", len(valid)) == len(valid)
     dead = consume_all(settings.kafka_bootstrap, settings.topic("traces.dlq"), len(INVALID))
-    by_key = {m.key().decode(): m for m in dead}
+    by_key = {bytes(m.key() or b"").decode(): m for m in dead}
     assert sorted(by_key) == sorted(f"invalid-{name}" for name in INVALID)
     for name, value in INVALID.items():
         message = by_key[f"invalid-{name}"]
@@ -235,7 +240,7 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
     assert expected > 1000 and acknowledged.failed == 0
 
     query = "SELECT count() FROM coalmine.spans"
-    assert worker_process.wait_for(query, expected, timeout_s=180) == expected
+    assert wait_for(worker_process, query, expected, timeout_s=180) == expected
     count, unique = worker_process.sql("SELECT count(), uniqExact(event_id) FROM coalmine.spans")[0]
     stored = {row[0] for row in worker_process.sql("SELECT toString(event_id) FROM coalmine.spans")}
     assert (count, unique) == (expected, expected)

@@ -18,8 +18,8 @@ from streams.ingest import (
     SPAN_COLUMNS,
     InvalidEventError,
     RawMessage,
-    decode,
     dead_letter_headers,
+    decode,
     route,
     to_row,
 )
@@ -114,9 +114,13 @@ def test_row_prices_from_the_table_when_cost_is_absent() -> None:
 
 
 def test_row_keeps_a_reported_cost_and_flags_unknown_models() -> None:
-    reported = dict(zip(SPAN_COLUMNS, to_row(decode(encoded(cost_usd=0.5)), PRICES, 0, 0)))
+    reported = dict(
+        zip(SPAN_COLUMNS, to_row(decode(encoded(cost_usd=0.5)), PRICES, 0, 0), strict=True)
+    )
     assert (reported["cost_usd"], reported["cost_source"]) == (0.5, "reported")
-    unknown = dict(zip(SPAN_COLUMNS, to_row(decode(encoded(model="mystery")), PRICES, 0, 0)))
+    unknown = dict(
+        zip(SPAN_COLUMNS, to_row(decode(encoded(model="mystery")), PRICES, 0, 0), strict=True)
+    )
     assert (unknown["cost_usd"], unknown["cost_source"]) == (0.0, "unpriced")
 
 

@@ -21,5 +21,5 @@ def test_statements_split_on_line_final_semicolons_and_drop_comments() -> None:
 
 def test_a_badly_named_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "create.sql").write_text("SELECT 1;")
-    with pytest.raises(ClickHouseUnavailableError, match="NNNN_name.sql"):
+    with pytest.raises(ClickHouseUnavailableError, match=r"NNNN_name\.sql"):
         load_migrations(tmp_path)

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from typing import Any
 
 from streams.sqlcli import render
 
@@ -17,7 +19,7 @@ def test_table_aligns_numbers_right_and_counts_rows() -> None:
 
 
 def test_csv_and_json_keep_every_value() -> None:
-    rows = [("a,b", None, 0.5)]
+    rows: list[Sequence[Any]] = [("a,b", None, 0.5)]
     assert render(["x", "y", "z"], rows, "csv") == 'x,y,z\n"a,b",NULL,0.5'
     assert json.loads(render(["x", "y", "z"], rows, "json")) == [{"x": "a,b", "y": None, "z": 0.5}]
 
