@@ -38,6 +38,8 @@ def execute(
         f"coalmine bench detector: {len(grid)} scenarios, {replications} replications, "
         f"judges {', '.join(JUDGES)}, {processes} process(es)"
     )
+    for scenario in grid:
+        out(f"  {scenario.describe()}")
     rows = run_grid(grid, JUDGES, seed=seed, processes=processes, progress=out)
     out("")
     out(markdown_table(rows))

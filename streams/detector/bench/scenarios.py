@@ -141,6 +141,18 @@ class Scenario:
     def single_version(self) -> bool:
         return self.family in (Family.DRIFT, Family.DRIFT_AA)
 
+    def describe(self) -> str:
+        """One line: what the scenario is, its traffic and its replications."""
+        who = "one version" if self.single_version else f"{self.share:.0%} canary"
+        text = self.description or self.family.value
+        onset = f", onset {self.onset_s / 60:.0f} min" if self.onset_s else ""
+        hours = self.horizon_s / HOUR_S
+        horizon = f"{hours:g} h" if hours == int(hours) else f"{self.horizon_s / 60:.0f} min"
+        return (
+            f"{self.name}: {text} ({who} of {self.rps:g} req/s, "
+            f"horizon {horizon}{onset}, {self.replications} runs)"
+        )
+
     @property
     def canary_traffic(self) -> Traffic:
         """The canary's traffic after the onset."""
@@ -180,10 +192,10 @@ def build_grid(quick: bool) -> list[Scenario]:
     grid: list[Scenario] = [
         Scenario("aa-1h", Family.AA, aa_head, description="A/A, headline, 1 h"),
         Scenario("aa-8h", Family.AA, aa_long, horizon_s=8 * HOUR_S, description="A/A, 8 h"),
-        Scenario("aa-1h-share5", Family.AA, aa_side, share=0.05),
-        Scenario("aa-1h-share50", Family.AA, aa_side, share=0.50),
-        Scenario("aa-1h-rps10", Family.AA, aa_side, rps=10.0),
-        Scenario("aa-1h-rps1000", Family.AA, aa_side, rps=1000.0),
+        Scenario("aa-1h-share5", Family.AA, aa_side, share=0.05, description="A/A"),
+        Scenario("aa-1h-share50", Family.AA, aa_side, share=0.50, description="A/A"),
+        Scenario("aa-1h-rps10", Family.AA, aa_side, rps=10.0, description="A/A"),
+        Scenario("aa-1h-rps1000", Family.AA, aa_side, rps=1000.0, description="A/A"),
         Scenario(
             "aa-diurnal-drifted-split",
             Family.AA,
@@ -210,7 +222,12 @@ def build_grid(quick: bool) -> list[Scenario]:
         ("onset10m", {"onset_s": 600.0, "horizon_s": 600.0 + HOUR_S}),
         ("diurnal-drifted-split", {"diurnal_amplitude": 0.5, "share_end": 0.30}),
     ):
-        base = Scenario(f"err-1-2pct-{name}", Family.REGRESSION, reg, regression=err2)
+        text = "errors 1% -> 2%"
+        if name.startswith("diurnal"):
+            text += ", base rate +-50% over a 1 h cycle, split drifting 10% -> 30%"
+        base = Scenario(
+            f"err-1-2pct-{name}", Family.REGRESSION, reg, regression=err2, description=text
+        )
         grid.append(replace(base, **change))  # type: ignore[arg-type]
     grid.extend(_drift_scenarios(quick))
     return grid
@@ -227,7 +244,7 @@ def _drift_scenarios(quick: bool) -> list[Scenario]:
             onset_s=warmup,
             horizon_s=warmup + HOUR_S,
             regression=Regression(error_rate=0.02),
-            description="one version at 100 rps, errors 1% -> 2% after 30 min",
+            description="errors 1% -> 2% after 30 min of history",
         ),
         Scenario(
             "drift-aa",
@@ -235,6 +252,6 @@ def _drift_scenarios(quick: bool) -> list[Scenario]:
             4 if quick else 60,
             share=1.0,
             horizon_s=(6 if quick else 24) * HOUR_S,
-            description="one version at 100 rps, unchanged: run length to a false alarm",
+            description="unchanged version: run length to a false alarm",
         ),
     ]
