@@ -84,6 +84,10 @@ DRIFT_JUDGES: Mapping[str, Callable[[], Observer]] = {
     "coalmine-drift": lambda: DriftAdapter(DriftDetector()),
 }
 """Single-version judges (drift scenarios)."""
+ALARMS: Mapping[str, frozenset[Verdict]] = {"coalmine-drift": frozenset({Verdict.ALERT})}
+"""Verdicts that count as the alarm, per judge: ROLLBACK unless listed (the drift detector
+has no baseline to roll back to; its alarm is an ALERT)."""
+ROLLBACK_ONLY = frozenset({Verdict.ROLLBACK})
 
 
 def judges_for(scenario: Scenario, names: Sequence[str]) -> list[str]:
@@ -105,8 +109,13 @@ def stream_windows(stream: Stream) -> Windows:
     return out
 
 
-def run_judge(judge: Observer, windows: Windows, excess: Sequence[float]) -> Outcome:
-    """Feed ``windows`` to ``judge`` until its first ROLLBACK (or the end)."""
+def run_judge(
+    judge: Observer,
+    windows: Windows,
+    excess: Sequence[float],
+    alarm_on: frozenset[Verdict] = ROLLBACK_ONLY,
+) -> Outcome:
+    """Feed ``windows`` to ``judge`` until its first alarm (a verdict in ``alarm_on``)."""
     alarm = alert = passed = math.inf
     last = len(windows) - 1
     started = time.process_time()
@@ -117,7 +126,7 @@ def run_judge(judge: Observer, windows: Windows, excess: Sequence[float]) -> Out
             alert = end_s
         if verdict is Verdict.PASS and passed == math.inf:
             passed = end_s
-        if verdict is Verdict.ROLLBACK:
+        if verdict in alarm_on:
             alarm, last = end_s, index
             break
     cpu = time.process_time() - started
@@ -139,7 +148,10 @@ def run_replication(
     stream = simulate(scenario, replication_rng(seed, replication))
     windows = stream_windows(stream)
     excess = expected_failures_excess(stream).tolist()
-    return {name: run_judge(make_judge(name), windows, excess) for name in judges}
+    return {
+        name: run_judge(make_judge(name), windows, excess, ALARMS.get(name, ROLLBACK_ONLY))
+        for name in judges
+    }
 
 
 @dataclass(frozen=True)
