@@ -23,6 +23,7 @@ from uuid import UUID
 from schemas.trace import SpanKind, TraceEvent
 from streams.producer import CountingPublisher, KafkaPublisher, PublisherStats, Span, Tracer
 from streams.settings import Settings
+from streams.topics import ensure_topics
 from streams.traffic import MAX_AGENTS, RequestDraw, RequestDrawer, StepDraw, TrafficPlan
 
 __all__ = [
@@ -283,6 +284,9 @@ def run(
     ``progress`` (default: a line on stdout every few seconds) and returns 0, or 1 if any
     event was not delivered."""
     if publisher is None:
+        # Created up front with the configured partitions (an auto-created topic would get
+        # the broker's default); this also fails in one clear line if Kafka is not there.
+        ensure_topics(settings)
         publisher = KafkaPublisher.from_settings(settings)
     stop = stop or threading.Event()
     report = progress or (lambda p: print(p.line(), flush=True))

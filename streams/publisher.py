@@ -35,14 +35,20 @@ class RateLimitedLog:
     """Logs the first occurrence, then at most once per ``interval_s``, saying how many
     similar messages were held back. A broker outage must not flood the agent's logs."""
 
-    def __init__(self, level: int, interval_s: float = 10.0) -> None:
+    def __init__(
+        self, level: int, interval_s: float = 10.0, log: logging.Logger | None = None
+    ) -> None:
         self._level = level
         self._interval_s = interval_s
+        self._logger = log or logger
         self._last = -math.inf
         self._suppressed = 0
         self._lock = threading.Lock()
 
     def __call__(self, message: str, *args: object) -> None:
+        self.log(self._level, message, *args)
+
+    def log(self, level: int, message: str, *args: object) -> None:
         with self._lock:
             now = time.monotonic()
             if now - self._last < self._interval_s:
@@ -51,7 +57,7 @@ class RateLimitedLog:
             suppressed, self._suppressed, self._last = self._suppressed, 0, now
         if suppressed:
             message += f" ({suppressed} similar message(s) suppressed)"
-        logger.log(self._level, message, *args)
+        self._logger.log(level, message, *args)
 
 
 class Publisher(Protocol):
@@ -135,8 +141,11 @@ class KafkaPublisher:
             "queue.buffering.max.messages": max_queue_messages,
             "queue.buffering.max.kbytes": max_queue_kbytes,
             "error_cb": self._on_client_error,
-            # librdkafka logs to stderr by default; route them through logging instead.
-            "logger": logging.getLogger("coalmine.sdk.librdkafka"),
+            # librdkafka logs to stderr by default, a line per reconnect attempt while the
+            # broker is down; route them through logging, rate-limited.
+            "logger": RateLimitedLog(
+                logging.WARNING, log=logging.getLogger("coalmine.sdk.librdkafka")
+            ),
         }
         config.update(extra_config or {})
         self._producer = Producer(config)

@@ -160,7 +160,6 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking() -> None:
 
 def test_generate_run_delivers_everything_it_reports(kafka_settings: Settings) -> None:
     settings = replace(kafka_settings, topic_prefix=f"test-gen-{uuid.uuid4().hex[:12]}")
-    _new_topic(settings.kafka_bootstrap, settings.topic("traces"))
     plan = generate.TrafficPlan(rate=2000.0, duration_s=None, requests=300, seed=11)
     reports: list[generate.GeneratorProgress] = []
 
@@ -175,6 +174,8 @@ def test_generate_run_delivers_everything_it_reports(kafka_settings: Settings) -
     assert len(messages) == final.delivered
     events = [TraceEvent.model_validate_json(m.value() or b"") for m in messages]
     assert sum(e.kind == "request" for e in events) == 300
+    # run() created the topic with the configured partition count.
+    assert len({m.partition() for m in messages}) == settings.traces_partitions
     # Requests end "now": none is recorded as ending after it was published.
     assert max(e.end_time for e in events) <= datetime.now(UTC)
 
