@@ -36,11 +36,16 @@ class RateLimitedLog:
     similar messages were held back. A broker outage must not flood the agent's logs."""
 
     def __init__(
-        self, level: int, interval_s: float = 10.0, log: logging.Logger | None = None
+        self,
+        level: int,
+        interval_s: float = 10.0,
+        log: logging.Logger | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._level = level
         self._interval_s = interval_s
         self._logger = log or logger
+        self._clock = clock
         self._last = -math.inf
         self._suppressed = 0
         self._lock = threading.Lock()
@@ -50,7 +55,7 @@ class RateLimitedLog:
 
     def log(self, level: int, message: str, *args: object) -> None:
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             if now - self._last < self._interval_s:
                 self._suppressed += 1
                 return
