@@ -105,10 +105,10 @@ class ConditionalRateTest:
         self.grid = log_grid(step, limit)
         self.step = step
         self._exp_grid = np.exp(self.grid)
-        self._log_w_one_sided = gaussian_grid_log_weights(
+        self.log_weights_one_sided = gaussian_grid_log_weights(
             self.grid, prior_scale, self.grid > 0, center=prior_center
         )
-        self._log_w_two_sided = gaussian_grid_log_weights(
+        self.log_weights_two_sided = gaussian_grid_log_weights(
             self.grid, cs_prior_scale, np.ones_like(self.grid, dtype=bool)
         )
         self.loglik = np.zeros_like(self.grid)
@@ -135,7 +135,7 @@ class ConditionalRateTest:
 
     def log_e_value(self) -> float:
         """Log of the one-sided (canary worse) mixture e-value now."""
-        return float(logsumexp(self._log_w_one_sided + self.loglik))
+        return float(logsumexp(self.log_weights_one_sided + self.loglik))
 
     def log_e_max_value(self) -> float:
         """Log of the running maximum of the e-value; 1/exp of it is the anytime p-value."""
@@ -149,7 +149,7 @@ class ConditionalRateTest:
 
     def confidence_sequence(self, alpha: float) -> tuple[float, float]:
         """Anytime-valid (1 - alpha) bounds on the rate ratio canary / baseline."""
-        log_m = float(logsumexp(self._log_w_two_sided + self.loglik)) - self.loglik
+        log_m = float(logsumexp(self.log_weights_two_sided + self.loglik)) - self.loglik
         inside = np.flatnonzero(log_m < math.log(1.0 / alpha))
         if inside.size == 0:
             inside = np.array([int(np.argmin(log_m))])
