@@ -385,8 +385,11 @@ class Tracer:
         return self._id_factory().hex
 
     def new_span_id(self) -> str:
-        """16 hex digits, as OpenTelemetry span ids (the UUID's random low 64 bits)."""
-        return f"{self._id_factory().int & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+        """16 hex digits, as OpenTelemetry span ids."""
+        value = self._id_factory().int
+        # Folding the halves together: a UUID4's fixed version and variant bits sit at
+        # different positions in each half, so every bit of the result is random.
+        return f"{(value ^ (value >> 64)) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
 
     def _emit(self, fields: dict[str, Any]) -> None:
         try:

@@ -365,3 +365,13 @@ def test_numpy_style_integers_are_accepted_as_token_counts(
     with tracer.request("r") as req:
         req.set_usage(input_tokens=NumpyLikeInt(7))
     assert type(publisher.events[0].input_tokens) is int
+
+
+def test_span_ids_use_all_their_bits(publisher: ListPublisher) -> None:
+    tracer = Tracer("a", "v1", publisher)  # real uuid4 ids
+    for _ in range(300):
+        with tracer.request("r"):
+            pass
+    span_ids = [e.span_id for e in publisher.events]
+    # Without folding, a UUID4's variant bits would pin the first digit to 8-b.
+    assert len({s[0] for s in span_ids}) > 8
