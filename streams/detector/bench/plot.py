@@ -51,22 +51,34 @@ def _delay_panel(ax: Axes, rows: Sequence[Row]) -> None:
                 ax.plot(max(median, _DELAY_MIN_S), y, "o", color=color, ms=6)
             else:
                 ax.plot(_MISS_S, y, "x", color=color, ms=7, mew=2)
+            if row.onset_s > 0 and row.false_alarm_rate:
+                ax.text(
+                    _DELAY_MIN_S * 1.1,
+                    y,
+                    f"{row.false_alarm_rate:.0%} alarmed before onset",
+                    fontsize=6.5,
+                    color=color,
+                    va="center",
+                )
     for target in TARGETS:
         if target.what == "delay_median_s" and target.scenario in scenarios:
             y = scenarios.index(target.scenario) - 0.4
             ax.plot(target.limit, y, "v", color="black", ms=5)
-    for seconds, label in ((60, "1 min"), (300, "5 min"), (900, "15 min"), (3600, "1 h")):
+    for seconds in (60, 300, 900, 3600):
         ax.axvline(seconds, color="grey", lw=0.6, ls=":")
-        ax.text(seconds, len(scenarios) - 0.4, label, fontsize=7, color="grey", ha="center")
     ax.axvspan(_HORIZON_S * 1.6, _MISS_S * 1.6, color="0.92")
     ax.text(_MISS_S, -0.45, "missed\n(inf)", fontsize=7, ha="center", va="bottom")
     ax.set_xscale("log")
     ax.set_xlim(_DELAY_MIN_S, _MISS_S * 1.6)
+    ticks = [(5, "5 s"), (15, "15 s"), (30, "30 s"), (60, "1 min"), (120, "2 min")]
+    ticks += [(300, "5 min"), (900, "15 min"), (1800, "30 min"), (3600, "1 h")]
+    ax.set_xticks([t for t, _ in ticks], [label for _, label in ticks], fontsize=8)
+    ax.minorticks_off()
     ax.set_yticks(range(len(scenarios)), scenarios, fontsize=8)
     ax.set_ylim(-0.6, len(scenarios) - 0.1)
     ax.invert_yaxis()
     ax.grid(axis="y", color="0.9", lw=0.5)
-    ax.set_xlabel("detection delay after onset, s (dot = median, bar to p90; x = median missed)")
+    ax.set_xlabel("detection delay after onset (dot = median, bar to p90; x = median missed)")
     ax.set_title("Time to rollback (lower is better)", fontsize=10)
     for judge in judges:
         ax.plot([], [], "o-", color=COLORS.get(judge, "black"), label=judge)
