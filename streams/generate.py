@@ -288,52 +288,63 @@ def run(
         # the broker's default); this also fails in one clear line if Kafka is not there.
         ensure_topics(settings)
         publisher = KafkaPublisher.from_settings(settings)
-    stop = stop or threading.Event()
     report = progress or (lambda p: print(p.line(), flush=True))
-    sim = _Simulation(plan, publisher)
-    total = plan.total_requests
-    began = time.monotonic()
-    next_report = began + PROGRESS_EVERY_S
-    sent = 0
-
-    def snapshot(done: bool) -> GeneratorProgress:
-        s = publisher.stats
-        return GeneratorProgress(
-            time.monotonic() - began,
-            sent,
-            s.published + s.dropped,
-            s.delivered,
-            s.failed,
-            s.dropped,
-            sim.invalid_spans,
-            done,
-        )
-
+    pacer = _Pacer(_Simulation(plan, publisher), publisher)
     try:
-        while total is None or sent < total:
-            delay = began + sent / plan.rate - time.monotonic()
-            if (delay > 0 and stop.wait(delay)) or stop.is_set():
-                break
-            # The request is recorded when it ends, as a real agent's would be: it ends now.
-            sim.step(lambda draw: datetime.now(UTC) - timedelta(seconds=draw.duration_s))
-            sent += 1
-            if time.monotonic() >= next_report:
-                next_report += PROGRESS_EVERY_S
-                report(snapshot(done=False))
+        pacer.run(stop or threading.Event(), report)
     except BaseException:
         # Ctrl-C: keep what is already queued if the broker takes it soon, but do not make
         # the user wait out a long flush.
         publisher.close(INTERRUPTED_CLOSE_TIMEOUT_S)
         if progress is None:
-            _print_summary(sim.requests, snapshot(done=True), "interrupted")
+            _print_summary(pacer.sim.requests, pacer.snapshot(done=True), "interrupted")
         raise
     publisher.close(CLOSE_TIMEOUT_S)
-    final = snapshot(done=True)
+    final = pacer.snapshot(done=True)
     if progress is None:
-        _print_summary(sim.requests, final)
+        _print_summary(pacer.sim.requests, final)
     else:
         progress(final)
     return 0 if final.failed == final.dropped == final.invalid == 0 else 1
+
+
+class _Pacer:
+    """Sends a simulation's requests at its plan's rate, on the wall clock."""
+
+    def __init__(self, sim: _Simulation, publisher: CountingPublisher) -> None:
+        self.sim = sim
+        self.publisher = publisher
+        self.began = time.monotonic()
+        self.sent = 0
+
+    def run(self, stop: threading.Event, report: Callable[[GeneratorProgress], None]) -> None:
+        plan = self.sim.plan
+        total = plan.total_requests
+        next_report = self.began + PROGRESS_EVERY_S
+        while total is None or self.sent < total:
+            # Due times come from the start, so a slow request is caught up, not compounded.
+            delay = self.began + self.sent / plan.rate - time.monotonic()
+            if (delay > 0 and stop.wait(delay)) or stop.is_set():
+                return
+            # The request is recorded when it ends, as a real agent's would be: it ends now.
+            self.sim.step(lambda draw: datetime.now(UTC) - timedelta(seconds=draw.duration_s))
+            self.sent += 1
+            if time.monotonic() >= next_report:
+                next_report += PROGRESS_EVERY_S
+                report(self.snapshot(done=False))
+
+    def snapshot(self, done: bool) -> GeneratorProgress:
+        s = self.publisher.stats
+        return GeneratorProgress(
+            elapsed_s=time.monotonic() - self.began,
+            requests=self.sent,
+            spans=s.published + s.dropped,
+            delivered=s.delivered,
+            failed=s.failed,
+            dropped=s.dropped,
+            invalid=self.sim.invalid_spans,
+            done=done,
+        )
 
 
 def _print_summary(
