@@ -91,7 +91,7 @@ class Span:
     """One unit of work. Use it as a context manager (timed by the tracer's clock) or call
     :meth:`end` yourself; with explicit ``start_time``/``end_time`` it records work whose
     times are already known (imports, simulations). The event is built and published when
-    the span ends; ending twice is a no-op."""
+    the span ends (one never ended is never published); ending twice is a no-op."""
 
     def __init__(
         self,
@@ -125,10 +125,14 @@ class Span:
 
     # -- children --
 
-    def span(self, kind: SpanKind, name: str, *, start_time: datetime | None = None) -> Span:
-        """A child span of any kind but ``request`` (there is one request span per trace)."""
+    def span(self, kind: SpanKind | str, name: str, *, start_time: datetime | None = None) -> Span:
+        """A child span of any kind but ``request`` (one per trace: the root). Eval spans
+        that carry a quality score come from :meth:`eval`."""
+        kind = SpanKind(kind)  # a misspelt kind fails here, at the call, not as a lost span
         if kind is SpanKind.REQUEST:
             raise ValueError("a request span is a root; use tracer.request() for it")
+        if kind is SpanKind.EVAL:
+            return self.eval(name, start_time=start_time)
         return self._child(Span, kind, name, start_time)
 
     def llm(

@@ -20,7 +20,7 @@ from schemas.trace import (
     SpanStatus,
     TraceEvent,
 )
-from streams.producer import Publisher, Tracer
+from streams.producer import OutcomeSpan, Publisher, Tracer
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -271,9 +271,25 @@ def test_outcome_fields_are_only_on_the_request_span(
     assert not hasattr(llm_event, "set_outcome")
 
 
-def test_a_nested_request_span_is_refused(tracer: Tracer) -> None:
-    with tracer.request("r") as req, pytest.raises(ValueError, match="root"):
-        req.span(SpanKind.REQUEST, "inner")
+def test_a_nested_request_span_or_an_unknown_kind_is_refused_at_the_call(tracer: Tracer) -> None:
+    with tracer.request("r") as req:
+        with pytest.raises(ValueError, match="root"):
+            req.span(SpanKind.REQUEST, "inner")
+        with pytest.raises(ValueError, match="'lmm' is not a valid SpanKind"):
+            req.span("lmm", "typo")
+
+
+def test_generic_spans_take_kind_names(tracer: Tracer, publisher: ListPublisher) -> None:
+    with tracer.request("r") as req:
+        with req.span("guardrail", "pii"):
+            pass
+        with req.span(SpanKind.EVAL, "judge") as judge:
+            assert isinstance(judge, OutcomeSpan)
+    assert [e.kind for e in publisher.events] == [
+        SpanKind.GUARDRAIL,
+        SpanKind.EVAL,
+        SpanKind.REQUEST,
+    ]
 
 
 def test_attributes_are_kept_and_bad_ones_dropped_alone(
