@@ -21,9 +21,12 @@ alpha_pass) to exclude a degradation beyond its tolerance.
 
 Windows: a call may carry one arm, the other, or both. The two arms of a window are compared
 only with each other (differences inside a window cancel everything common to both arms),
-so a window's arm waits until the other arrives, partials of the same arm and window merge
-by addition, and a window whose other arm never arrives is given up after ``max_lateness_s``
-and counted (it carries no information for a paired comparison).
+so a window is compared once both arms are in and the window has ended (plus ``grace_s``),
+partials of the same arm and window merge by addition until then, and a window whose other
+arm never arrives is given up after ``max_lateness_s`` and counted (it carries no
+information for a paired comparison). Partials arriving after their window was compared form
+a further, smaller comparison of that window if both arms send one (each comparison is a
+valid stratum of the conditional tests), and are otherwise counted as unpaired.
 """
 
 from __future__ import annotations
@@ -139,6 +142,9 @@ class JudgeConfig:
     latency_reference_requests: int = 500
     """Baseline requests whose histogram freezes the p95 / p99 thresholds (when no reference
     histogram is given to the judge)."""
+    grace_s: float = 0.0
+    """A window is compared once both arms are in and ``now`` >= window end + ``grace_s``;
+    until then, partials of the same arm and window (from several workers) merge."""
     max_lateness_s: float = 60.0
     """A window waiting for the other arm is given up (and counted) this long after its end."""
     horizon_s: float | None = None
@@ -250,9 +256,12 @@ class CanaryJudge:
                 key = (stats.window_start, is_canary)
                 held = self._pending.get(key)
                 self._pending[key] = stats if held is None else held.merge(stats)
+        grace = timedelta(seconds=self.config.grace_s)
         for start in sorted({start for start, _ in self._pending}):
-            if (start, False) in self._pending and (start, True) in self._pending:
-                self._compare(self._pending.pop((start, False)), self._pending.pop((start, True)))
+            base, can = self._pending.get((start, False)), self._pending.get((start, True))
+            if base is not None and can is not None and base.window_end + grace <= now:
+                del self._pending[(start, False)], self._pending[(start, True)]
+                self._compare(base, can)
         self._expire(now)
         return self._decide(now)
 

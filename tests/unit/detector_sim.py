@@ -1,0 +1,76 @@
+"""A small, seeded, per-request simulator of WindowStats for the detector's unit tests.
+
+Each request draws its own outcome (numpy, vectorised per window), so the windows are exact
+aggregates of simulated requests: error ~ Bernoulli(p), task completed ~ Bernoulli(0.9),
+2 tool calls with 2 % errors, lognormal latency (median 1.5 s, log-sd 0.5), lognormal cost
+(median $0.01, log-sd 0.8), Beta(8, 2) quality.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from schemas.window_stats import WindowStats, latency_histogram, log_cost
+
+EPOCH = datetime(2026, 1, 5, tzinfo=UTC)
+WINDOW_S = 5
+
+
+@dataclass(frozen=True)
+class Arm:
+    """How one arm's requests behave in one window."""
+
+    error_rate: float = 0.01
+    latency_factor: float = 1.0
+    cost_factor: float = 1.0
+    quality_shift: float = 0.0
+
+
+def window_start(i: int) -> datetime:
+    return EPOCH + timedelta(seconds=WINDOW_S * i)
+
+
+def window(
+    rng: np.random.Generator,
+    i: int,
+    version: str,
+    requests: float,
+    arm: Arm,
+    *,
+    source: str = "sim",
+) -> WindowStats:
+    """Window ``i`` of ``version`` with Poisson(``requests``) requests behaving like ``arm``."""
+    n = int(rng.poisson(requests))
+    latency = np.exp(rng.normal(math.log(1500.0 * arm.latency_factor), 0.5, size=n))
+    cost = np.exp(rng.normal(math.log(0.01 * arm.cost_factor), 0.8, size=n))
+    quality = np.clip(rng.beta(8.0, 2.0, size=n) + arm.quality_shift, 0.0, 1.0)
+    log_costs = np.array([log_cost(c) for c in cost]) if n < 64 else np.log(cost + 1e-6)
+    tool_calls = int(rng.poisson(2.0 * n))
+    return WindowStats(
+        agent="agent",
+        version=version,
+        window_start=window_start(i),
+        window_seconds=WINDOW_S,
+        source=source,
+        requests=n,
+        errors=int(rng.binomial(n, min(arm.error_rate, 1.0))),
+        tasks_attempted=n,
+        tasks_completed=int(rng.binomial(n, 0.9)),
+        tool_calls=tool_calls,
+        tool_errors=int(rng.binomial(tool_calls, 0.02)),
+        llm_calls=n,
+        cost_count=n,
+        cost_sum=float(cost.sum()),
+        cost_sumsq=float(np.square(cost).sum()),
+        log_cost_sum=float(log_costs.sum()),
+        log_cost_sumsq=float(np.square(log_costs).sum()),
+        quality_count=n,
+        quality_sum=float(quality.sum()),
+        quality_sumsq=float(np.square(quality).sum()),
+        latency_sum_ms=float(latency.sum()),
+        latency_buckets=latency_histogram(latency),
+    )
