@@ -1,0 +1,233 @@
+"""``coalmine bench ingest``: the worker against a raw consume-and-insert loop, same run.
+
+Both sides read the same JSON events from Kafka and insert them into the same ``spans`` table
+(each into its own fresh chDB folder). The raw loop is the floor of what any consumer costs
+here: confluent-kafka batches, ``json.loads``, a row tuple, one insert per batch, a commit; no
+validation, pricing, dead letters or de-duplication. Figures:
+
+* throughput: a backlog of ``events`` is produced first; events/s is the stored count over the
+  span of ``ingested_at`` (first row to last), so start-up and group joins are not counted.
+* latency, event to queryable: events produced live at ``rate``/s, each with
+  ``end_time`` = its produce time; latency = ``ingested_at - end_time`` (rows are queryable
+  when the insert returns), as p50/p99.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Message, Producer
+
+from schemas.trace import TraceEvent
+from streams import clickhouse, localkafka
+from streams.generate import TrafficPlan, simulate
+from streams.ingest import SPAN_COLUMNS
+from streams.localkafka import process
+from streams.localkafka.config import parse_local_bootstrap
+from streams.settings import Settings
+from streams.topics import ensure_topics
+from streams.worker_process import WorkerProcess
+
+STORED_TIMEOUT_S = 300.0
+RAW_BATCH = 2000
+
+
+@dataclass(frozen=True)
+class Figures:
+    name: str
+    throughput: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+
+
+def run(settings: Settings, *, events: int, rate: float = 2000.0, live_s: float = 15.0) -> int:
+    plan = TrafficPlan(rate=rate, seed=11)
+    say(f"ingest benchmark: backlog of {events} events, then {live_s:.0f} s live at {rate:.0f}/s")
+    with ExitStack() as cleanup, tempfile.TemporaryDirectory(prefix="coalmine-bench-") as tmp:
+        host, port = parse_local_bootstrap(settings.kafka_bootstrap)
+        if not process.answers(host, port):
+            cleanup.enter_context(localkafka.LocalKafka(settings))
+        raw = measure_raw(side_settings(settings, Path(tmp), "raw"), plan, events, live_s)
+        say(_row(raw))
+        worker = measure_worker(side_settings(settings, Path(tmp), "worker"), plan, events, live_s)
+        say(_row(worker))
+    say("")
+    say(f"{'':28}{'events/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
+    for figures in (raw, worker):
+        say(_row(figures))
+    say(
+        f"{'ratio worker/raw':28}{worker.throughput / raw.throughput:>12.2f}"
+        f"{worker.latency_p50_ms / raw.latency_p50_ms:>10.2f}"
+        f"{worker.latency_p99_ms / raw.latency_p99_ms:>10.2f}"
+    )
+    return 0
+
+
+def side_settings(settings: Settings, tmp: Path, side: str) -> Settings:
+    stamp = datetime.now(UTC).strftime("%H%M%S")
+    return replace(
+        settings,
+        topic_prefix=f"bench-{side}-{stamp}",
+        clickhouse_url=f"chdb://{tmp / side}",
+        worker_port=localkafka.free_loopback_port(),
+    )
+
+
+def events(plan: TrafficPlan, count: int) -> list[TraceEvent]:
+    """``count`` simulated spans (a request and its children count one each)."""
+    return list(islice(simulate(plan, datetime.now(UTC), count), count))
+
+
+def produce_backlog(settings: Settings, plan: TrafficPlan, count: int) -> None:
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20})
+    topic = settings.topic("traces")
+    for i, event in enumerate(events(plan, count)):
+        _produce(producer, topic, event.model_dump_json().encode(), str(i))
+    producer.flush(60)
+
+
+def produce_live(settings: Settings, plan: TrafficPlan, duration_s: float) -> int:
+    """Spans paced at the plan's rate, each stamped ``end_time`` = when it is produced and
+    marked with the attribute ``bench=live``."""
+    pool = events(replace(plan, seed=plan.seed + 1), int(plan.rate * duration_s))
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+    topic = settings.topic("traces")
+    began = time.monotonic()
+    sent = 0
+    while sent < len(pool):
+        due = min(len(pool), int((time.monotonic() - began) * plan.rate))
+        for event in pool[sent:due]:
+            now = datetime.now(UTC)
+            live = event.model_copy(
+                update={"start_time": now, "end_time": now, "attributes": {"bench": "live"}}
+            )
+            _produce(producer, topic, live.model_dump_json().encode(), str(sent))
+            sent += 1
+        time.sleep(0.005)
+    producer.flush(60)
+    return sent
+
+
+def _produce(producer: Producer, topic: str, value: bytes, key: str) -> None:
+    while True:
+        try:
+            producer.produce(topic, value, key=key)
+            producer.poll(0)
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
+def measure_worker(settings: Settings, plan: TrafficPlan, backlog: int, live_s: float) -> Figures:
+    ensure_topics(settings)
+    produce_backlog(settings, plan, backlog)
+    with WorkerProcess(settings, settings.chdb_path.parent / "worker.log") as worker:
+        stored = _wait_stored(worker.scalar, "coalmine.spans", backlog)
+        throughput = _throughput(lambda q: worker.sql(q)[0], "coalmine.spans", stored)
+        sent = produce_live(settings, plan, live_s)
+        _wait_stored(worker.scalar, "coalmine.spans", backlog + sent)
+        p50, p99 = worker.sql(LATENCY_QUERY)[0]
+    return Figures("coalmine worker", throughput, float(p50), float(p99))
+
+
+def measure_raw(settings: Settings, plan: TrafficPlan, backlog: int, live_s: float) -> Figures:
+    ensure_topics(settings)
+    produce_backlog(settings, plan, backlog)
+    client = clickhouse.connect(settings)
+    clickhouse.migrate(client)
+    stop = threading.Event()
+    loop = threading.Thread(target=raw_loop, args=(settings, client, stop), daemon=True)
+    loop.start()
+    try:
+        scalar = lambda q: client.query(q).result_rows[0][0]  # noqa: E731
+        stored = _wait_stored(scalar, "coalmine.spans", backlog)
+        throughput = _throughput(lambda q: client.query(q).result_rows[0], "coalmine.spans", stored)
+        sent = produce_live(settings, plan, live_s)
+        _wait_stored(scalar, "coalmine.spans", backlog + sent)
+        p50, p99 = client.query(LATENCY_QUERY).result_rows[0]
+    finally:
+        stop.set()
+        loop.join()
+        client.close()
+    return Figures("raw consume+insert loop", throughput, float(p50), float(p99))
+
+
+def raw_loop(settings: Settings, client: Any, stop: threading.Event) -> None:
+    """The baseline: consume a batch, parse, insert, commit. Nothing else."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": settings.consumer_group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([settings.topic("traces")])
+    try:
+        while not stop.is_set():
+            messages = consumer.consume(RAW_BATCH, timeout=settings.batch_max_seconds)
+            rows = [_raw_row(m) for m in messages if not m.error()]
+            if rows:
+                client.insert("coalmine.spans", rows, column_names=SPAN_COLUMNS)
+                consumer.commit(asynchronous=False)
+    finally:
+        consumer.close()
+
+
+def _raw_row(message: Message) -> tuple[Any, ...]:
+    e = json.loads(message.value() or b"")
+    start = datetime.fromisoformat(e["start_time"])
+    end = datetime.fromisoformat(e["end_time"])
+    return (
+        e["event_id"], e["trace_id"], e["span_id"], e.get("parent_span_id") or "",
+        e["agent"], e["version"], e["environment"], e.get("tenant") or "", e["kind"], e["name"],
+        start, end, (end - start).total_seconds() * 1000, e["status"], e.get("error_type") or "",
+        e.get("error_message") or "", e.get("provider") or "", e.get("model") or "",
+        e["input_tokens"], e["output_tokens"], e.get("cost_usd") or 0.0, "reported",
+        e.get("tool_name") or "", e.get("task_completed"), e.get("quality_score"),
+        {k: str(v) for k, v in e.get("attributes", {}).items()},
+        message.partition(), message.offset(),
+    )  # fmt: skip
+
+
+def _wait_stored(scalar: Callable[[str], Any], table: str, expected: int) -> int:
+    deadline = time.monotonic() + STORED_TIMEOUT_S
+    count = 0
+    while time.monotonic() < deadline:
+        count = int(scalar(f"SELECT count() FROM {table}"))
+        if count >= expected:
+            return count
+        time.sleep(0.2)
+    raise TimeoutError(f"only {count} of {expected} events stored after {STORED_TIMEOUT_S} s")
+
+
+def _throughput(row: Callable[[str], Any], table: str, stored: int) -> float:
+    span_s = float(
+        row(f"SELECT dateDiff('millisecond', min(ingested_at), max(ingested_at)) FROM {table}")[0]
+    )
+    return stored / max(span_s / 1000.0, 1e-3)
+
+
+LATENCY_QUERY = (
+    "SELECT quantileExact(0.5)(ms), quantileExact(0.99)(ms) FROM ("
+    "SELECT dateDiff('millisecond', end_time, ingested_at) AS ms FROM coalmine.spans "
+    "WHERE attributes['bench'] = 'live')"
+)
+
+
+def _row(f: Figures) -> str:
+    return f"{f.name:28}{f.throughput:>12,.0f}{f.latency_p50_ms:>10.0f}{f.latency_p99_ms:>10.0f}"
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
