@@ -38,7 +38,7 @@ from types import MappingProxyType
 import numpy as np
 
 from schemas.window_stats import LATENCY_BUCKET_COUNT, WindowStats
-from streams.detector.judge import mean_sums, rate_counts
+from streams.detector.metrics import mean_sums, rate_counts
 from streams.detector.stats import MixtureCusum, binomial_log_lr, gaussian_log_lr
 from streams.detector.types import MEAN_METRICS, Decision, Metric, MetricEvidence, Verdict
 

@@ -42,10 +42,10 @@ import numpy as np
 from schemas.window_stats import (
     LATENCY_BUCKET_COUNT,
     WindowStats,
-    bucket_representative_ms,
     bucket_upper_ms,
     quantile_bucket,
 )
+from streams.detector.metrics import mean_sums, rate_counts
 from streams.detector.stats import ConditionalRateTest, NormalMixtureMeanTest
 from streams.detector.types import (
     MEAN_METRICS,
@@ -105,8 +105,6 @@ DEFAULT_MEAN_PRIOR_SCALES: Mapping[Metric, float] = MappingProxyType(
 """Standard deviation of the normal mixture over the mean difference (rho = 1 / scale^2):
 the size of effect each mean test is most sensitive to."""
 
-_LOG_LATENCY = np.log(np.array([bucket_representative_ms(i) for i in range(LATENCY_BUCKET_COUNT)]))
-_LOG_LATENCY_SQ = _LOG_LATENCY**2
 _QUANTILES = {Metric.LATENCY_P95_EXCEEDANCE: 0.95, Metric.LATENCY_P99_EXCEEDANCE: 0.99}
 
 
@@ -158,36 +156,13 @@ class JudgeConfig:
             raise ValueError("metric weights must be positive (leave a metric out to disable it)")
         if sum(self.metric_weights.values()) > 1.0 + 1e-9:
             raise ValueError("metric weights must sum to at most 1")
-        missing = set(self.metric_weights) - set(self.tolerances)
-        if missing:
-            raise ValueError(f"no tolerance for {sorted(missing)}")
-
-
-def rate_counts(
-    stats: WindowStats, metric: Metric, threshold_bucket: int | None
-) -> tuple[int, int]:
-    """(bad events, trials) of a rate metric in one window."""
-    if metric is Metric.ERROR_RATE:
-        return stats.errors, stats.requests
-    if metric is Metric.TASK_FAILURE_RATE:
-        return stats.tasks_attempted - stats.tasks_completed, stats.tasks_attempted
-    if metric is Metric.TOOL_ERROR_RATE:
-        return stats.tool_errors, stats.tool_calls
-    if threshold_bucket is None:
-        raise ValueError(f"{metric} needs a frozen latency threshold")
-    return sum(stats.latency_buckets[threshold_bucket + 1 :]), stats.requests
-
-
-def mean_sums(stats: WindowStats, metric: Metric) -> tuple[int, float, float]:
-    """(count, sum, sum of squares) of a mean metric in one window."""
-    if metric is Metric.LOG_COST_MEAN:
-        return stats.cost_count, stats.log_cost_sum, stats.log_cost_sumsq
-    if metric is Metric.QUALITY_MEAN:
-        return stats.quality_count, stats.quality_sum, stats.quality_sumsq
-    if metric is Metric.LATENCY_LOG_MEAN:
-        counts = np.asarray(stats.latency_buckets, dtype=np.float64)
-        return stats.requests, float(counts @ _LOG_LATENCY), float(counts @ _LOG_LATENCY_SQ)
-    raise ValueError(f"{metric} is not a mean metric")
+        for name, table in (
+            ("tolerance", self.tolerances),
+            ("prior", {**self.rate_prior, **self.mean_prior_scales}),
+        ):
+            missing = set(self.metric_weights) - set(table)
+            if missing:
+                raise ValueError(f"no {name} for {sorted(missing)}")
 
 
 class CanaryJudge:

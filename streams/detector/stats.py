@@ -238,7 +238,8 @@ class NormalMixtureMeanTest:
 
     def means(self) -> tuple[float, float]:
         """Pooled means (canary, baseline); 0 for an arm without data."""
-        return tuple(t / n if n else 0.0 for t, n in zip(self.total, self.n, strict=True))  # type: ignore[return-value]
+        (n_c, n_b), (t_c, t_b) = self.n, self.total
+        return (t_c / n_c if n_c else 0.0), (t_b / n_b if n_b else 0.0)
 
 
 def log_one_sided_normal_mixture(s: float, v: float, rho: float) -> float:

@@ -70,11 +70,14 @@ class MetricEvidence:
     For rate metrics ``effect``, ``cs_lower`` and ``cs_upper`` are the ratio of the bad-event
     rate canary / baseline (1 = equal). For mean metrics they are the difference of means
     canary - baseline (for ``log_cost_mean`` a log cost ratio; for ``quality_mean`` negative
-    is worse). ``e_value`` is the one-sided (canary worse) e-process, and ``threshold`` the
-    value it must reach for this metric's verdict to be ROLLBACK (1 / its share of
-    ``alpha_rollback``); its anytime-valid p-value is min(1, 1 / running max of e_value).
-    ``cs_lower``/``cs_upper`` bound the effect at level ``alpha_rollback`` uniformly over
-    time (±inf when the metric has no data yet).
+    is worse). ``e_value`` is the current value of the one-sided (canary worse) e-process and
+    ``threshold`` the value its running maximum must reach for this metric's verdict to be
+    ROLLBACK (1 / (alpha_rollback x the metric's weight)); the anytime-valid p-value is
+    min(1, 1 / running max). ``cs_lower``/``cs_upper`` bound the effect at level
+    ``alpha_pass`` uniformly over time (infinite or zero when there is no data yet). For the
+    drift detector, the baseline is the version's trailing reference, the canary its latest
+    window, ``e_value`` the e-detector statistic and ``threshold`` its alarm level; it
+    reports no confidence sequence (bounds are the whole range).
     """
 
     metric: Metric

@@ -1,0 +1,41 @@
+"""What each metric reads from a window: (bad events, trials) or (count, sum, sum of squares)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from schemas.window_stats import LATENCY_BUCKET_COUNT, WindowStats, bucket_representative_ms
+from streams.detector.types import Metric
+
+LOG_LATENCY_MS = np.log(
+    np.array([bucket_representative_ms(i) for i in range(LATENCY_BUCKET_COUNT)])
+)
+"""ln of each latency bucket's representative value: log latency as read from a histogram."""
+_LOG_LATENCY_SQ = LOG_LATENCY_MS**2
+
+
+def rate_counts(
+    stats: WindowStats, metric: Metric, threshold_bucket: int | None
+) -> tuple[int, int]:
+    """(bad events, trials) of a rate metric in one window."""
+    if metric is Metric.ERROR_RATE:
+        return stats.errors, stats.requests
+    if metric is Metric.TASK_FAILURE_RATE:
+        return stats.tasks_attempted - stats.tasks_completed, stats.tasks_attempted
+    if metric is Metric.TOOL_ERROR_RATE:
+        return stats.tool_errors, stats.tool_calls
+    if threshold_bucket is None:
+        raise ValueError(f"{metric} needs a frozen latency threshold")
+    return sum(stats.latency_buckets[threshold_bucket + 1 :]), stats.requests
+
+
+def mean_sums(stats: WindowStats, metric: Metric) -> tuple[int, float, float]:
+    """(count, sum, sum of squares) of a mean metric in one window."""
+    if metric is Metric.LOG_COST_MEAN:
+        return stats.cost_count, stats.log_cost_sum, stats.log_cost_sumsq
+    if metric is Metric.QUALITY_MEAN:
+        return stats.quality_count, stats.quality_sum, stats.quality_sumsq
+    if metric is Metric.LATENCY_LOG_MEAN:
+        counts = np.asarray(stats.latency_buckets, dtype=np.float64)
+        return stats.requests, float(counts @ LOG_LATENCY_MS), float(counts @ _LOG_LATENCY_SQ)
+    raise ValueError(f"{metric} is not a mean metric")
