@@ -17,7 +17,9 @@ its threshold with probability at most alpha_rollback w_m under its null, so the
 any false rollback over an unbounded A/A run is at most alpha_rollback (the weights sum to at
 most 1); the same holds for alerts at alpha_alert. Minimum-evidence guards only delay
 decisions, so they keep this guarantee. PASS needs every metric's confidence sequence (level
-alpha_pass) to exclude a degradation beyond its tolerance.
+alpha_pass) to exclude a degradation beyond its tolerance; a metric neither arm reports (no
+tool calls, no quality scores), or a rate with no bad event in either arm, does not hold
+PASS back.
 
 Windows: a call may carry one arm, the other, or both. The two arms of a window are compared
 only with each other (differences inside a window cancel everything common to both arms),
@@ -58,14 +60,14 @@ from streams.detector.types import (
 
 DEFAULT_METRIC_WEIGHTS: Mapping[Metric, float] = MappingProxyType(
     {
-        Metric.ERROR_RATE: 0.45,
+        Metric.ERROR_RATE: 0.5,
         Metric.TASK_FAILURE_RATE: 0.1,
         Metric.TOOL_ERROR_RATE: 0.05,
         Metric.LATENCY_P95_EXCEEDANCE: 0.1,
         Metric.LATENCY_P99_EXCEEDANCE: 0.05,
         Metric.LATENCY_LOG_MEAN: 0.05,
-        Metric.LOG_COST_MEAN: 0.1,
-        Metric.QUALITY_MEAN: 0.1,
+        Metric.LOG_COST_MEAN: 0.075,
+        Metric.QUALITY_MEAN: 0.075,
     }
 )
 """Weighted Bonferroni shares of alpha per metric (they must sum to at most 1). A metric is
@@ -221,9 +223,8 @@ class CanaryJudge:
     ) -> Decision:
         """Fold in the windows that arrived (either may be None) and decide.
 
-        Raises ``ValueError`` when a window belongs to another agent or version than the
-        first ones seen, or when baseline and canary claim the same version label of
-        different agents.
+        Raises ``ValueError`` when a window belongs to another agent, or another version of
+        its arm, than the first ones seen (baseline and canary may share a label: A/A).
         """
         for stats, is_canary in ((baseline, False), (canary, True)):
             if stats is not None:
@@ -354,7 +355,10 @@ class CanaryJudge:
             verdict = Verdict.ROLLBACK
         elif enough and log_e_max >= math.log(alert_at):
             verdict = Verdict.ALERT
-        elif enough and (n_c + n_b == 0 or (min(n_c, n_b) > 0 and (no_events or upper <= tol))):
+        elif enough and (
+            (n_c + n_b == 0 and (metric not in _QUANTILES or self._thresholds is not None))
+            or (min(n_c, n_b) > 0 and (no_events or upper <= tol))
+        ):
             verdict = Verdict.PASS  # no trials in either arm: the metric does not apply
         else:
             verdict = Verdict.CONTINUE
@@ -377,7 +381,8 @@ class CanaryJudge:
             threshold=rollback_at,
             verdict=verdict,
             explanation=f"{metric}: canary {rate_c:.4g} vs baseline {rate_b:.4g}, {note}, "
-            f"e={math.exp(min(log_e_max, 700.0)):.3g} (rollback at {rollback_at:.3g}) -> {verdict}",
+            f"max e={math.exp(min(log_e_max, 700.0)):.3g} (rollback at {rollback_at:.3g})"
+            f" -> {verdict}",
         )
 
     def _mean_evidence(self, metric: Metric) -> MetricEvidence:
@@ -412,6 +417,6 @@ class CanaryJudge:
             verdict=verdict,
             explanation=f"{metric}: canary {mean_c:.4g} vs baseline {mean_b:.4g}, difference "
             f"{effect:+.4g} in [{lower:+.4g}, {upper:+.4g}], "
-            f"e={math.exp(min(test.log_e_max, 700.0)):.3g} (rollback at {rollback_at:.3g})"
+            f"max e={math.exp(min(test.log_e_max, 700.0)):.3g} (rollback at {rollback_at:.3g})"
             f" -> {verdict}",
         )

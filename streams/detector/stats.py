@@ -164,16 +164,20 @@ class NormalMixtureMeanTest:
     mixture; Johari et al. 2017/2022; Howard et al. 2021).
 
     Window t contributes the within-window difference d_t = mean_c - mean_b, whose variance
-    v_t = s_c^2 / n_c + s_b^2 / n_b uses each arm's pooled within-window variance estimated
-    from *earlier* windows (predictable). Differencing inside a window cancels any drift in
-    the mean common to both arms. With S = sum d_t / v_t and V = sum 1 / v_t, the likelihood
-    ratio for a difference delta is exp(delta S - delta^2 V / 2), and mixing delta over
-    N(0, 1/rho) gives the two-sided boundary |S - delta V| < sqrt((V + rho)
-    (log((V + rho) / rho) + 2 log(1/alpha))), i.e. the confidence sequence; mixing over the
-    half-normal on the "worse" side gives the one-sided e-value
-    2 sqrt(rho / (V + rho)) exp(S^2 / (2 (V + rho))) Phi(S / sqrt(V + rho)).
+    v_t = s_c^2 / n_c + s_b^2 / n_b uses each arm's pooled within-window variance over all
+    windows so far, this one included (the running plug-in of Johari et al.). Differencing
+    inside a window cancels any drift in the mean common to both arms. With
+    S = sum d_t / v_t and V = sum 1 / v_t, the likelihood ratio for a difference delta is
+    exp(delta S - delta^2 V / 2). Mixing delta over N(0, 1/rho) gives the two-sided boundary
+    |S - delta V| < sqrt((V + rho) (log((V + rho) / rho) + 2 log(1/alpha))), i.e. the
+    confidence sequence; mixing over the half-normal on the "worse" side gives the one-sided
+    e-value 2 sqrt(rho / (V + rho)) exp(S^2 / (2 (V + rho))) Phi(S / sqrt(V + rho)).
     Validity is exact for Gaussian window means with known variances and asymptotic with the
-    plug-in variance (Waudby-Smith et al. 2021); hence the minimum-observation guard.
+    plug-in variance (Waudby-Smith et al. 2021); hence the minimum-observation guard. (For
+    Gaussian data a window's mean and variance are independent; for skewed data the plug-in
+    down-weights windows whose mean moved in the direction of the skew, which for costs
+    (right skew, worse = higher) and bounded quality scores (left skew, worse = lower) errs
+    on the conservative side.)
     ``worse_sign`` is +1 when a larger canary mean is worse (cost), -1 when smaller is worse
     (quality).
     """
@@ -200,6 +204,13 @@ class NormalMixtureMeanTest:
 
     def update(self, canary: tuple[int, float, float], baseline: tuple[int, float, float]) -> None:
         """Fold in one window: (count, sum, sum of squares) per arm."""
+        for arm, (n, total, sumsq) in enumerate((canary, baseline)):
+            if n <= 0:
+                continue
+            self.n[arm] += n
+            self.total[arm] += total
+            self.within_ss[arm] += max(sumsq - total * total / n, 0.0)
+            self.within_dof[arm] += n - 1
         var_c, var_b = self._variance(0), self._variance(1)
         (n_c, sum_c, _), (n_b, sum_b, _) = canary, baseline
         if var_c is not None and var_b is not None and n_c > 0 and n_b > 0:
@@ -208,13 +219,6 @@ class NormalMixtureMeanTest:
             self.s += d / v
             self.v += 1.0 / v
             self.log_e_max = max(self.log_e_max, self.log_e_value())
-        for arm, (n, total, sumsq) in enumerate((canary, baseline)):
-            if n <= 0:
-                continue
-            self.n[arm] += n
-            self.total[arm] += total
-            self.within_ss[arm] += max(sumsq - total * total / n, 0.0)
-            self.within_dof[arm] += n - 1
 
     @property
     def active(self) -> bool:

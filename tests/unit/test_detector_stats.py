@@ -157,25 +157,33 @@ def _window(values: list[float]) -> tuple[int, float, float]:
 
 def test_mean_test_by_hand() -> None:
     test = NormalMixtureMeanTest(rho=4.0, worse_sign=1, min_observations=3)
-    w1c, w1b = _window([1.0, 2.0, 3.0]), _window([0.0, 1.0, 2.0, 3.0])
-    test.update(w1c, w1b)  # first window: variances only (predictable weights)
-    assert not test.active
-    var_c = float(np.var([1.0, 2.0, 3.0], ddof=1))
-    var_b = float(np.var([0.0, 1.0, 2.0, 3.0], ddof=1))
-    w2c, w2b = _window([2.0, 4.0]), _window([1.0, 1.0, 2.0])
-    test.update(w2c, w2b)
-    d = 3.0 - 4.0 / 3.0
-    v = var_c / 2 + var_b / 3
-    assert test.s == pytest.approx(d / v)
-    assert test.v == pytest.approx(1.0 / v)
-    assert test.estimate() == pytest.approx(d)
+    canary1, baseline1 = [1.0, 2.0, 3.0], [0.0, 1.0, 2.0, 3.0]
+    test.update(_window(canary1), _window(baseline1))
+    var_c, var_b = float(np.var(canary1, ddof=1)), float(np.var(baseline1, ddof=1))
+    d1, v1 = 2.0 - 1.5, var_c / 3 + var_b / 4
+    assert test.active
+    assert (test.s, test.v) == pytest.approx((d1 / v1, 1 / v1))
+    canary2, baseline2 = [2.0, 4.0], [1.0, 1.0, 2.0]
+    test.update(_window(canary2), _window(baseline2))
+    # Pooled within-window variances: SS over windows / (sum of n - 1).
+    pooled_c = (2.0 + 2.0) / (2 + 1)
+    pooled_b = (5.0 + 2.0 / 3.0) / (3 + 2)
+    d2, v2 = 3.0 - 4.0 / 3.0, pooled_c / 2 + pooled_b / 3
+    s, v = d1 / v1 + d2 / v2, 1 / v1 + 1 / v2
+    assert (test.s, test.v) == pytest.approx((s, v))
+    assert test.estimate() == pytest.approx(s / v)
     lower, upper = test.confidence_sequence(0.05)
-    radius = normal_mixture_radius(1.0 / v, 4.0, 0.05)
-    assert (lower, upper) == pytest.approx((d - radius * v, d + radius * v))
-    assert test.log_e_value() == pytest.approx(log_one_sided_normal_mixture(d / v, 1 / v, 4.0))
+    radius = normal_mixture_radius(v, 4.0, 0.05)
+    assert (lower, upper) == pytest.approx(((s - radius) / v, (s + radius) / v))
+    assert test.log_e_value() == pytest.approx(log_one_sided_normal_mixture(s, v, 4.0))
     assert test.means() == pytest.approx((12.0 / 5.0, 10.0 / 7.0))
-    # Pooled within-window variance of the canary now: (2 + 2) / (2 + 1).
-    assert test.within_ss[0] / test.within_dof[0] == pytest.approx(4.0 / 3.0)
+
+
+def test_mean_test_waits_for_enough_observations() -> None:
+    test = NormalMixtureMeanTest(rho=4.0, worse_sign=1, min_observations=5)
+    test.update(_window([1.0, 2.0]), _window([1.0, 3.0, 4.0]))
+    assert not test.active
+    assert test.confidence_sequence(0.05) == (-math.inf, math.inf)
 
 
 def test_mean_test_direction_for_quality() -> None:

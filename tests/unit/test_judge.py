@@ -83,7 +83,7 @@ def test_clear_error_regression_is_rolled_back_quickly() -> None:
     assert decision.verdict is Verdict.ROLLBACK
     errors = next(e for e in decision.metrics if e.metric is Metric.ERROR_RATE)
     assert errors.verdict is Verdict.ROLLBACK
-    assert errors.e_value >= errors.threshold == pytest.approx(1 / (0.01 * 0.45))
+    assert errors.e_value >= errors.threshold == pytest.approx(1 / (0.01 * 0.5))
     assert errors.cs_lower > 1.0
     assert errors.estimate_canary > errors.estimate_baseline
     assert "error_rate" in decision.explanation
