@@ -36,6 +36,11 @@ MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 def connect(settings: Settings) -> Client:
     """Open the configured ClickHouse; a clear error when it cannot be reached or opened."""
     url = settings.clickhouse_url
+    if settings.is_embedded_clickhouse and (owner := embedded_owner_url(settings)) is not None:
+        raise ClickHouseUnavailableError(
+            f"the embedded ClickHouse at {settings.chdb_path} is held by the worker answering "
+            f"at {owner}; stop it first (`coalmine sql` still works through it)"
+        )
     try:
         if settings.is_embedded_clickhouse:
             settings.chdb_path.mkdir(parents=True, exist_ok=True)

@@ -192,7 +192,8 @@ def _parse(name: str, raw: str, annotation: object) -> Any:
         if kind.startswith("Path"):
             return Path(raw).expanduser()
     except ValueError:
-        raise SettingsError(f"{name} must be a {kind}, not {raw!r}") from None
+        noun = {"int": "an integer", "float": "a number"}.get(kind, "a path")
+        raise SettingsError(f"{name} must be {noun}, not {raw!r}") from None
     return raw
 
 

@@ -18,7 +18,11 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ADMIN_TIMEOUT_S = 30.0
+ADMIN_TIMEOUT_S = 15.0
+# librdkafka would print every failed connection attempt to stderr; a broker that does not
+# answer is reported once, by ensure_topics' own error.
+_quiet_librdkafka = logging.getLogger("coalmine.kafka.admin")
+_quiet_librdkafka.setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
@@ -38,14 +42,16 @@ def owned_topics(settings: Settings) -> list[TopicSpec]:
 
 def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
     """Create the topics that do not exist yet; returns the names created."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(
+        {"bootstrap.servers": settings.kafka_bootstrap, "logger": _quiet_librdkafka}
+    )
     wanted = specs if specs is not None else owned_topics(settings)
     try:
         existing = set(admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics)
     except KafkaException as exc:
         raise CoalmineError(
-            f"Kafka at {settings.kafka_bootstrap} does not answer ({exc.args[0]}); "
-            "start it with `coalmine dev up`"
+            f"Kafka at {settings.kafka_bootstrap} does not answer ({exc.args[0].str()}); "
+            "start it with `coalmine dev up` or set COALMINE_KAFKA_BOOTSTRAP"
         ) from None
     missing = [
         NewTopic(

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 def run(settings: Settings) -> int:
     prices = load_prices(settings.prices_file)
+    ensure_topics(settings)
     client = clickhouse.connect(settings)
     applied = clickhouse.migrate(client, settings.spans_ttl_days)
     log.info(
@@ -27,7 +28,6 @@ def run(settings: Settings) -> int:
         settings.topic("traces"),
         settings.kafka_bootstrap,
     )
-    ensure_topics(settings)
     thread = ClickHouseThread(client)
     app = create_app(settings, thread, prices)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)

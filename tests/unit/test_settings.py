@@ -34,7 +34,7 @@ def test_values_are_parsed_by_type() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"COALMINE_TRACES_PARTITIONS": "many"}, "COALMINE_TRACES_PARTITIONS must be a int"),
+        ({"COALMINE_TRACES_PARTITIONS": "many"}, "COALMINE_TRACES_PARTITIONS must be an integer"),
         ({"COALMINE_TRACES_PARTITIONS": "0"}, "must be at least 1"),
         ({"COALMINE_CLICKHOUSE_URL": "postgres://x"}, "must start with chdb://"),
         ({"COALMINE_CLICKHOUSE_URL": "chdb://relative"}, "absolute path"),
