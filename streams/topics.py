@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -42,9 +43,11 @@ def owned_topics(settings: Settings) -> list[TopicSpec]:
 
 def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
     """Create the topics that do not exist yet; returns the names created."""
-    admin = AdminClient(
-        {"bootstrap.servers": settings.kafka_bootstrap, "logger": _quiet_librdkafka}
-    )
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "logger": _quiet_librdkafka,
+    }
+    admin = AdminClient(config)
     wanted = specs if specs is not None else owned_topics(settings)
     try:
         existing = set(admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics)
