@@ -21,7 +21,14 @@ from faust.types import EventT
 from faust.web import Request, Response, View
 
 from streams import clickhouse
-from streams.ingest import SPAN_COLUMNS, Header, IngestProcessor, ProgressLog, RawMessage
+from streams.ingest import (
+    SPAN_COLUMNS,
+    Header,
+    IngestProcessor,
+    ProgressLog,
+    RawMessage,
+    SpanSink,
+)
 from streams.pricing import PriceTable
 from streams.settings import Settings
 
@@ -100,8 +107,14 @@ def _raw_message(event: EventT[bytes]) -> RawMessage:
     )
 
 
-def create_app(settings: Settings, thread: ClickHouseThread, prices: PriceTable) -> faust.App:
-    """The worker's app, bound to the ClickHouse thread and a price table."""
+def create_app(
+    settings: Settings,
+    thread: ClickHouseThread,
+    prices: PriceTable,
+    spans: SpanSink | None = None,
+) -> faust.App:
+    """The worker's app: spans go to ``spans`` (default: ClickHouse through ``thread``),
+    ``/sql`` queries run on ``thread``."""
     app = faust.App(
         settings.consumer_group,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
@@ -138,7 +151,7 @@ def create_app(settings: Settings, thread: ClickHouseThread, prices: PriceTable)
         replicas=settings.replication_factor,
     )
     processor = IngestProcessor(
-        spans=AsyncSpanWriter(thread),
+        spans=spans or AsyncSpanWriter(thread),
         dead_letters=FaustDeadLetters(app, dead_letter_topic.get_topic_name()),
         prices=prices,
         stopping=lambda: bool(app.should_stop),

@@ -8,6 +8,7 @@ import faust
 
 from streams import clickhouse
 from streams.app import ClickHouseThread, create_app
+from streams.ingest import SpanSink
 from streams.pricing import load_prices
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -15,7 +16,8 @@ from streams.topics import ensure_topics
 log = logging.getLogger(__name__)
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, spans: SpanSink | None = None) -> int:
+    """Run the worker until stopped; ``spans`` replaces the ClickHouse span sink (benchmarks)."""
     prices = load_prices(settings.prices_file)
     ensure_topics(settings)
     client = clickhouse.connect(settings)
@@ -29,7 +31,7 @@ def run(settings: Settings) -> int:
         settings.kafka_bootstrap,
     )
     thread = ClickHouseThread(client)
-    app = create_app(settings, thread, prices)
+    app = create_app(settings, thread, prices, spans)
     worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     owner = (
         clickhouse.claim_embedded(settings, settings.worker_url)

@@ -5,11 +5,13 @@ The demo runs its worker this way, and the integration tests use it to crash and
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -26,9 +28,13 @@ STOP_TIMEOUT_S = 60.0
 class WorkerProcess:
     """One worker process with the given settings, its output appended to ``log_path``."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, command: Sequence[str] = ("streams.cli", "worker")
+    ) -> None:
+        """``command``: the module to run with ``python -m`` and its arguments."""
         self.settings = settings
         self.log_path = log_path
+        self.command = tuple(command)
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Self:
@@ -49,7 +55,7 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                [sys.executable, "-m", *self.command],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -102,3 +108,9 @@ class WorkerProcess:
 
     def scalar(self, query: str) -> Any:
         return self.sql(query)[0][0]
+
+    def health(self) -> dict[str, Any]:
+        """The worker's ``/health`` document: status and ingest counters."""
+        with urllib.request.urlopen(f"{self.settings.worker_url}/health", timeout=10) as reply:
+            document: dict[str, Any] = json.loads(reply.read())
+        return document

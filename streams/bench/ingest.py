@@ -23,6 +23,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import islice
+from math import isnan, nan
 from pathlib import Path
 from typing import Any
 
@@ -61,15 +62,18 @@ def run(settings: Settings, *, events: int, rate: float = 2000.0, live_s: float 
         say(_row(raw))
         worker = measure_worker(side_settings(settings, Path(tmp), "worker"), plan, events, live_s)
         say(_row(worker))
+        ceiling = measure_faust_alone(side_settings(settings, Path(tmp), "faust"), plan, events)
+        say(_row(ceiling))
     say("")
     say(f"{'':28}{'events/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
-    for figures in (raw, worker):
+    for figures in (raw, worker, ceiling):
         say(_row(figures))
     say(
         f"{'ratio worker/raw':28}{worker.throughput / raw.throughput:>12.2f}"
         f"{worker.latency_p50_ms / raw.latency_p50_ms:>10.2f}"
         f"{worker.latency_p99_ms / raw.latency_p99_ms:>10.2f}"
     )
+    say(f"{'ratio rows discarded/raw':28}{ceiling.throughput / raw.throughput:>12.2f}")
     return 0
 
 
@@ -138,6 +142,30 @@ def measure_worker(settings: Settings, plan: TrafficPlan, backlog: int, live_s: 
         _wait_stored(worker.scalar, "coalmine.spans", backlog + sent)
         p50, p99 = worker.sql(LATENCY_QUERY)[0]
     return Figures("coalmine worker", throughput, float(p50), float(p99))
+
+
+def measure_faust_alone(settings: Settings, plan: TrafficPlan, backlog: int) -> Figures:
+    """The worker with a sink that discards rows: Faust plus validation, without ClickHouse."""
+    ensure_topics(settings)
+    produce_backlog(settings, plan, backlog)
+    command = ("streams.bench.discarding_worker",)
+    log = settings.chdb_path.parent / "faust.log"
+    with WorkerProcess(settings, log, command=command) as worker:
+        first_seen = _poll_written(worker, 1)
+        began = time.monotonic()
+        done = _poll_written(worker, backlog)
+        elapsed = time.monotonic() - began
+    return Figures("worker, rows discarded", (done - first_seen) / elapsed, nan, nan)
+
+
+def _poll_written(worker: WorkerProcess, at_least: int) -> int:
+    deadline = time.monotonic() + STORED_TIMEOUT_S
+    while time.monotonic() < deadline:
+        written = int(worker.health()["spans_written"])
+        if written >= at_least:
+            return written
+        time.sleep(0.05)
+    raise TimeoutError(f"fewer than {at_least} events processed after {STORED_TIMEOUT_S} s")
 
 
 def measure_raw(settings: Settings, plan: TrafficPlan, backlog: int, live_s: float) -> Figures:
@@ -226,7 +254,11 @@ LATENCY_QUERY = (
 
 
 def _row(f: Figures) -> str:
-    return f"{f.name:28}{f.throughput:>12,.0f}{f.latency_p50_ms:>10.0f}{f.latency_p99_ms:>10.0f}"
+    return f"{f.name:28}{f.throughput:>12,.0f}{_ms(f.latency_p50_ms)}{_ms(f.latency_p99_ms)}"
+
+
+def _ms(value: float) -> str:
+    return f"{'-':>10}" if isnan(value) else f"{value:>10.0f}"
 
 
 def say(message: str) -> None:
