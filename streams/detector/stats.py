@@ -85,6 +85,19 @@ class ConditionalRateTest:
     binomial in convex order, and each mixture component is a convex increasing function of
     x_c. Ville's inequality then gives P(sup_t e_t >= 1/a) <= a.
 
+    A canary can turn worse after a good start, and a plain mixture started at the first
+    window would first have to climb out of the evidence for "not worse" gathered meanwhile.
+    So the e-value also mixes over *start times*: a product of likelihood ratios started at
+    window tau is a test supermartingale too (it is 1 before tau), so with start weights
+    pi_tau summing to 1, E_t = sum_j w_j sum_{tau <= t} pi_tau prod_{s=tau..t} L_s(psi_j)
+    (plus the weight not yet started) is one as well, updated in O(grid) per window by the
+    Shiryaev-Roberts-like recursion A_t = (A_{t-1} + pi_t) L_t (Shin, Ramdas & Rinaldo 2024
+    use the same device for e-detectors; here the weights sum to one, so Ville's bound and
+    not only an ARL holds). ``first_start_weight`` goes to the first window; the rest to a
+    new start every ``restart_every`` windows, half geometric with mean ``restart_mean``
+    starts, half proportional to 1 / (k (k + 1)) for the k-th start (a heavy tail for long
+    deployments).
+
     The confidence sequence inverts the two-sided mixture test of each grid value psi_k:
     M_k = sum_j pi_j exp(loglik_j - loglik_k) with a normal prior pi; psi_k is excluded once
     M_k >= 1/alpha. The reported bounds are widened by one grid step so that a true value
@@ -101,7 +114,15 @@ class ConditionalRateTest:
         prior_center: float = 0.45,
         prior_scale: float = 0.3,
         cs_prior_scale: float = 0.5,
+        first_start_weight: float = 0.8,
+        restart_every: int = 12,
+        restart_mean: float = 30.0,
     ) -> None:
+        if not 0.0 < first_start_weight <= 1.0 or restart_every < 1 or restart_mean < 1.0:
+            raise ValueError("start weights must be a probability split over restarts")
+        self.first_start_weight = first_start_weight
+        self.restart_every = restart_every
+        self.restart_mean = restart_mean
         self.grid = log_grid(step, limit)
         self.step = step
         self._exp_grid = np.exp(self.grid)
@@ -112,6 +133,8 @@ class ConditionalRateTest:
             self.grid, cs_prior_scale, np.ones_like(self.grid, dtype=bool)
         )
         self.loglik = np.zeros_like(self.grid)
+        self.log_started = np.full_like(self.grid, -np.inf)
+        self.windows = 0
         self.log_e_max = 0.0
         self.events_canary = 0
         self.events_baseline = 0
@@ -126,16 +149,33 @@ class ConditionalRateTest:
         self.events_baseline += x_b
         self.trials_canary += n_c
         self.trials_baseline += n_b
+        log_start = self.log_start_weight(self.windows)
+        if log_start > -math.inf:
+            self.log_started = np.logaddexp(self.log_started, log_start)
+        self.windows += 1
         total = x_c + x_b
         if total == 0 or n_c == 0 or n_b == 0:
             return
         share = n_c / (n_c + n_b)
-        self.loglik += x_c * self.grid - total * np.log1p(share * (self._exp_grid - 1.0))
+        step = x_c * self.grid - total * np.log1p(share * (self._exp_grid - 1.0))
+        self.loglik += step
+        self.log_started += step
         self.log_e_max = max(self.log_e_max, self.log_e_value())
 
+    def log_start_weight(self, window: int) -> float:
+        """log pi of a product started at the 0-based ``window`` (-inf if none starts there)."""
+        if window == 0:
+            return math.log(self.first_start_weight)
+        if window % self.restart_every or self.first_start_weight >= 1.0:
+            return -math.inf
+        k = window // self.restart_every
+        rho = 1.0 / self.restart_mean
+        weight = 0.5 * rho * (1.0 - rho) ** (k - 1) + 0.5 / (k * (k + 1))
+        return math.log((1.0 - self.first_start_weight) * weight)
+
     def log_e_value(self) -> float:
-        """Log of the one-sided (canary worse) mixture e-value now."""
-        return float(logsumexp(self.log_weights_one_sided + self.loglik))
+        """Log of the one-sided (canary worse) e-value now, mixed over psi and start times."""
+        return float(logsumexp(self.log_weights_one_sided + self.log_started))
 
     def log_e_max_value(self) -> float:
         """Log of the running maximum of the e-value; 1/exp of it is the anytime p-value."""

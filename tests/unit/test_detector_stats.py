@@ -42,7 +42,9 @@ def test_grid_and_weights() -> None:
 
 
 def _one_window_test() -> ConditionalRateTest:
-    test = ConditionalRateTest(step=0.25, limit=2.0, prior_center=0.5, prior_scale=0.5)
+    test = ConditionalRateTest(
+        step=0.25, limit=2.0, prior_center=0.5, prior_scale=0.5, first_start_weight=1.0
+    )
     test.update(3, 10, 1, 30)
     return test
 
@@ -73,7 +75,7 @@ def test_conditional_e_value_has_mean_at_most_one_under_the_exact_null(
 ) -> None:
     """Under H0 the canary's share of `total` bad events is hypergeometric; E[e] <= 1 (and
     = 1 under the binomial it is built on): the supermartingale step of the e-process."""
-    test = ConditionalRateTest()
+    test = ConditionalRateTest(first_start_weight=1.0)
     support = np.arange(total + 1)
     # The mixture evaluated at every possible canary count (a count beyond n_c only enters
     # the binomial reference, through the same formula).
@@ -85,9 +87,28 @@ def test_conditional_e_value_has_mean_at_most_one_under_the_exact_null(
     assert float(np.dot(hyper, e_values)) <= 1.0 + 1e-12
     assert float(np.dot(binom, e_values)) == pytest.approx(1.0)
     for x_c in range(max(0, total - n_b), min(n_c, total) + 1):
-        one = ConditionalRateTest()
+        one = ConditionalRateTest(first_start_weight=1.0)
         one.update(x_c, n_c, total - x_c, n_b)
         assert math.exp(one.log_e_value()) == pytest.approx(e_values[x_c])
+
+
+def test_start_time_mixture_by_hand() -> None:
+    test = ConditionalRateTest(first_start_weight=0.8, restart_every=2, restart_mean=4.0)
+    weights = [0.8, 0.0, 0.2 * (0.5 * 0.25 + 0.5 / 2), 0.0, 0.2 * (0.5 * 0.25 * 0.75 + 0.5 / 6)]
+    assert [math.exp(test.log_start_weight(t)) for t in range(5)] == pytest.approx(weights)
+    total = sum(math.exp(test.log_start_weight(t)) for t in range(0, 400_000, 2))
+    assert 0.999 < total <= 1.0
+    windows = [(2, 50, 3, 450), (0, 50, 0, 450), (4, 60, 2, 440)]
+    steps = []
+    for x_c, n_c, x_b, n_b in windows:
+        test.update(x_c, n_c, x_b, n_b)
+        s, total = n_c / (n_c + n_b), x_c + x_b
+        steps.append(x_c * test.grid - total * np.log1p(s * (np.exp(test.grid) - 1.0)))
+    # Started at window 0 (all three steps) and at window 2 (the last step only).
+    started = 0.8 * np.exp(steps[0] + steps[1] + steps[2]) + weights[2] * np.exp(steps[2])
+    expected = float(np.sum(np.exp(test.log_weights_one_sided) * started))
+    assert math.exp(test.log_e_value()) == pytest.approx(expected)
+    assert test.loglik == pytest.approx(steps[0] + steps[1] + steps[2])
 
 
 def test_conditional_windows_without_events_or_an_arm_carry_no_evidence() -> None:
