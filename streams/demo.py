@@ -42,36 +42,45 @@ def demo_plan(duration_s: float, rate: float, seed: int) -> TrafficPlan:
 
 
 def run(settings: Settings, *, duration_s: float, rate: float, seed: int) -> int:
-    began = datetime.now(UTC)
     say(f"Coalmine demo: {duration_s:.0f} s of simulated agent traffic at {rate:.0f} requests/s")
     with ExitStack() as cleanup:
-        host, port = parse_local_bootstrap(settings.kafka_bootstrap)
-        if not process.answers(host, port):
-            cleanup.enter_context(localkafka.LocalKafka(settings))
-        ensure_topics(settings)
-        log_path = settings.home / "demo-worker.log"
-        say(f"starting the worker (log: {log_path})...")
-        worker = cleanup.enter_context(WorkerProcess(settings, log_path))
-        say(f"worker ready; `coalmine sql` answers through {settings.worker_url}")
-        stored_query = (
-            "SELECT count() FROM coalmine.spans "
-            f"WHERE ingested_at >= toDateTime64('{began:%Y-%m-%d %H:%M:%S}', 3, 'UTC')"
-        )
-        delivered = _generate(
-            settings, lambda: int(worker.scalar(stored_query)), demo_plan(duration_s, rate, seed)
-        )
-        _wait_until_stored(lambda: int(worker.scalar(stored_query)), delivered)
-        # This run's spans only: the embedded database keeps earlier runs' data.
-        query = example_query("version_overview").replace(
-            "start_time >= now64() - INTERVAL 1 HOUR",
-            f"ingested_at >= toDateTime64('{began:%Y-%m-%d %H:%M:%S}', 3, 'UTC')",
-        )
-        columns, rows = sqlcli.fetch(settings, query)
-        say("\nper agent and version (sql/queries/version_overview.sql):\n")
-        print(sqlcli.render(columns, rows, "table"))
+        try:
+            _run(settings, cleanup, demo_plan(duration_s, rate, seed))
+        except KeyboardInterrupt:
+            say("\ninterrupted: stopping what the demo started...")
+            raise
         say("\nstopping...")
     say("done. Run `coalmine worker` and `coalmine generate` to keep going.")
     return 0
+
+
+def _run(settings: Settings, cleanup: ExitStack, plan: TrafficPlan) -> None:
+    began = datetime.now(UTC)
+    host, port = parse_local_bootstrap(settings.kafka_bootstrap)
+    if not process.answers(host, port):
+        # Detached like `coalmine dev up`, so a Ctrl-C does not kill the broker before the
+        # worker has stopped; the demo stops it last.
+        localkafka.up(settings)
+        cleanup.callback(localkafka.down, settings)
+    ensure_topics(settings)
+    log_path = settings.home / "demo-worker.log"
+    say(f"starting the worker (log: {log_path})...")
+    worker = cleanup.enter_context(WorkerProcess(settings, log_path))
+    say(f"worker ready; `coalmine sql` answers through {settings.worker_url}")
+    # This run's spans only: the embedded database keeps earlier runs' data.
+    this_run = f"ingested_at >= toDateTime64('{began:%Y-%m-%d %H:%M:%S}', 3, 'UTC')"
+
+    def stored() -> int:
+        return int(worker.scalar(f"SELECT count() FROM coalmine.spans WHERE {this_run}"))
+
+    delivered = _generate(settings, stored, plan)
+    _wait_until_stored(stored, delivered)
+    query = example_query("version_overview").replace(
+        "start_time >= now64() - INTERVAL 1 HOUR", this_run
+    )
+    columns, rows = sqlcli.fetch(settings, query)
+    say("\nper agent and version (sql/queries/version_overview.sql):\n")
+    print(sqlcli.render(columns, rows, "table"))
 
 
 def _generate(settings: Settings, stored: Callable[[], int], plan: TrafficPlan) -> int:

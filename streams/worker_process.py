@@ -59,6 +59,9 @@ class WorkerProcess:
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C in the terminal reaches only the parent, which
+                # then stops the worker itself, before the broker the worker depends on.
+                start_new_session=True,
             )
         self._wait_ready()
 
