@@ -76,8 +76,8 @@ def consume_all(
     deadline = time.monotonic() + timeout_s
     try:
         while len(received) < expected and time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is not None and message.error() is None:
+            for message in consumer.consume(num_messages=1000, timeout=0.5):
+                assert message.error() is None, message.error()
                 received.append(message)
     finally:
         consumer.close()

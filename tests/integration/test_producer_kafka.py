@@ -10,7 +10,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
-from confluent_kafka import Consumer, Message
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # not re-exported by confluent_kafka.admin
 
@@ -18,6 +17,7 @@ from schemas.trace import MAX_ATTRIBUTE_VALUE_CHARS, MAX_EVENT_BYTES, TraceEvent
 from streams import generate
 from streams.producer import KafkaPublisher
 from streams.settings import Settings
+from tests.integration.harness import consume_all
 
 pytestmark = pytest.mark.integration
 
@@ -35,28 +35,6 @@ def _new_topic(bootstrap: str, topic: str | None = None, partitions: int = 3) ->
     for future in admin.create_topics([NewTopic(topic, partitions, 1)]).values():
         future.result(timeout=30)
     return topic
-
-
-def _consume(bootstrap: str, topic: str, count: int, timeout_s: float = 60.0) -> list[Message]:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
-    messages: list[Message] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while len(messages) < count and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=1000, timeout=0.5):
-                assert msg.error() is None, msg.error()
-                messages.append(msg)
-    finally:
-        consumer.close()
-    return messages
 
 
 class DeliveryLog:
@@ -89,7 +67,7 @@ def test_published_events_come_back_unchanged_and_in_trace_order(kafka_bootstrap
     )
     assert log.reports == {str(e.event_id): None for e in events}
 
-    messages = _consume(kafka_bootstrap, topic, len(events))
+    messages = consume_all(kafka_bootstrap, topic, len(events))
     assert len(messages) == len(events)
     received = [TraceEvent.model_validate_json(m.value() or b"") for m in messages]
     assert sorted(received, key=lambda e: e.event_id) == sorted(events, key=lambda e: e.event_id)
@@ -170,7 +148,7 @@ def test_generate_run_delivers_everything_it_reports(kafka_settings: Settings) -
     assert final.requests == 300
     assert final.spans == final.delivered > 300
     assert (final.failed, final.dropped, final.invalid) == (0, 0, 0)
-    messages = _consume(settings.kafka_bootstrap, settings.topic("traces"), final.delivered)
+    messages = consume_all(settings.kafka_bootstrap, settings.topic("traces"), final.delivered)
     assert len(messages) == final.delivered
     events = [TraceEvent.model_validate_json(m.value() or b"") for m in messages]
     assert sum(e.kind == "request" for e in events) == 300
