@@ -138,7 +138,9 @@ class JudgeConfig:
     min_canary_events: int = 3
     """No rate-metric ROLLBACK before the canary has this many bad events of that metric."""
     min_mean_observations: int = 20
-    """Per arm, before a mean metric is tested (its variance is estimated first)."""
+    """Per arm: within-window degrees of freedom before a mean metric is tested (its
+    variance is estimated first), and the smallest block of observations a mean difference
+    is taken over (small canaries pool consecutive windows)."""
     latency_reference_requests: int = 500
     """Baseline requests whose histogram freezes the p95 / p99 thresholds (when no reference
     histogram is given to the judge)."""
@@ -194,6 +196,7 @@ class CanaryJudge:
                 rho=1.0 / config.mean_prior_scales[m] ** 2,
                 worse_sign=-1 if m is Metric.QUALITY_MEAN else 1,
                 min_observations=config.min_mean_observations,
+                min_block=config.min_mean_observations,
             )
             for m in weights
             if m in MEAN_METRICS

@@ -205,7 +205,7 @@ class NormalMixtureMeanTest:
 
     Window t contributes the within-window difference d_t = mean_c - mean_b, whose variance
     v_t = s_c^2 / n_c + s_b^2 / n_b uses each arm's pooled within-window variance over all
-    windows so far, this one included (the running plug-in of Johari et al.). Differencing
+    earlier windows (a predictable running plug-in, as in Johari et al.). Differencing
     inside a window cancels any drift in the mean common to both arms. With
     S = sum d_t / v_t and V = sum 1 / v_t, the likelihood ratio for a difference delta is
     exp(delta S - delta^2 V / 2). Mixing delta over N(0, 1/rho) gives the two-sided boundary
@@ -213,16 +213,18 @@ class NormalMixtureMeanTest:
     confidence sequence; mixing over the half-normal on the "worse" side gives the one-sided
     e-value 2 sqrt(rho / (V + rho)) exp(S^2 / (2 (V + rho))) Phi(S / sqrt(V + rho)).
     Validity is exact for Gaussian window means with known variances and asymptotic with the
-    plug-in variance (Waudby-Smith et al. 2021); hence the minimum-observation guard. (For
-    Gaussian data a window's mean and variance are independent; for skewed data the plug-in
-    down-weights windows whose mean moved in the direction of the skew, which for costs
-    (right skew, worse = higher) and bounded quality scores (left skew, worse = lower) errs
-    on the conservative side.)
+    plug-in variance (Waudby-Smith et al. 2021); hence the minimum-observation guard. Being
+    predictable, the plug-in cannot down-weight a window for its own outcome.
+    So that each difference is close to normal even for a small canary, consecutive windows
+    are pooled into one block until each arm has ``min_block`` observations (at 5 s windows
+    and a canary of 10 requests/s or more, every window is its own block).
     ``worse_sign`` is +1 when a larger canary mean is worse (cost), -1 when smaller is worse
     (quality).
     """
 
-    def __init__(self, *, rho: float, worse_sign: int, min_observations: int = 30) -> None:
+    def __init__(
+        self, *, rho: float, worse_sign: int, min_observations: int = 20, min_block: int = 20
+    ) -> None:
         if worse_sign not in (1, -1):
             raise ValueError("worse_sign must be +1 or -1")
         self.rho = rho
@@ -233,17 +235,21 @@ class NormalMixtureMeanTest:
         self.total = [0.0, 0.0]
         self.within_ss = [0.0, 0.0]
         self.within_dof = [0, 0]
+        self.min_block = min_block
+        self.block_n = [0, 0]
+        self.block_sum = [0.0, 0.0]
         self.s = 0.0
         self.v = 0.0
         self.log_e_max = 0.0
 
     def _variance(self, arm: int) -> float | None:
-        if self.n[arm] < self.min_observations or self.within_dof[arm] < 2:
+        if self.within_dof[arm] < max(self.min_observations, 2):
             return None
         return max(self.within_ss[arm] / self.within_dof[arm], 1e-12)
 
     def update(self, canary: tuple[int, float, float], baseline: tuple[int, float, float]) -> None:
         """Fold in one window: (count, sum, sum of squares) per arm."""
+        var_c, var_b = self._variance(0), self._variance(1)  # predictable: earlier windows
         for arm, (n, total, sumsq) in enumerate((canary, baseline)):
             if n <= 0:
                 continue
@@ -251,14 +257,18 @@ class NormalMixtureMeanTest:
             self.total[arm] += total
             self.within_ss[arm] += max(sumsq - total * total / n, 0.0)
             self.within_dof[arm] += n - 1
-        var_c, var_b = self._variance(0), self._variance(1)
-        (n_c, sum_c, _), (n_b, sum_b, _) = canary, baseline
-        if var_c is not None and var_b is not None and n_c > 0 and n_b > 0:
+            self.block_n[arm] += n
+            self.block_sum[arm] += total
+        (n_c, n_b), (sum_c, sum_b) = self.block_n, self.block_sum
+        if var_c is None or var_b is None:
+            self.block_n, self.block_sum = [0, 0], [0.0, 0.0]  # it only taught the variance
+        elif min(n_c, n_b) >= self.min_block:
             d = sum_c / n_c - sum_b / n_b
             v = var_c / n_c + var_b / n_b
             self.s += d / v
             self.v += 1.0 / v
             self.log_e_max = max(self.log_e_max, self.log_e_value())
+            self.block_n, self.block_sum = [0, 0], [0.0, 0.0]
 
     @property
     def active(self) -> bool:

@@ -177,34 +177,43 @@ def _window(values: list[float]) -> tuple[int, float, float]:
 
 
 def test_mean_test_by_hand() -> None:
-    test = NormalMixtureMeanTest(rho=4.0, worse_sign=1, min_observations=3)
+    test = NormalMixtureMeanTest(rho=4.0, worse_sign=1, min_observations=2, min_block=1)
     canary1, baseline1 = [1.0, 2.0, 3.0], [0.0, 1.0, 2.0, 3.0]
     test.update(_window(canary1), _window(baseline1))
+    assert not test.active  # the first window only estimates the variances (predictable)
     var_c, var_b = float(np.var(canary1, ddof=1)), float(np.var(baseline1, ddof=1))
-    d1, v1 = 2.0 - 1.5, var_c / 3 + var_b / 4
-    assert test.active
-    assert (test.s, test.v) == pytest.approx((d1 / v1, 1 / v1))
-    canary2, baseline2 = [2.0, 4.0], [1.0, 1.0, 2.0]
-    test.update(_window(canary2), _window(baseline2))
-    # Pooled within-window variances: SS over windows / (sum of n - 1).
-    pooled_c = (2.0 + 2.0) / (2 + 1)
-    pooled_b = (5.0 + 2.0 / 3.0) / (3 + 2)
-    d2, v2 = 3.0 - 4.0 / 3.0, pooled_c / 2 + pooled_b / 3
-    s, v = d1 / v1 + d2 / v2, 1 / v1 + 1 / v2
-    assert (test.s, test.v) == pytest.approx((s, v))
-    assert test.estimate() == pytest.approx(s / v)
+    test.update(_window([2.0, 4.0]), _window([1.0, 1.0, 2.0]))
+    d, v = 3.0 - 4.0 / 3.0, var_c / 2 + var_b / 3
+    assert (test.s, test.v) == pytest.approx((d / v, 1 / v))
+    assert test.estimate() == pytest.approx(d)
     lower, upper = test.confidence_sequence(0.05)
-    radius = normal_mixture_radius(v, 4.0, 0.05)
-    assert (lower, upper) == pytest.approx(((s - radius) / v, (s + radius) / v))
-    assert test.log_e_value() == pytest.approx(log_one_sided_normal_mixture(s, v, 4.0))
+    radius = normal_mixture_radius(1 / v, 4.0, 0.05)
+    assert (lower, upper) == pytest.approx((d - radius * v, d + radius * v))
+    assert test.log_e_value() == pytest.approx(log_one_sided_normal_mixture(d / v, 1 / v, 4.0))
     assert test.means() == pytest.approx((12.0 / 5.0, 10.0 / 7.0))
+    # Pooled within-window variance of the canary now: (2 + 2) / (2 + 1).
+    assert test.within_ss[0] / test.within_dof[0] == pytest.approx(4.0 / 3.0)
 
 
 def test_mean_test_waits_for_enough_observations() -> None:
-    test = NormalMixtureMeanTest(rho=4.0, worse_sign=1, min_observations=5)
-    test.update(_window([1.0, 2.0]), _window([1.0, 3.0, 4.0]))
-    assert not test.active
+    test = NormalMixtureMeanTest(rho=4.0, worse_sign=1, min_observations=5, min_block=1)
+    for _ in range(3):
+        test.update(_window([1.0, 2.0]), _window([1.0, 3.0, 4.0]))
+    assert not test.active  # the canary has 3 within-window degrees of freedom < 5
     assert test.confidence_sequence(0.05) == (-math.inf, math.inf)
+
+
+def test_mean_test_pools_small_windows_into_blocks() -> None:
+    test = NormalMixtureMeanTest(rho=4.0, worse_sign=1, min_observations=2, min_block=3)
+    test.update(_window([1.0, 2.0, 3.0]), _window([0.0, 2.0, 4.0, 6.0, 8.0]))
+    test.update(_window([2.0, 6.0]), _window([1.0, 3.0]))
+    assert not test.active  # window 1 taught the variances; window 2 alone is too small
+    test.update(_window([4.0]), _window([5.0]))
+    # One block, windows 2 and 3: canary [2, 6, 4], baseline [1, 3, 5]. Variances from
+    # windows 1 and 2: canary (2 + 8) / (2 + 1), baseline (40 + 2) / (4 + 1).
+    d, v = 4.0 - 3.0, (10.0 / 3.0) / 3 + (42.0 / 5.0) / 3
+    assert (test.s, test.v) == pytest.approx((d / v, 1 / v))
+    assert test.block_n == [0, 0]
 
 
 def test_mean_test_direction_for_quality() -> None:
