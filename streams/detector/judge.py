@@ -66,8 +66,8 @@ DEFAULT_METRIC_WEIGHTS: Mapping[Metric, float] = MappingProxyType(
         Metric.LATENCY_P95_EXCEEDANCE: 0.1,
         Metric.LATENCY_P99_EXCEEDANCE: 0.05,
         Metric.LATENCY_LOG_MEAN: 0.05,
-        Metric.LOG_COST_MEAN: 0.075,
-        Metric.QUALITY_MEAN: 0.075,
+        Metric.LOG_COST_MEAN: 0.05,
+        Metric.QUALITY_MEAN: 0.1,
     }
 )
 """Weighted Bonferroni shares of alpha per metric (they must sum to at most 1). A metric is
