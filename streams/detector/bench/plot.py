@@ -52,10 +52,11 @@ def _delay_panel(ax: Axes, rows: Sequence[Row]) -> None:
             else:
                 ax.plot(_MISS_S, y, "x", color=color, ms=7, mew=2)
             if row.onset_s > 0 and row.false_alarm_rate:
+                at = right if math.isfinite(median) else _MISS_S
                 ax.text(
-                    _DELAY_MIN_S * 1.1,
+                    at * 1.15,
                     y,
-                    f"{row.false_alarm_rate:.0%} alarmed before onset",
+                    f"{100 * row.false_alarm_rate:.1f}% alarmed before onset",
                     fontsize=6.5,
                     color=color,
                     va="center",
