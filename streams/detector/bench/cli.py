@@ -60,4 +60,9 @@ def execute(
 def run(quick: bool, json_path: Path | None, plot_path: Path | None) -> int:
     """Entry point of ``coalmine bench detector``; returns the exit code."""
     execute(build_grid(quick), json_path, plot_path)
+    if quick:
+        print(
+            "--quick: few replications, so the targets above are indicative only (the A/A "
+            "rates have wide intervals; drift-aa's 24 h of runs cannot bound ARL0 beyond 8 h)."
+        )
     return 0
