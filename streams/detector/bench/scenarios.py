@@ -184,52 +184,59 @@ def _regressions() -> list[tuple[str, Regression, str]]:
 def build_grid(quick: bool) -> list[Scenario]:
     """The benchmark's scenarios. ``quick`` keeps the grid's shape but cuts replications and
     the long A/A runs, so that it finishes in under two minutes on two cores."""
-    aa_head = 60 if quick else 2000
-    aa_side = 20 if quick else 300
-    aa_long = 4 if quick else 300
-    reg = 12 if quick else 200
-    err2 = Regression(error_rate=0.02)
-    grid: list[Scenario] = [
-        Scenario("aa-1h", Family.AA, aa_head, description="A/A, headline, 1 h"),
-        Scenario("aa-8h", Family.AA, aa_long, horizon_s=8 * HOUR_S, description="A/A, 8 h"),
-        Scenario("aa-1h-share5", Family.AA, aa_side, share=0.05, description="A/A"),
-        Scenario("aa-1h-share50", Family.AA, aa_side, share=0.50, description="A/A"),
-        Scenario("aa-1h-rps10", Family.AA, aa_side, rps=10.0, description="A/A"),
-        Scenario("aa-1h-rps1000", Family.AA, aa_side, rps=1000.0, description="A/A"),
-        Scenario(
-            "aa-diurnal-drifted-split",
-            Family.AA,
-            aa_side,
+    return [*_aa_scenarios(quick), *_regression_scenarios(quick), *_drift_scenarios(quick)]
+
+
+_CONFOUNDED = "base rate +-50% over a 1 h cycle, split drifting 10% -> 30%"
+
+
+def _aa_scenarios(quick: bool) -> list[Scenario]:
+    head = Scenario("aa-1h", Family.AA, 60 if quick else 2000, description="A/A, headline")
+    side = replace(head, replications=20 if quick else 300, description="A/A")
+    return [
+        head,
+        replace(head, name="aa-8h", replications=4 if quick else 300, horizon_s=8 * HOUR_S),
+        replace(side, name="aa-1h-share5", share=0.05),
+        replace(side, name="aa-1h-share50", share=0.50),
+        replace(side, name="aa-1h-rps10", rps=10.0),
+        replace(side, name="aa-1h-rps1000", rps=1000.0),
+        replace(
+            side,
+            name="aa-diurnal-drifted-split",
             diurnal_amplitude=0.5,
             share_end=0.30,
-            description="A/A, base rate +-50% over a 1 h cycle, split drifting 10% -> 30%",
+            description=f"A/A, {_CONFOUNDED}",
         ),
-        Scenario(
-            "aa-missing-windows",
-            Family.AA,
-            aa_side,
+        replace(
+            side,
+            name="aa-missing-windows",
             missing_window_rate=0.05,
             description="A/A, 5% of each arm's windows never arrive",
         ),
     ]
-    for name, regression, text in _regressions():
-        grid.append(Scenario(name, Family.REGRESSION, reg, regression=regression, description=text))
-    for name, change in (
-        ("share5", {"share": 0.05}),
-        ("share50", {"share": 0.50}),
-        ("rps10", {"rps": 10.0}),
-        ("rps1000", {"rps": 1000.0}),
-        ("onset10m", {"onset_s": 600.0, "horizon_s": 600.0 + HOUR_S}),
-        ("diurnal-drifted-split", {"diurnal_amplitude": 0.5, "share_end": 0.30}),
-    ):
-        text = "errors 1% -> 2%"
-        if name.startswith("diurnal"):
-            text += ", base rate +-50% over a 1 h cycle, split drifting 10% -> 30%"
-        base = Scenario(
-            f"err-1-2pct-{name}", Family.REGRESSION, reg, regression=err2, description=text
-        )
-        grid.append(replace(base, **change))  # type: ignore[arg-type]
-    grid.extend(_drift_scenarios(quick))
+
+
+def _regression_scenarios(quick: bool) -> list[Scenario]:
+    reg = 12 if quick else 200
+    grid = [
+        Scenario(name, Family.REGRESSION, reg, regression=regression, description=text)
+        for name, regression, text in _regressions()
+    ]
+    err2 = grid[0]
+    grid += [
+        replace(err2, name="err-1-2pct-share5", share=0.05),
+        replace(err2, name="err-1-2pct-share50", share=0.50),
+        replace(err2, name="err-1-2pct-rps10", rps=10.0),
+        replace(err2, name="err-1-2pct-rps1000", rps=1000.0),
+        replace(err2, name="err-1-2pct-onset10m", onset_s=600.0, horizon_s=600.0 + HOUR_S),
+        replace(
+            err2,
+            name="err-1-2pct-diurnal-drifted-split",
+            diurnal_amplitude=0.5,
+            share_end=0.30,
+            description=f"errors 1% -> 2%, {_CONFOUNDED}",
+        ),
+    ]
     return grid
 
 

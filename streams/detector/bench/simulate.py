@@ -23,7 +23,6 @@ fed the same :class:`Stream`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -289,7 +288,3 @@ def expected_failures_excess(stream: Stream) -> FloatArray:
     the baseline's true error rate would have produced on the same canary requests."""
     excess = stream.canary.errors - stream.canary.requests * stream.base_error_rate
     return np.asarray(np.cumsum(excess), dtype=np.float64)
-
-
-def lognormal_mean(mu: float, sigma: float) -> float:
-    return math.exp(mu + sigma**2 / 2)
