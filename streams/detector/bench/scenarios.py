@@ -193,22 +193,23 @@ _CONFOUNDED = "base rate +-50% over a 1 h cycle, split drifting 10% -> 30%"
 def _aa_scenarios(quick: bool) -> list[Scenario]:
     head = Scenario("aa-1h", Family.AA, 60 if quick else 2000, description="A/A, headline")
     side = replace(head, replications=20 if quick else 300, description="A/A")
+    robust = replace(side, replications=20 if quick else 1000)
     return [
         head,
-        replace(head, name="aa-8h", replications=4 if quick else 300, horizon_s=8 * HOUR_S),
+        replace(head, name="aa-8h", replications=4 if quick else 500, horizon_s=8 * HOUR_S),
         replace(side, name="aa-1h-share5", share=0.05),
         replace(side, name="aa-1h-share50", share=0.50),
         replace(side, name="aa-1h-rps10", rps=10.0),
         replace(side, name="aa-1h-rps1000", rps=1000.0),
         replace(
-            side,
+            robust,
             name="aa-diurnal-drifted-split",
             diurnal_amplitude=0.5,
             share_end=0.30,
             description=f"A/A, {_CONFOUNDED}",
         ),
         replace(
-            side,
+            robust,
             name="aa-missing-windows",
             missing_window_rate=0.05,
             description="A/A, 5% of each arm's windows never arrive",
