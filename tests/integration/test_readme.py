@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
 
 from streams.settings import Settings
 from tests.integration.harness import consume_all, isolated_settings
+from tests.unit.test_readme_examples import python_block
 
 pytestmark = pytest.mark.integration
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL)
 
 
 def test_readme_sdk_example_publishes_its_spans(
@@ -26,8 +22,7 @@ def test_readme_sdk_example_publishes_its_spans(
     settings = isolated_settings(kafka_settings, tmp_path)
     for name, value in settings.as_env().items():
         monkeypatch.setenv(name, value)
-    (example,) = python_blocks()
-    exec(compile(example, str(README), "exec"), {"__name__": "readme_example"})
+    exec(compile(python_block("Tracer("), str(README), "exec"), {"__name__": "readme_example"})
 
     messages = consume_all(settings.kafka_bootstrap, settings.topic("traces"), expected=4)
     spans = {json.loads(m.value() or b"")["name"]: json.loads(m.value() or b"") for m in messages}
