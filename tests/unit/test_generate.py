@@ -24,6 +24,7 @@ from streams.generate import GeneratorProgress, TrafficPlan, simulate
 from streams.producer import PublisherStats
 from streams.settings import Settings
 from streams.traffic import MODELS
+from tests.unit.test_producer import ListPublisher
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 N_REQUESTS = 20_000
@@ -274,21 +275,8 @@ def test_a_plan_built_in_code_is_checked_too() -> None:
 # --------------------------------------------------------------------------- run, in memory
 
 
-class CountingListPublisher:
+class CountingListPublisher(ListPublisher):
     """In-memory transport that 'delivers' everything at once."""
-
-    def __init__(self) -> None:
-        self.events: list[TraceEvent] = []
-        self.closed = False
-
-    def publish(self, event: TraceEvent) -> None:
-        self.events.append(event)
-
-    def flush(self, timeout: float) -> int:
-        return 0
-
-    def close(self, timeout: float) -> None:
-        self.closed = True
 
     @property
     def stats(self) -> PublisherStats:
