@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from schemas.trace import MAX_EVENT_BYTES, TraceEvent
 from streams.pricing import PriceTable
+from streams.publisher import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -234,12 +235,14 @@ class IngestProcessor:
         self._prices = prices
         self._stopping = stopping
         self._retry = retry or RetryPolicy()
+        # A producer sending garbage must not flood the worker's log; the DLQ has every one.
+        self._warn_rejected = RateLimitedLog(logging.WARNING, interval_s=5.0, log=log)
         self.counters = IngestCounters()
 
     async def process(self, messages: Sequence[RawMessage]) -> bool:
         routed = route(messages, self._prices)
         for rejection in routed.rejected:
-            log.warning(
+            self._warn_rejected(
                 "dead-lettering %s[%d]@%d: %s",
                 rejection.message.topic,
                 rejection.message.partition,
