@@ -26,7 +26,8 @@ test: $(STAMP) lint
 	$(BIN)/pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m streams.bench.ingest
+	$(BIN)/coalmine bench ingest
+	$(BIN)/coalmine bench detector --json bench-results/detector.json --plot bench-results/detector.png
 
 clean:
 	-$(BIN)/coalmine dev down
