@@ -1,4 +1,4 @@
-"""The Faust application: topics, agents, timers and web pages. Wiring only.
+"""The Faust application: topics, the ingest agent and web pages. Wiring only.
 
 Business logic lives in :mod:`streams.ingest` and :mod:`streams.clickhouse`; the agents here
 hand batches to it and acknowledge them once they are stored.
@@ -58,17 +58,15 @@ class ClickHouseThread:
 
 
 class AsyncSpanWriter:
+    """The span writer, called on the ClickHouse thread."""
+
     def __init__(self, thread: ClickHouseThread) -> None:
         self._thread = thread
-        self._writer: clickhouse.SpanWriter | None = None
 
     async def write(self, rows: Sequence[Sequence[Any]]) -> int:
-        def write(client: Client) -> int:
-            if self._writer is None:
-                self._writer = clickhouse.SpanWriter(client, SPAN_COLUMNS)
-            return self._writer.write(rows)
-
-        return await self._thread.run(write)
+        return await self._thread.run(
+            lambda client: clickhouse.SpanWriter(client, SPAN_COLUMNS).write(rows)
+        )
 
 
 class FaustDeadLetters:

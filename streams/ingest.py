@@ -249,8 +249,9 @@ class IngestProcessor:
                 rejection.message.offset,
                 rejection.reason,
             )
+        if routed.rejected:
             sent = await self._with_retry(
-                "dead-letter send", functools.partial(self._send, rejection)
+                "dead-letter send", functools.partial(self._send, routed.rejected)
             )
             if sent is None:
                 return False
@@ -265,9 +266,14 @@ class IngestProcessor:
         self.counters.dead_lettered += len(routed.rejected)
         return True
 
-    async def _send(self, rejection: Rejection) -> bool:
-        message = rejection.message
-        await self._dead_letters.send(message.key, message.value, dead_letter_headers(rejection))
+    async def _send(self, rejections: Sequence[Rejection]) -> bool:
+        # All in flight at once; a retry sends the whole set again (the DLQ is at-least-once).
+        await asyncio.gather(
+            *(
+                self._dead_letters.send(r.message.key, r.message.value, dead_letter_headers(r))
+                for r in rejections
+            )
+        )
         return True
 
     async def _with_retry(self, what: str, attempt_once: Callable[[], Awaitable[T]]) -> T | None:
