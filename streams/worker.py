@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import faust
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 def run(settings: Settings, spans: SpanSink | None = None) -> int:
     """Run the worker until stopped; ``spans`` replaces the ClickHouse span sink (benchmarks)."""
+    _use_uvloop()
     prices = load_prices(settings.prices_file)
     ensure_topics(settings)
     client = clickhouse.connect(settings)
@@ -47,3 +49,13 @@ def run(settings: Settings, spans: SpanSink | None = None) -> int:
         if owner is not None:
             owner.unlink(missing_ok=True)
     return 0
+
+
+def _use_uvloop() -> None:
+    """uvloop where it exists: Faust schedules every event on the loop, and uvloop does that
+    ~25% faster here (`coalmine bench ingest`)."""
+    try:
+        import uvloop  # noqa: PLC0415 (optional: not built for Windows)
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
