@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 def run(settings: Settings, spans: SpanSink | None = None) -> int:
     """Run the worker until stopped; ``spans`` replaces the ClickHouse span sink (benchmarks)."""
     _use_uvloop()
+    log.debug("settings: %s", settings.masked())
     prices = load_prices(settings.prices_file)
     ensure_topics(settings)
     client = clickhouse.connect(settings)
