@@ -186,9 +186,10 @@ class WindowStats(BaseModel):
     """Counts and sums for one (agent, version, window) from one producer (``source``).
 
     ``requests`` counts request (root) spans; each has exactly one latency in
-    ``latency_buckets``, so the histogram sums to ``requests``. ``cost_count`` requests had a
-    cost (the sums of ``cost_*`` and ``log_cost_*`` run over those); ``quality_count`` spans
-    carried a quality score in [0, 1].
+    ``latency_buckets``, so the histogram sums to ``requests``. ``cost_count`` counts the
+    priced spans (a reported cost, or tokens to price) whatever their kind; the sums of
+    ``cost_*`` and ``log_cost_*`` run over those, so ``cost_sum / requests`` is the cost per
+    request. ``quality_count`` spans carried a quality score in [0, 1].
     """
 
     model_config = ConfigDict(
@@ -242,7 +243,6 @@ class WindowStats(BaseModel):
             ("errors", "requests"),
             ("tasks_completed", "tasks_attempted"),
             ("tool_errors", "tool_calls"),
-            ("cost_count", "requests"),
         ):
             if getattr(self, part) > getattr(self, whole):
                 raise ValueError(f"{part} exceeds {whole}")

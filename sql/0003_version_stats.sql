@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS coalmine.version_stats
     quality_sumsq    Float64,
     latency_sum_ms   Float64,
     latency_buckets  Array(UInt64) CODEC(ZSTD(3)),
-    emitted_at       DateTime64(3, 'UTC') DEFAULT now64(3)
+    emitted_at       DateTime64(3, 'UTC') DEFAULT now64(3),
+    -- A restarting worker reads back the rows past its committed offsets (streams/clickhouse.py).
+    INDEX offset_until_minmax offset_until TYPE minmax GRANULARITY 1
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(window_start)

@@ -72,7 +72,7 @@ def is_priced(row: Sequence[Any]) -> bool:
     source = row[_COST_SOURCE]
     if source == "reported":
         return True
-    return source == "price_table" and (row[_INPUT_TOKENS] > 0 or row[_OUTPUT_TOKENS] > 0)
+    return source == "price_table" and bool(row[_INPUT_TOKENS] or row[_OUTPUT_TOKENS])
 
 
 @dataclass(slots=True)

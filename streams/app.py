@@ -10,8 +10,9 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import faust
@@ -19,15 +20,20 @@ from clickhouse_connect.driver.client import Client
 from faust.streams import Stream
 from faust.types import EventT
 from faust.web import Request, Response, View
+from mode.types.signals import BaseSignalT
 
 from streams import clickhouse
+from streams.aggregate import WindowAggregator, WindowRow, partitions_of
 from streams.ingest import (
     SPAN_COLUMNS,
     Header,
     IngestProcessor,
     ProgressLog,
     RawMessage,
+    Retrier,
+    RetryPolicy,
     SpanSink,
+    SpanWrite,
 )
 from streams.pricing import PriceTable
 from streams.settings import Settings
@@ -36,6 +42,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 PROGRESS_INTERVAL_S = 10.0
+WINDOW_TICK_S = 0.25
+LATE_HEADER = "coalmine.window.late"
+"""Header of a ``coalmine.version-stats`` record: ``1`` on a correction row."""
+_PARTITION = SPAN_COLUMNS.index("kafka_partition")
+_OFFSET = SPAN_COLUMNS.index("kafka_offset")
 
 
 class ClickHouseThread:
@@ -63,10 +74,120 @@ class AsyncSpanWriter:
     def __init__(self, thread: ClickHouseThread) -> None:
         self._thread = thread
 
-    async def write(self, rows: Sequence[Sequence[Any]]) -> int:
+    async def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
         return await self._thread.run(
             lambda client: clickhouse.SpanWriter(client, SPAN_COLUMNS).write(rows)
         )
+
+
+@dataclass
+class WindowCounters:
+    rows_emitted: int = 0
+    late_rows_emitted: int = 0
+    open_windows: int = 0
+
+
+class StreamWindows:
+    """Adapter between the ingest agent and :class:`~streams.aggregate.WindowAggregator`.
+
+    Stored spans go into their windows; a message is acknowledged once every window row
+    counting it is on ``coalmine.version-stats`` and in ClickHouse (topic first: a crash in
+    between re-emits a row with the same identity rather than losing it on the topic).
+    ``epoch`` moves when partitions are revoked: batches begun before that are not counted,
+    since Faust delivers their messages again from the committed offsets.
+    """
+
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        thread: ClickHouseThread,
+        retry: Retrier,
+    ) -> None:
+        self._app = app
+        self._thread = thread
+        self._retry = retry
+        self._topic = settings.topic("version-stats")
+        self._aggregator: WindowAggregator[EventT[bytes]] = WindowAggregator(
+            settings.topic("traces"), settings.window_seconds, settings.allowed_lateness_s
+        )
+        self._lock = asyncio.Lock()
+        self.epoch = 0
+        self.counters = WindowCounters()
+
+    async def add(
+        self, rows: Sequence[Sequence[Any]], events: Sequence[EventT[bytes]], epoch: int
+    ) -> list[EventT[bytes]] | None:
+        """Count the owned ``rows`` of a stored batch; returns the events to acknowledge now
+        (the others wait for their window), or ``None`` when the batch must not be counted."""
+        aggregator = self._aggregator
+        by_position = {(e.message.partition, e.message.offset): e for e in events}
+        unloaded = {
+            p: o for p, o in partitions_of(by_position).items() if not aggregator.has_coverage(p)
+        }
+        if unloaded:
+            covered = await self._retry(
+                "reading window coverage",
+                lambda: self._thread.run(
+                    lambda c: clickhouse.VersionStatsWriter(c).coverage(
+                        aggregator.topic, aggregator.window_seconds, unloaded
+                    )
+                ),
+            )
+            if covered is None:
+                return None
+            if epoch == self.epoch:
+                for partition, stored_until in covered.items():
+                    aggregator.load_coverage(partition, stored_until)
+        if epoch != self.epoch:
+            return None
+        now = time.time()
+        held: set[tuple[int, int]] = set()
+        for row in rows:
+            position = (row[_PARTITION], row[_OFFSET])
+            if aggregator.add(position[0], position[1], row, by_position[position], now):
+                held.add(position)
+        self.counters.open_windows = aggregator.open_windows
+        return [event for position, event in by_position.items() if position not in held]
+
+    async def flush_due(self, ack: Callable[[EventT[bytes]], Awaitable[bool]]) -> bool:
+        """Emit the windows that closed; returns ``False`` when stopping interrupted it."""
+        async with self._lock:
+            flush = self._aggregator.due(time.time())
+            self.counters.open_windows = self._aggregator.open_windows
+            if not flush.rows:
+                return True
+            if await self._retry("emitting window rows", lambda: self._emit(flush.rows)) is None:
+                return False
+            for event in flush.tokens:
+                await ack(event)
+            self.counters.rows_emitted += len(flush.rows)
+            self.counters.late_rows_emitted += sum(row.late for row in flush.rows)
+            return True
+
+    async def forget(self) -> None:
+        """Partitions were revoked: drop every open window once an emission in progress ends."""
+        async with self._lock:
+            self.epoch += 1
+            self._aggregator.forget()
+            self.counters.open_windows = 0
+
+    async def _emit(self, rows: Sequence[WindowRow]) -> bool:
+        await asyncio.gather(
+            *(
+                self._app.producer.send_and_wait(
+                    self._topic,
+                    row.stats.agent.encode(),
+                    row.stats.model_dump_json().encode(),
+                    partition=None,
+                    timestamp=None,
+                    headers=[(LATE_HEADER, b"1" if row.late else b"0")],
+                )
+                for row in rows
+            )
+        )
+        await self._thread.run(lambda c: clickhouse.VersionStatsWriter(c).write(rows))
+        return True
 
 
 class FaustDeadLetters:
@@ -135,6 +256,9 @@ def create_app(
         broker_max_poll_records=5000,
         stream_buffer_maxsize=20000,
         consumer_max_fetch_size=8 * 1024 * 1024,
+        # Messages wait unacknowledged for their window's row; a rebalance need not wait for
+        # them, because they are delivered again from the committed offsets.
+        stream_wait_empty=False,
     )
     traces = app.topic(
         settings.topic("traces"),
@@ -148,11 +272,21 @@ def create_app(
         partitions=settings.traces_partitions,
         replicas=settings.replication_factor,
     )
+
+    def stopping() -> bool:
+        return bool(app.should_stop)
+
     processor = IngestProcessor(
         spans=spans or AsyncSpanWriter(thread),
         dead_letters=FaustDeadLetters(app, dead_letter_topic.get_topic_name()),
         prices=prices,
-        stopping=lambda: bool(app.should_stop),
+        stopping=stopping,
+        max_clock_skew_s=settings.max_clock_skew_s,
+    )
+    windows = (
+        StreamWindows(app, settings, thread, Retrier(stopping, RetryPolicy()))
+        if settings.aggregation_enabled
+        else None
     )
     progress = ProgressLog(started=time.monotonic(), interval_s=PROGRESS_INTERVAL_S)
 
@@ -163,12 +297,22 @@ def create_app(
         async def store(events: Sequence[EventT[bytes]]) -> bool:
             # Acknowledged only once stored: Faust's take() would acknowledge a batch even
             # when storing it was interrupted.
-            if not await processor.process([_raw_message(e) for e in events]):
+            epoch = windows.epoch if windows else 0
+            owned = await processor.process([_raw_message(e) for e in events])
+            if owned is None:
                 return False
-            for event in events:
+            ready = await windows.add(owned, events, epoch) if windows else events
+            for event in ready or ():
                 await stream.ack(event)
             progress.maybe_log(processor.counters, time.monotonic())
             return True
+
+        async def emit_closed_windows() -> None:
+            assert windows is not None
+            while await windows.flush_due(stream.ack):
+                await asyncio.sleep(WINDOW_TICK_S)
+
+        emitter = asyncio.ensure_future(emit_closed_windows()) if windows else None
 
         # One batch is stored while the next one is read; batches are stored and
         # acknowledged strictly in order, so a commit never passes an unstored event.
@@ -183,11 +327,21 @@ def create_app(
         finally:
             if in_flight is not None:
                 await in_flight
+            if emitter is not None:
+                emitter.cancel()
+
+    @app.on_partitions_revoked.connect
+    async def forget_windows(
+        sender: faust.App, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
+    ) -> None:
+        if windows is not None:
+            await windows.forget()
 
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok", **processor.counters.__dict__})
+            window_counters = windows.counters.__dict__ if windows else {}
+            return self.json({"status": "ok", **processor.counters.__dict__, **window_counters})
 
     @app.page("/sql")
     class Sql(View):

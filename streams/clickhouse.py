@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
@@ -24,7 +24,9 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from streams.aggregate import VERSION_STATS_COLUMNS, WindowKey, WindowRow, version_stats_row
 from streams.errors import ClickHouseUnavailableError
+from streams.ingest import Owner, SpanWrite
 from streams.settings import Settings, mask_url
 
 log = logging.getLogger(__name__)
@@ -213,21 +215,25 @@ class SpanWriter:
         self._table = f"{DATABASE}.{table}"
         self._id_index = self._columns.index("event_id")
         self._time_index = self._columns.index("start_time")
+        self._partition_index = self._columns.index("kafka_partition")
+        self._offset_index = self._columns.index("kafka_offset")
 
-    def write(self, rows: Sequence[Sequence[Any]]) -> int:
-        """Insert the rows whose event_id is not stored yet; returns how many were inserted.
+    def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
+        """Insert the rows whose event_id is not stored yet.
 
         Raises the client's error when ClickHouse fails; nothing is then known to be written
         and the caller retries the whole batch (which this method makes safe).
         """
         fresh = self._unique(rows)
         if not fresh:
-            return 0
-        stored = self._stored_ids(fresh)
-        new_rows = [row for row in fresh if row[self._id_index] not in stored]
+            return SpanWrite(0, {})
+        owners = self._stored_owners(fresh)
+        new_rows = [row for row in fresh if row[self._id_index] not in owners]
         if new_rows:
             self._client.insert(self._table, new_rows, column_names=self._columns)
-        return len(new_rows)
+        for row in new_rows:
+            owners[row[self._id_index]] = (row[self._partition_index], row[self._offset_index])
+        return SpanWrite(len(new_rows), owners)
 
     def _unique(self, rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
         seen: dict[Any, Sequence[Any]] = {}
@@ -235,19 +241,62 @@ class SpanWriter:
             seen.setdefault(row[self._id_index], row)
         return list(seen.values())
 
-    def _stored_ids(self, rows: Sequence[Sequence[Any]]) -> set[Any]:
+    def _stored_owners(self, rows: Sequence[Sequence[Any]]) -> dict[Any, Owner]:
         times: list[datetime] = [row[self._time_index] for row in rows]
+        # min(): a rebalance race may have stored an id twice until the merge folds it.
         result = self._client.query(
-            f"SELECT event_id FROM {self._table} "
+            f"SELECT event_id, min((kafka_partition, kafka_offset)) FROM {self._table} "
             "WHERE start_time BETWEEN {lo:DateTime64(6)} AND {hi:DateTime64(6)} "
-            "AND event_id IN {ids:Array(UUID)}",
+            "AND event_id IN {ids:Array(UUID)} GROUP BY event_id",
             parameters={
                 "lo": min(times),
                 "hi": max(times),
                 "ids": [row[self._id_index] for row in rows],
             },
         )
-        return {row[0] for row in result.result_rows}
+        return {event_id: (int(owner[0]), int(owner[1])) for event_id, owner in result.result_rows}
+
+
+class VersionStatsWriter:
+    """Stores emitted window partials and reads back what a partition's stored rows cover."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def write(self, rows: Sequence[WindowRow]) -> None:
+        """One insert for all rows; each row lands whole or not at all, which is all
+        :mod:`streams.aggregate` needs (coverage is tracked per row)."""
+        self._client.insert(
+            f"{DATABASE}.version_stats",
+            [version_stats_row(row) for row in rows],
+            column_names=list(VERSION_STATS_COLUMNS),
+        )
+
+    def coverage(
+        self, topic: str, window_seconds: int, lowest: Mapping[int, int]
+    ) -> dict[int, dict[WindowKey, int]]:
+        """Per partition and window, one past the last offset its stored rows count, for the
+        rows reaching past ``lowest[partition]`` (the first offset about to be consumed)."""
+        covered: dict[int, dict[WindowKey, int]] = {partition: {} for partition in lowest}
+        if not lowest:
+            return covered
+        result = self._client.query(
+            "SELECT kafka_partition, agent, version, toUnixTimestamp(window_start), "
+            f"max(offset_until) FROM {DATABASE}.version_stats "
+            "WHERE kafka_topic = {topic:String} AND window_seconds = {seconds:UInt32} "
+            "AND kafka_partition IN {partitions:Array(UInt32)} AND offset_until > {low:UInt64} "
+            "GROUP BY kafka_partition, agent, version, window_start",
+            parameters={
+                "topic": topic,
+                "seconds": window_seconds,
+                "partitions": list(lowest),
+                "low": min(lowest.values()),
+            },
+        )
+        for partition, agent, version, start, until in result.result_rows:
+            if until > lowest[partition]:
+                covered[partition][(agent, version, int(start))] = int(until)
+        return covered
 
 
 def query_readonly(client: Client, sql: str) -> tuple[list[str], list[Sequence[Any]]]:

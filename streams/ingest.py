@@ -11,8 +11,10 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
@@ -155,17 +157,59 @@ class RoutedBatch:
     rejected: list[Rejection] = field(default_factory=list)
 
 
-def route(messages: Sequence[RawMessage], prices: PriceTable) -> RoutedBatch:
-    """Split a batch into span rows and rejections; one bad message never affects another."""
+def route(messages: Sequence[RawMessage], prices: PriceTable, latest_end: datetime) -> RoutedBatch:
+    """Split a batch into span rows and rejections; one bad message never affects another.
+
+    A span ending after ``latest_end`` (now plus the allowed clock skew) is rejected: its
+    producer's clock is wrong, and it would land in a window that has not happened yet.
+    """
     routed = RoutedBatch()
     for message in messages:
         try:
             event = decode(message.value)
+            check_not_future(event, latest_end)
         except InvalidEventError as exc:
             routed.rejected.append(Rejection(message, str(exc)))
             continue
         routed.rows.append(to_row(event, prices, message.partition, message.offset))
     return routed
+
+
+def check_not_future(event: TraceEvent, latest_end: datetime) -> None:
+    if event.end_time > latest_end:
+        ahead = (event.end_time - latest_end).total_seconds()
+        raise InvalidEventError(
+            f"end_time {event.end_time.isoformat()} is {ahead:.3f}s beyond the allowed clock "
+            f"skew (latest accepted {latest_end.isoformat()}); check the producer's clock"
+        )
+
+
+Owner = tuple[int, int]
+"""(Kafka partition, offset) of the message a stored span came from."""
+
+
+@dataclass(frozen=True)
+class SpanWrite:
+    """What a span sink did with a batch: how many rows were new, and for every event id of
+    the batch the message its stored span came from (this batch's or an earlier one's)."""
+
+    inserted: int
+    owners: Mapping[Any, Owner]
+
+
+_EVENT_ID = SPAN_COLUMNS.index("event_id")
+_PARTITION = SPAN_COLUMNS.index("kafka_partition")
+_OFFSET = SPAN_COLUMNS.index("kafka_offset")
+
+
+def owned_rows(rows: Sequence[Sequence[Any]], owners: Mapping[Any, Owner]) -> list[Sequence[Any]]:
+    """The rows whose message is the one their stored span came from.
+
+    A message re-delivered after a crash owns its span; a second message carrying an event id
+    already stored from another message (a duplicate sent twice) does not, so aggregates
+    count each stored span once.
+    """
+    return [row for row in rows if owners.get(row[_EVENT_ID]) == (row[_PARTITION], row[_OFFSET])]
 
 
 def dead_letter_headers(rejection: Rejection) -> list[Header]:
@@ -189,8 +233,8 @@ class DeadLetterSink(Protocol):
 
 
 class SpanSink(Protocol):
-    async def write(self, rows: Sequence[Sequence[Any]]) -> int:
-        """Store rows idempotently (by event_id); return how many were new."""
+    async def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
+        """Store rows idempotently (by event_id)."""
 
 
 @dataclass(frozen=True)
@@ -214,11 +258,39 @@ class IngestCounters:
 T = TypeVar("T")
 
 
+class Retrier:
+    """Retries a write with backoff for as long as the worker runs.
+
+    Returns ``None`` only when the worker is stopping: the caller must then leave what it
+    was writing unacknowledged, so it is delivered again after the restart.
+    """
+
+    def __init__(self, stopping: Callable[[], bool], policy: RetryPolicy) -> None:
+        self._stopping = stopping
+        self._policy = policy
+        self.retries = 0
+
+    async def __call__(self, what: str, attempt_once: Callable[[], Awaitable[T]]) -> T | None:
+        attempt = 0
+        while True:
+            try:
+                return await attempt_once()
+            except Exception as exc:
+                if self._stopping():
+                    log.warning("%s failed while stopping; left unacknowledged", what)
+                    return None
+                delay = self._policy.delay(attempt)
+                self.retries += 1
+                log.error("%s failed (%s); retrying in %.1fs", what, exc, delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+
+
 class IngestProcessor:
     """Writes one batch durably: dead letters to Kafka, rows to ClickHouse, then returns.
 
     Failures are retried with backoff for as long as the worker runs. ``process`` returns
-    ``False`` only when the worker is stopping before the batch was stored: the caller must
+    ``None`` only when the worker is stopping before the batch was stored: the caller must
     then not acknowledge it, so it is delivered again after restart.
     """
 
@@ -228,19 +300,26 @@ class IngestProcessor:
         dead_letters: DeadLetterSink,
         prices: PriceTable,
         stopping: Callable[[], bool],
+        *,
         retry: RetryPolicy | None = None,
+        max_clock_skew_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._spans = spans
         self._dead_letters = dead_letters
         self._prices = prices
-        self._stopping = stopping
-        self._retry = retry or RetryPolicy()
+        self._retry = Retrier(stopping, retry or RetryPolicy())
+        self._max_clock_skew = timedelta(seconds=max_clock_skew_s)
+        self._clock = clock
         # A producer sending garbage must not flood the worker's log; the DLQ has every one.
         self._warn_rejected = RateLimitedLog(logging.WARNING, interval_s=5.0, log=log)
         self.counters = IngestCounters()
 
-    async def process(self, messages: Sequence[RawMessage]) -> bool:
-        routed = route(messages, self._prices)
+    async def process(self, messages: Sequence[RawMessage]) -> list[Sequence[Any]] | None:
+        """Store a batch; returns the rows whose span this batch's messages own (see
+        :func:`owned_rows`), or ``None`` when the worker stopped before it was stored."""
+        latest_end = datetime.fromtimestamp(self._clock(), UTC) + self._max_clock_skew
+        routed = route(messages, self._prices, latest_end)
         for rejection in routed.rejected:
             self._warn_rejected(
                 "dead-lettering %s[%d]@%d: %s",
@@ -250,21 +329,20 @@ class IngestProcessor:
                 rejection.reason,
             )
         if routed.rejected:
-            sent = await self._with_retry(
+            sent = await self._retry(
                 "dead-letter send", functools.partial(self._send, routed.rejected)
             )
             if sent is None:
-                return False
-        written = await self._with_retry(
-            "ClickHouse insert", lambda: self._spans.write(routed.rows)
-        )
+                return None
+        written = await self._retry("ClickHouse insert", lambda: self._spans.write(routed.rows))
         if written is None:
-            return False
+            return None
         self.counters.batches += 1
-        self.counters.spans_written += written
-        self.counters.duplicates_skipped += len(routed.rows) - written
+        self.counters.spans_written += written.inserted
+        self.counters.duplicates_skipped += len(routed.rows) - written.inserted
         self.counters.dead_lettered += len(routed.rejected)
-        return True
+        self.counters.sink_retries = self._retry.retries
+        return owned_rows(routed.rows, written.owners)
 
     async def _send(self, rejections: Sequence[Rejection]) -> bool:
         # All in flight at once; a retry sends the whole set again (the DLQ is at-least-once).
@@ -275,21 +353,6 @@ class IngestProcessor:
             )
         )
         return True
-
-    async def _with_retry(self, what: str, attempt_once: Callable[[], Awaitable[T]]) -> T | None:
-        attempt = 0
-        while True:
-            try:
-                return await attempt_once()
-            except Exception as exc:
-                if self._stopping():
-                    log.warning("%s failed while stopping; batch left unacknowledged", what)
-                    return None
-                delay = self._retry.delay(attempt)
-                self.counters.sink_retries += 1
-                log.error("%s failed (%s); retrying in %.1fs", what, exc, delay)
-                await asyncio.sleep(delay)
-                attempt += 1
 
 
 @dataclass

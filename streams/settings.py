@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+MAX_WINDOW_SECONDS = 86_400
+
 
 class SettingsError(ValueError):
     """A ``COALMINE_*`` variable has a value that cannot be used."""
@@ -72,6 +74,28 @@ class Settings:
         metadata={
             "env": "COALMINE_SESSION_TIMEOUT_S",
             "doc": "How long a silent worker keeps its partitions before the group takes them.",
+        },
+    )
+    window_seconds: int = field(
+        default=5,
+        metadata={
+            "env": "COALMINE_WINDOW_SECONDS",
+            "doc": "Length of the aggregation windows (0 turns aggregation off: spans only).",
+        },
+    )
+    allowed_lateness_s: float = field(
+        default=2.0,
+        metadata={
+            "env": "COALMINE_ALLOWED_LATENESS_S",
+            "doc": "How long after its end a window waits for stragglers before it is emitted; "
+            "later spans are counted in a correction row.",
+        },
+    )
+    max_clock_skew_s: float = field(
+        default=30.0,
+        metadata={
+            "env": "COALMINE_MAX_CLOCK_SKEW_S",
+            "doc": "Spans ending further in the future than this are dead-lettered.",
         },
     )
     spans_ttl_days: int = field(
@@ -138,6 +162,15 @@ class Settings:
                 raise SettingsError(f"{name} must be at least 1, not {value}")
         if self.batch_max_seconds <= 0:
             raise SettingsError("COALMINE_BATCH_MAX_SECONDS must be positive")
+        if not 0 <= self.window_seconds <= MAX_WINDOW_SECONDS:
+            raise SettingsError(
+                f"COALMINE_WINDOW_SECONDS must be between 0 and {MAX_WINDOW_SECONDS}, "
+                f"not {self.window_seconds}"
+            )
+        if self.allowed_lateness_s < 0:
+            raise SettingsError("COALMINE_ALLOWED_LATENESS_S must not be negative")
+        if self.max_clock_skew_s <= 0:
+            raise SettingsError("COALMINE_MAX_CLOCK_SKEW_S must be positive")
 
     @property
     def is_embedded_clickhouse(self) -> bool:
@@ -154,6 +187,10 @@ class Settings:
     def topic(self, name: str) -> str:
         """Full topic name: ``topic("traces")`` → ``coalmine.traces``."""
         return f"{self.topic_prefix}.{name}"
+
+    @property
+    def aggregation_enabled(self) -> bool:
+        return self.window_seconds > 0
 
     @property
     def worker_url(self) -> str:

@@ -38,6 +38,7 @@ def owned_topics(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(settings.topic("traces"), settings.traces_partitions),
         TopicSpec(settings.topic("traces.dlq"), settings.traces_partitions),
+        TopicSpec(settings.topic("version-stats"), settings.traces_partitions),
     ]
 
 

@@ -20,12 +20,15 @@ from streams.ingest import (
     RawMessage,
     dead_letter_headers,
     decode,
+    owned_rows,
     route,
     to_row,
 )
 from streams.pricing import ModelPrice, PriceTable
 
 START = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+LATEST_END = START + timedelta(minutes=1)
+"""What ``route`` accepts as the latest end time (now plus the allowed clock skew)."""
 PRICES = PriceTable({("openai", "gpt-4o"): ModelPrice(2.5, 10.0)})
 
 
@@ -156,14 +159,14 @@ def test_route_keeps_good_events_when_neighbours_are_bad() -> None:
         RawMessage("coalmine.traces", 0, i, b"k", value)
         for i, value in enumerate([encoded(), b"garbage", encoded(event_id=str(uuid.uuid4()))])
     ]
-    routed = route(messages, PRICES)
+    routed = route(messages, PRICES, LATEST_END)
     assert [row[SPAN_COLUMNS.index("kafka_offset")] for row in routed.rows] == [0, 2]
     assert [r.message.offset for r in routed.rejected] == [1]
 
 
 def test_dead_letter_headers_keep_the_original_and_add_the_source() -> None:
     message = RawMessage("coalmine.traces", 2, 99, b"k", b"v", (("trace", b"1"),))
-    (rejection,) = route([message], PRICES).rejected
+    (rejection,) = route([message], PRICES, LATEST_END).rejected
     headers = dead_letter_headers(rejection)
     assert headers[0] == ("trace", b"1")
     named = dict(headers[1:])
@@ -171,3 +174,33 @@ def test_dead_letter_headers_keep_the_original_and_add_the_source() -> None:
     assert named[DLQ_SOURCE_PARTITION] == b"2"
     assert named[DLQ_SOURCE_OFFSET] == b"99"
     assert b"Invalid JSON" in named[DLQ_REASON]
+
+
+def test_a_span_ending_beyond_the_clock_skew_bound_is_rejected_with_the_distance() -> None:
+    on_the_bound = encoded(end_time=LATEST_END.isoformat())
+    beyond = encoded(
+        event_id=str(uuid.uuid4()), end_time=(LATEST_END + timedelta(seconds=90)).isoformat()
+    )
+    messages = [
+        RawMessage("coalmine.traces", 0, i, b"k", v) for i, v in enumerate([on_the_bound, beyond])
+    ]
+    routed = route(messages, PRICES, LATEST_END)
+    assert [row[SPAN_COLUMNS.index("kafka_offset")] for row in routed.rows] == [0]
+    (rejection,) = routed.rejected
+    assert "90.000s beyond the allowed clock skew" in rejection.reason
+    assert "check the producer's clock" in rejection.reason
+
+
+def test_owned_rows_are_those_whose_message_stored_the_span() -> None:
+    messages = [
+        RawMessage("coalmine.traces", 3, offset, b"k", encoded(event_id=str(uuid.UUID(int=n))))
+        for offset, n in ((10, 1), (11, 2), (12, 1), (13, 3))
+    ]
+    rows = route(messages, PRICES, LATEST_END).rows
+    owners = {
+        uuid.UUID(int=1): (3, 10),  # stored by this batch's first message; offset 12 repeats it
+        uuid.UUID(int=2): (3, 11),  # re-delivered after a crash: still its own
+        uuid.UUID(int=3): (1, 500),  # a duplicate of a span stored from another message
+    }
+    kept = owned_rows(rows, owners)
+    assert [row[SPAN_COLUMNS.index("kafka_offset")] for row in kept] == [10, 11]

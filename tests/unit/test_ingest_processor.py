@@ -8,11 +8,22 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from streams.ingest import DLQ_REASON, Header, IngestProcessor, RawMessage, RetryPolicy
+from streams.ingest import (
+    DLQ_REASON,
+    SPAN_COLUMNS,
+    Header,
+    IngestProcessor,
+    RawMessage,
+    RetryPolicy,
+    SpanWrite,
+)
 from streams.pricing import builtin_prices
-from tests.unit.test_ingest import encoded
+from tests.unit.test_ingest import START, encoded
 
 NO_WAIT = RetryPolicy(first_delay_s=0.0, max_delay_s=0.0)
+EVENT_ID = SPAN_COLUMNS.index("event_id")
+PARTITION = SPAN_COLUMNS.index("kafka_partition")
+OFFSET = SPAN_COLUMNS.index("kafka_offset")
 
 
 class FlakySpans:
@@ -22,12 +33,13 @@ class FlakySpans:
         self.failures = failures
         self.batches: list[list[Sequence[Any]]] = []
 
-    async def write(self, rows: Sequence[Sequence[Any]]) -> int:
+    async def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
         if self.failures > 0:
             self.failures -= 1
             raise ConnectionError("ClickHouse went away")
         self.batches.append(list(rows))
-        return len(rows)
+        owners = {row[EVENT_ID]: (row[PARTITION], row[OFFSET]) for row in rows}
+        return SpanWrite(len(rows), owners)
 
 
 class RecordedDeadLetters:
@@ -46,8 +58,12 @@ def batch() -> list[RawMessage]:
 
 def test_a_failing_sink_is_retried_until_the_batch_is_stored() -> None:
     spans, dead = FlakySpans(failures=3), RecordedDeadLetters()
-    processor = IngestProcessor(spans, dead, builtin_prices(), lambda: False, NO_WAIT)
-    assert asyncio.run(processor.process(batch())) is True
+    processor = IngestProcessor(
+        spans, dead, builtin_prices(), lambda: False, retry=NO_WAIT, clock=START.timestamp
+    )
+    owned = asyncio.run(processor.process(batch()))
+    assert owned is not None
+    assert [row[OFFSET] for row in owned] == [0, 2, 4]
     assert [len(b) for b in spans.batches] == [3]
     assert [value for _, value, _ in dead.sent] == [b"{broken", b'{"kind": "llm"}']
     assert all(dict(headers)[DLQ_REASON] for _, _, headers in dead.sent)
@@ -57,8 +73,10 @@ def test_a_failing_sink_is_retried_until_the_batch_is_stored() -> None:
 
 def test_a_stopping_worker_leaves_an_unstored_batch_unacknowledged() -> None:
     spans = FlakySpans(failures=1)
-    processor = IngestProcessor(spans, RecordedDeadLetters(), builtin_prices(), lambda: True)
-    assert asyncio.run(processor.process(batch())) is False
+    processor = IngestProcessor(
+        spans, RecordedDeadLetters(), builtin_prices(), lambda: True, clock=START.timestamp
+    )
+    assert asyncio.run(processor.process(batch())) is None
     assert spans.batches == []
     assert processor.counters.spans_written == 0
 
