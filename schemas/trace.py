@@ -2,8 +2,10 @@
 
 Field names follow the OpenTelemetry GenAI semantic conventions where they exist
 (``gen_ai.provider.name`` → ``provider``, ``gen_ai.request.model`` → ``model``,
-``gen_ai.usage.input_tokens`` → ``input_tokens`` …). Validation is strict on purpose: whatever
-passes here is stored for good, so anything ambiguous is rejected with a reason instead.
+``gen_ai.usage.input_tokens`` → ``input_tokens``, ``gen_ai.usage.cache_read.input_tokens`` →
+``cached_input_tokens``, ``gen_ai.usage.reasoning.output_tokens`` → ``reasoning_tokens`` …).
+Validation is strict on purpose: whatever passes here is stored for good, so anything
+ambiguous is rejected with a reason instead.
 """
 
 from __future__ import annotations
@@ -104,6 +106,17 @@ class TraceEvent(BaseModel):
     model: Identifier | None = None
     input_tokens: Annotated[int, Field(ge=0, le=100_000_000)] = 0
     output_tokens: Annotated[int, Field(ge=0, le=100_000_000)] = 0
+    # Parts of the two totals, not additions to them, as their OpenTelemetry GenAI
+    # counterparts are: providers bill these parts at their own prices.
+    cached_input_tokens: Annotated[int, Field(ge=0, le=100_000_000)] = Field(
+        default=0,
+        description="The part of input_tokens served from the provider's prompt cache "
+        "(at most input_tokens).",
+    )
+    reasoning_tokens: Annotated[int, Field(ge=0, le=100_000_000)] = Field(
+        default=0,
+        description="The part of output_tokens spent on reasoning (at most output_tokens).",
+    )
     cost_usd: Annotated[float, Field(ge=0, le=1_000_000)] | None = Field(
         default=None, description="Computed from the model price table when absent."
     )
@@ -133,6 +146,16 @@ class TraceEvent(BaseModel):
             raise ValueError("task_completed and quality_score belong on request or eval spans")
         if self.status is SpanStatus.OK and self.error_type is not None:
             raise ValueError("error_type is set but status is ok")
+        if self.cached_input_tokens > self.input_tokens:
+            raise ValueError(
+                f"cached_input_tokens ({self.cached_input_tokens}) exceeds input_tokens "
+                f"({self.input_tokens}): cached tokens are counted in input_tokens"
+            )
+        if self.reasoning_tokens > self.output_tokens:
+            raise ValueError(
+                f"reasoning_tokens ({self.reasoning_tokens}) exceeds output_tokens "
+                f"({self.output_tokens}): reasoning tokens are counted in output_tokens"
+            )
         return self
 
     @property

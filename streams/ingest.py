@@ -99,6 +99,8 @@ SPAN_COLUMNS: tuple[str, ...] = (
     "model",
     "input_tokens",
     "output_tokens",
+    "cached_input_tokens",
+    "reasoning_tokens",
     "cost_usd",
     "cost_source",
     "tool_name",
@@ -113,7 +115,14 @@ SPAN_COLUMNS: tuple[str, ...] = (
 def to_row(event: TraceEvent, prices: PriceTable, partition: int, offset: int) -> tuple[Any, ...]:
     """The ``coalmine.spans`` row of an event, in :data:`SPAN_COLUMNS` order."""
     cost, source = prices.price(
-        event.cost_usd, event.provider, event.model, event.input_tokens, event.output_tokens
+        event.cost_usd,
+        event.provider,
+        event.model,
+        event.input_tokens,
+        event.output_tokens,
+        at=event.start_time,
+        cached_input_tokens=event.cached_input_tokens,
+        reasoning_tokens=event.reasoning_tokens,
     )
     return (
         event.event_id,
@@ -136,6 +145,8 @@ def to_row(event: TraceEvent, prices: PriceTable, partition: int, offset: int) -
         event.model or "",
         event.input_tokens,
         event.output_tokens,
+        event.cached_input_tokens,
+        event.reasoning_tokens,
         cost,
         source.value,
         event.tool_name or "",

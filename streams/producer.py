@@ -181,14 +181,25 @@ class Span:
         *,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
+        cached_input_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
         cost_usd: float | None = None,
     ) -> None:
         """Token counts and, when known, the cost; without a cost the pipeline prices the
-        span from its model price table."""
+        span from its model price table.
+
+        ``cached_input_tokens`` (served from the provider's prompt cache) are part of
+        ``input_tokens`` and ``reasoning_tokens`` part of ``output_tokens``, as providers
+        report them; a part larger than its total makes the span invalid.
+        """
         if input_tokens is not None:
             self._fields["input_tokens"] = _as_int(input_tokens)
         if output_tokens is not None:
             self._fields["output_tokens"] = _as_int(output_tokens)
+        if cached_input_tokens is not None:
+            self._fields["cached_input_tokens"] = _as_int(cached_input_tokens)
+        if reasoning_tokens is not None:
+            self._fields["reasoning_tokens"] = _as_int(reasoning_tokens)
         if cost_usd is not None:
             self._fields["cost_usd"] = cost_usd
 

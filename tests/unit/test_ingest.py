@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,12 +24,17 @@ from streams.ingest import (
     route,
     to_row,
 )
-from streams.pricing import ModelPrice, PriceTable
+from streams.pricing import ModelPrice, PriceEntry, PriceTable
 
 START = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 LATEST_END = START + timedelta(minutes=1)
 """What ``route`` accepts as the latest end time (now plus the allowed clock skew)."""
-PRICES = PriceTable({("openai", "gpt-4o"): ModelPrice(2.5, 10.0)})
+PRICES = PriceTable(
+    [
+        PriceEntry("openai", "gpt-4o", date(2024, 5, 13), ModelPrice(5.0, 15.0, 5.0, 15.0)),
+        PriceEntry("openai", "gpt-4o", date(2024, 10, 2), ModelPrice(2.5, 10.0, 1.25, 10.0)),
+    ]
+)
 
 
 def event(**overrides: Any) -> dict[str, Any]:
@@ -74,6 +79,17 @@ def test_a_valid_event_decodes() -> None:
         (b"{not json", "Invalid JSON"),
         (encoded(input_tokens=-1), "input_tokens: Input should be greater than or equal to 0"),
         (encoded(input_tokens="12"), "input_tokens: Input should be a valid integer"),
+        (encoded(reasoning_tokens=-1), "reasoning_tokens: Input should be greater than or equal"),
+        (
+            encoded(cached_input_tokens=1001),
+            "cached_input_tokens (1001) exceeds input_tokens (1000): cached tokens are counted "
+            "in input_tokens",
+        ),
+        (
+            encoded(reasoning_tokens=101),
+            "reasoning_tokens (101) exceeds output_tokens (100): reasoning tokens are counted "
+            "in output_tokens",
+        ),
         (encoded(kind="thought"), "kind: Input should be 'request', 'llm'"),
         (encoded(status="maybe"), "status: Input should be 'ok' or 'error'"),
         (encoded(name="x" * 300), "name: String should have at most 256 characters"),
@@ -114,6 +130,26 @@ def test_row_prices_from_the_table_when_cost_is_absent() -> None:
     assert (row["kafka_partition"], row["kafka_offset"]) == (3, 42)
     assert row["parent_span_id"] == ""
     assert row["task_completed"] is None
+
+
+def test_row_carries_cached_and_reasoning_tokens_and_prices_them_when_the_event_started() -> None:
+    def row_of(start: datetime) -> dict[str, Any]:
+        source = encoded(
+            start_time=start.isoformat(),
+            end_time=(start + timedelta(seconds=1)).isoformat(),
+            cached_input_tokens=800,
+            reasoning_tokens=40,
+        )
+        return dict(zip(SPAN_COLUMNS, to_row(decode(source), PRICES, 0, 0), strict=True))
+
+    row = row_of(START)
+    assert (row["cached_input_tokens"], row["reasoning_tokens"]) == (800, 40)
+    assert row["cost_usd"] == pytest.approx((200 * 2.5 + 800 * 1.25 + 100 * 10.0) / 1e6)
+    before_the_cut = row_of(datetime(2024, 10, 1, 23, 59, tzinfo=UTC))
+    assert before_the_cut["cost_usd"] == pytest.approx((1000 * 5.0 + 100 * 15.0) / 1e6)
+    columns = list(SPAN_COLUMNS)
+    assert columns.index("cached_input_tokens") == columns.index("output_tokens") + 1
+    assert columns.index("reasoning_tokens") == columns.index("output_tokens") + 2
 
 
 def test_row_keeps_a_reported_cost_and_flags_unknown_models() -> None:

@@ -255,6 +255,33 @@ def test_invalid_values_drop_only_that_span_and_are_counted(
     assert len(caplog.records) == 1
 
 
+def test_cached_and_reasoning_tokens_travel_as_parts_of_the_totals(
+    tracer: Tracer, publisher: ListPublisher
+) -> None:
+    with tracer.request("r") as req, req.llm("think", provider="openai", model="o3") as llm:
+        llm.set_usage(
+            input_tokens=1200, output_tokens=300, cached_input_tokens=1024, reasoning_tokens=256
+        )
+    llm_event, root = publisher.events
+    assert (llm_event.input_tokens, llm_event.cached_input_tokens) == (1200, 1024)
+    assert (llm_event.output_tokens, llm_event.reasoning_tokens) == (300, 256)
+    assert (root.cached_input_tokens, root.reasoning_tokens) == (0, 0)
+
+
+def test_a_part_larger_than_its_total_drops_the_span_with_the_reason(
+    tracer: Tracer, publisher: ListPublisher, caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.WARNING, logger="coalmine.sdk"),
+        tracer.request("r") as req,
+        req.llm("draft", provider="openai", model="gpt-4o") as llm,
+    ):
+        llm.set_usage(input_tokens=10, cached_input_tokens=11)
+    assert [e.name for e in publisher.events] == ["r"]
+    assert tracer.invalid_spans == 1
+    assert "cached_input_tokens (11) exceeds input_tokens (10)" in caplog.text
+
+
 def test_outcome_fields_are_only_on_the_request_span(
     tracer: Tracer, publisher: ListPublisher
 ) -> None:
