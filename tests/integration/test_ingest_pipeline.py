@@ -33,7 +33,8 @@ __all__ = ["worker"]  # the fixture, imported for the tests below
 SPAN_FIELDS = (
     "toString(event_id), trace_id, span_id, parent_span_id, agent, version, toString(kind), "
     "name, toString(status), error_type, provider, model, input_tokens, output_tokens, "
-    "cost_usd, toString(cost_source), tool_name, task_completed, quality_score, duration_ms"
+    "cached_input_tokens, reasoning_tokens, cost_usd, toString(cost_source), tool_name, "
+    "task_completed, quality_score, duration_ms"
 )
 
 
@@ -60,7 +61,12 @@ def trace_requests(tracer: Tracer, count: int) -> None:
     for i in range(count):
         with tracer.request("answer", tenant="acme") as request:
             with request.llm("draft", provider="openai", model="gpt-4o-mini") as llm:
-                llm.set_usage(input_tokens=100 + i, output_tokens=20)
+                llm.set_usage(
+                    input_tokens=100 + i,
+                    output_tokens=20,
+                    cached_input_tokens=i % 64,
+                    reasoning_tokens=i % 8,
+                )
             try:
                 with request.tool("search", tool_name="web_search"):
                     if i % 10 == 0:
@@ -101,6 +107,8 @@ def assert_row_matches(row: Sequence[Any], event: TraceEvent) -> None:
         model,
         input_tokens,
         output_tokens,
+        cached_input_tokens,
+        reasoning_tokens,
         cost,
         cost_source,
         tool_name,
@@ -121,11 +129,18 @@ def assert_row_matches(row: Sequence[Any], event: TraceEvent) -> None:
         event.tool_name,
     )
     assert (input_tokens, output_tokens) == (event.input_tokens, event.output_tokens)
+    assert (cached_input_tokens, reasoning_tokens) == (
+        event.cached_input_tokens,
+        event.reasoning_tokens,
+    )
     assert task_completed == event.task_completed
     assert quality == pytest.approx(event.quality_score, abs=1e-6)
     assert duration_ms == pytest.approx(event.duration_ms, abs=1e-3)
-    if event.model == "gpt-4o-mini":  # priced from the built-in table: 0.15 / 0.60 per Mtok
-        expected = (event.input_tokens * 0.15 + event.output_tokens * 0.60) / 1e6
+    if event.model == "gpt-4o-mini":  # built-in: 0.15 input, 0.075 cached, 0.60 output per Mtok
+        fresh_input = event.input_tokens - event.cached_input_tokens
+        expected = (
+            fresh_input * 0.15 + event.cached_input_tokens * 0.075 + event.output_tokens * 0.60
+        ) / 1e6
         assert (cost, cost_source) == (pytest.approx(expected), "price_table")
 
 
