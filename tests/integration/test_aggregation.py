@@ -1,0 +1,270 @@
+"""Windowed aggregates end to end: SDK → real Kafka → ``coalmine worker`` → chDB and
+``coalmine.version-stats``; exact after SIGKILLs, late spans corrected, future spans refused."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas.window_stats import WindowStats, latency_histogram
+from streams.app import LATE_HEADER
+from streams.ingest import DLQ_REASON
+from streams.producer import KafkaPublisher, Tracer
+from streams.settings import Settings
+from streams.topics import ensure_topics
+from streams.worker_process import WorkerProcess
+from tests.integration.harness import consume_all, headers_of, isolated_settings, wait_for
+
+pytestmark = pytest.mark.integration
+
+WINDOW_S = 2
+LATENESS_S = 1.0
+
+# Per (agent, version, window): the aggregate recomputed from the stored spans, with the
+# rules of streams/aggregate.py written again in SQL.
+FROM_SPANS = f"""
+SELECT agent, version,
+       toUnixTimestamp(toStartOfInterval(end_time, toIntervalSecond({WINDOW_S}))) AS w,
+       countIf(kind = 'request'),
+       countIf(kind = 'request' AND status = 'error'),
+       countIf(kind = 'request' AND task_completed IS NOT NULL),
+       countIf(kind = 'request' AND task_completed),
+       countIf(kind = 'tool'),
+       countIf(kind = 'tool' AND status = 'error'),
+       countIf(kind = 'llm'),
+       countIf(kind = 'guardrail' AND status = 'error'),
+       sum(input_tokens),
+       sum(output_tokens),
+       countIf(cost_source = 'reported'
+               OR (cost_source = 'price_table' AND input_tokens + output_tokens > 0)),
+       sum(cost_usd),
+       countIf(quality_score IS NOT NULL),
+       sum(ifNull(quality_score, 0)),
+       sumIf(duration_ms, kind = 'request')
+FROM coalmine.spans GROUP BY agent, version, w
+"""
+FROM_VERSION_STATS = """
+SELECT agent, version, toUnixTimestamp(window_start) AS w,
+       sum(requests), sum(errors), sum(tasks_attempted), sum(tasks_completed),
+       sum(tool_calls), sum(tool_errors), sum(llm_calls), sum(guardrail_blocks),
+       sum(input_tokens), sum(output_tokens), sum(cost_count), sum(cost_sum),
+       sum(quality_count), sum(quality_sum), sum(latency_sum_ms)
+FROM coalmine.version_stats GROUP BY agent, version, w
+"""
+MEASURES = [
+    "requests",
+    "errors",
+    "tasks_attempted",
+    "tasks_completed",
+    "tool_calls",
+    "tool_errors",
+    "llm_calls",
+    "guardrail_blocks",
+    "input_tokens",
+    "output_tokens",
+    "cost_count",
+    "cost_sum",
+    "quality_count",
+    "quality_sum",
+    "latency_sum_ms",
+]
+
+
+def windowed_settings(base: Settings, tmp_path: Path) -> Settings:
+    return replace(
+        isolated_settings(base, tmp_path),
+        window_seconds=WINDOW_S,
+        allowed_lateness_s=LATENESS_S,
+    )
+
+
+@pytest.fixture
+def windowed_worker(kafka_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
+    settings = windowed_settings(kafka_settings, tmp_path)
+    ensure_topics(settings)
+    process = WorkerProcess(settings, tmp_path / "worker.log")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+def by_window(rows: list[Any]) -> dict[tuple[str, str, int], dict[str, float]]:
+    return {
+        (agent, version, int(w)): dict(zip(MEASURES, map(float, values), strict=True))
+        for agent, version, w, *values in rows
+    }
+
+
+def assert_aggregates_match_the_spans(worker: WorkerProcess) -> None:
+    expected = by_window(worker.sql(FROM_SPANS))
+    stored = by_window(worker.sql(FROM_VERSION_STATS))
+    assert stored.keys() == expected.keys()
+    for key, measures in expected.items():
+        for name, value in measures.items():
+            # quality_score is stored as Float32: its sum over spans differs in the 7th digit
+            assert stored[key][name] == pytest.approx(value, rel=1e-6, abs=1e-9), (key, name)
+    durations: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for agent, version, w, duration in worker.sql(
+        f"SELECT agent, version, toUnixTimestamp(toStartOfInterval(end_time, "
+        f"toIntervalSecond({WINDOW_S}))), duration_ms FROM coalmine.spans WHERE kind = 'request'"
+    ):
+        durations[(agent, version, int(w))].append(float(duration))
+    histograms = worker.sql(
+        "SELECT agent, version, toUnixTimestamp(window_start), sumForEach(latency_buckets) "
+        "FROM coalmine.version_stats GROUP BY agent, version, window_start"
+    )
+    for agent, version, w, buckets in histograms:
+        assert list(buckets) == latency_histogram(durations[(agent, version, int(w))])
+
+
+def traced_stream(tracer: Tracer, rng: random.Random, count: int) -> None:
+    """``count`` tasks with explicit timings: a request with an llm and a tool call, some of
+    them failing, an eval now and then; end times around now, a few a little behind."""
+    for _ in range(count):
+        end = datetime.now(UTC) - timedelta(seconds=rng.choice([0.0, 0.0, 0.0, 1.5, 4.0]))
+        start = end - timedelta(milliseconds=rng.lognormvariate(6.0, 0.8))
+        with tracer.request("answer", start_time=start) as request:
+            llm = request.llm("draft", provider="openai", model="gpt-4o-mini", start_time=start)
+            llm.set_usage(
+                input_tokens=rng.randint(50, 900),
+                output_tokens=rng.randint(5, 90),
+                cost_usd=rng.choice([None, round(rng.uniform(0.0001, 0.01), 6)]),
+            )
+            llm.end(end_time=start + (end - start) / 2)
+            tool = request.tool("search", tool_name="web_search", start_time=start)
+            if rng.random() < 0.1:
+                tool.set_error("TimeoutError", "search timed out")
+            tool.end(end_time=end)
+            if rng.random() < 0.3:
+                judge = request.eval("judge", start_time=start)
+                judge.set_outcome(quality_score=round(rng.random(), 3))
+                judge.end(end_time=end)
+            if rng.random() < 0.05:
+                request.set_error("AgentError", "gave up")
+            request.set_outcome(task_completed=rng.random() < 0.8)
+            request.end(end_time=end)
+
+
+def test_window_aggregates_equal_the_spans_after_sigkills(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    settings = windowed_settings(kafka_settings, tmp_path)
+    ensure_topics(settings)
+    publisher = KafkaPublisher.from_settings(settings)
+    tracers = [Tracer("research-agent", version, publisher) for version in ("v7", "v8")]
+    done = threading.Event()
+    rng = random.Random(4242)
+
+    def produce() -> None:
+        stream_rng = random.Random(7)
+        while not done.is_set():
+            for tracer in tracers:
+                traced_stream(tracer, stream_rng, 15)
+            time.sleep(0.1)
+
+    worker = WorkerProcess(settings, tmp_path / "worker.log")
+    worker.start()
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        for _ in range(4):
+            time.sleep(rng.uniform(1.0, 6.0))
+            worker.kill()
+            time.sleep(rng.uniform(0.0, 1.0))
+            worker.start()
+        time.sleep(2)
+    finally:
+        done.set()
+        producer.join()
+        assert publisher.flush(30) == 0
+    sent = publisher.stats.delivered
+    assert sent > 2000 and publisher.stats.failed == 0
+
+    assert wait_for(worker, "SELECT count() FROM coalmine.spans", sent, timeout_s=180) == sent
+    requests = worker.scalar("SELECT countIf(kind = 'request') FROM coalmine.spans")
+    counted = "SELECT sum(requests) FROM coalmine.version_stats"
+    assert wait_for(worker, counted, requests, timeout_s=60) == requests
+    assert_aggregates_match_the_spans(worker)
+    assert worker.scalar("SELECT countIf(late) FROM coalmine.version_stats") > 0
+    assert worker.stop() == 0, worker.log_tail()
+    publisher.close(5)
+
+
+def published_windows(settings: Settings, expected: int) -> list[tuple[WindowStats, bool]]:
+    records = consume_all(settings.kafka_bootstrap, settings.topic("version-stats"), expected)
+    return [
+        (WindowStats.model_validate_json(r.value() or b""), headers_of(r)[LATE_HEADER] == b"1")
+        for r in records
+    ]
+
+
+def test_a_span_after_its_window_was_emitted_is_counted_in_a_correction_row(
+    windowed_worker: WorkerProcess,
+) -> None:
+    settings = windowed_worker.settings
+    publisher = KafkaPublisher.from_settings(settings)
+    tracer = Tracer("support-bot", "v3", publisher)
+    end = datetime.now(UTC)
+    for _ in range(2):
+        tracer.request("answer", start_time=end - timedelta(milliseconds=300)).end(end_time=end)
+    assert publisher.flush(10) == 0
+    rows = "SELECT count() FROM coalmine.version_stats"
+    assert wait_for(windowed_worker, rows, 1, timeout_s=30) == 1
+
+    # The window is emitted; a straggler for it, and one from an hour ago.
+    tracer.request("answer", start_time=end - timedelta(seconds=1)).end(end_time=end)
+    old = end - timedelta(hours=1)
+    tracer.request("answer", start_time=old - timedelta(seconds=2)).end(end_time=old)
+    assert publisher.flush(10) == 0
+    assert wait_for(windowed_worker, rows, 3, timeout_s=30) == 3
+
+    stored = windowed_worker.sql(
+        "SELECT toUnixTimestamp(window_start), late, requests FROM coalmine.version_stats"
+    )
+    window = int(end.timestamp()) // WINDOW_S * WINDOW_S
+    old_window = int(old.timestamp()) // WINDOW_S * WINDOW_S
+    assert sorted((w, bool(late), n) for w, late, n in stored) == [
+        (old_window, True, 1),
+        (window, False, 2),
+        (window, True, 1),
+    ]
+    published = published_windows(settings, 3)
+    assert sorted(
+        (int(stats.window_start.timestamp()), late, stats.requests) for stats, late in published
+    ) == sorted((w, bool(late), n) for w, late, n in stored)
+    assert len({stats.source for stats, _ in published}) == 3
+    assert windowed_worker.scalar("SELECT count() FROM coalmine.spans") == 4
+    publisher.close(5)
+
+
+def test_a_span_from_beyond_the_clock_skew_bound_is_dead_lettered(
+    windowed_worker: WorkerProcess,
+) -> None:
+    settings = windowed_worker.settings
+    publisher = KafkaPublisher.from_settings(settings)
+    tracer = Tracer("support-bot", "v3", publisher)
+    now = datetime.now(UTC)
+    future = now + timedelta(seconds=settings.max_clock_skew_s + 600)
+    tracer.request("answer", start_time=future - timedelta(seconds=1)).end(end_time=future)
+    tracer.request("answer", start_time=now - timedelta(seconds=1)).end(end_time=now)
+    assert publisher.flush(10) == 0
+
+    (dead,) = consume_all(settings.kafka_bootstrap, settings.topic("traces.dlq"), 1)
+    assert json.loads(dead.value() or b"")["end_time"].startswith(future.isoformat()[:19])
+    assert b"beyond the allowed clock skew" in headers_of(dead)[DLQ_REASON]
+    counted = "SELECT sum(requests) FROM coalmine.version_stats"
+    assert wait_for(windowed_worker, counted, 1, timeout_s=30) == 1
+    assert windowed_worker.scalar("SELECT count() FROM coalmine.spans") == 1
+    publisher.close(5)
