@@ -13,7 +13,10 @@ cost or with tokens to price.
 **When a window is emitted.** A window closes ``allowed_lateness_s`` after its end, by the
 worker's clock; its row is emitted at the first :meth:`WindowAggregator.due` call after that.
 A span that arrives for a window already emitted is still stored and is counted in a
-*correction* row (``late``) for that window, emitted at the next ``due`` call.
+*correction* row (``late``) for that window. Corrections gather until the next close time on
+the same grid as the windows' (``k * window_seconds + allowed_lateness_s``), so a worker
+catching up on a backlog, where every span is late, writes all its rows once per window
+length rather than at every batch: each write costs an insert, whatever its size.
 
 **Exactness.** Rows are identified by (partition, window, ``offset_from``) and cover a range
 of the partition's offsets for their window. The adapter acknowledges a Kafka message only
@@ -239,6 +242,7 @@ class _Pending(Generic[T]):
     offset_from: int
     offset_until: int
     late: bool
+    due_at: float
     tokens: list[T] = field(default_factory=list)
 
 
@@ -271,6 +275,11 @@ class WindowAggregator(Generic[T]):
         """Epoch second after which the window's row is emitted and later spans are late."""
         return window_start + self.window_seconds + self.allowed_lateness_s
 
+    def _next_close(self, now: float) -> float:
+        """The first close time of any window after ``now``."""
+        periods = math.floor((now - self.allowed_lateness_s) / self.window_seconds) + 1
+        return periods * self.window_seconds + self.allowed_lateness_s
+
     def has_coverage(self, partition: int) -> bool:
         return partition in self._coverage
 
@@ -291,23 +300,22 @@ class WindowAggregator(Generic[T]):
         windows = self._pending.setdefault(partition, {})
         pending = windows.get(key)
         if pending is None:
-            late = now >= self.close_time(key[2])
-            pending = windows[key] = _Pending(WindowAccumulator(), offset, offset + 1, late)
+            close = self.close_time(key[2])
+            late = now >= close
+            due_at = self._next_close(now) if late else close
+            pending = windows[key] = _Pending(WindowAccumulator(), offset, offset + 1, late, due_at)
         pending.sums.add(row)
         pending.offset_until = offset + 1
         pending.tokens.append(token)
         return True
 
     def due(self, now: float) -> Flush[T]:
-        """Remove and return the windows whose close time has passed, and every correction."""
+        """Remove and return the windows whose close time has passed, and the corrections
+        gathered for a window length."""
         rows: list[WindowRow] = []
         tokens: list[T] = []
         for partition, windows in self._pending.items():
-            ready = [
-                key
-                for key, pending in windows.items()
-                if pending.late or now >= self.close_time(key[2])
-            ]
+            ready = [key for key, pending in windows.items() if now >= pending.due_at]
             for key in ready:
                 pending = windows.pop(key)
                 rows.append(self._row(partition, key, pending))

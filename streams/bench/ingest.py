@@ -10,6 +10,12 @@ validation, pricing, dead letters or de-duplication. Figures:
 * latency, event to queryable: events produced live at ``rate``/s, each with
   ``end_time`` = its produce time; latency = ``ingested_at - end_time`` (rows are queryable
   when the insert returns), as p50/p99.
+* aggregation cost: the same worker with windows on (the default) and off
+  (``COALMINE_WINDOW_SECONDS=0``), as a throughput ratio.
+* window lag: for each live event, the time from its ``end_time`` to the record of its
+  (agent, version, window) on ``coalmine.version-stats`` (the Kafka timestamp of the last
+  on-time partial of that window), p50/p99. It is bounded below by the window length and the
+  allowed lateness: a window is emitted once it can no longer change.
 """
 
 from __future__ import annotations
@@ -21,16 +27,20 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from math import isnan, nan
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from confluent_kafka import Consumer, Message, Producer
 
 from schemas.trace import TraceEvent
+from schemas.window_stats import WindowStats
 from streams import clickhouse, localkafka
+from streams.aggregate import window_start_of
+from streams.app import LATE_HEADER
 from streams.generate import TrafficPlan, simulate
 from streams.ingest import SPAN_COLUMNS
 from streams.localkafka import process
@@ -49,6 +59,12 @@ class Figures:
     throughput: float
     latency_p50_ms: float
     latency_p99_ms: float
+    window_lag_p50_ms: float = nan
+    window_lag_p99_ms: float = nan
+
+
+LiveEvent = tuple[str, str, datetime]
+"""(agent, version, end_time) of an event produced live."""
 
 
 def run(settings: Settings, *, events: int, rate: float = 2000.0, live_s: float = 15.0) -> int:
@@ -62,18 +78,30 @@ def run(settings: Settings, *, events: int, rate: float = 2000.0, live_s: float 
         say(_row(raw))
         worker = measure_worker(side_settings(settings, Path(tmp), "worker"), plan, events, live_s)
         say(_row(worker))
+        spans_only = measure_worker(
+            replace(side_settings(settings, Path(tmp), "spans-only"), window_seconds=0),
+            plan,
+            events,
+            live_s,
+        )
+        say(_row(spans_only))
         ceiling = measure_faust_alone(side_settings(settings, Path(tmp), "faust"), plan, events)
         say(_row(ceiling))
     say("")
-    say(f"{'':28}{'events/s':>12}{'p50 ms':>10}{'p99 ms':>10}")
-    for figures in (raw, worker, ceiling):
+    say(f"{'':28}{'events/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'window p50':>12}{'p99 ms':>10}")
+    for figures in (raw, worker, spans_only, ceiling):
         say(_row(figures))
     say(
         f"{'ratio worker/raw':28}{worker.throughput / raw.throughput:>12.2f}"
         f"{worker.latency_p50_ms / raw.latency_p50_ms:>10.2f}"
         f"{worker.latency_p99_ms / raw.latency_p99_ms:>10.2f}"
     )
+    say(f"{'ratio windows on/off':28}{worker.throughput / spans_only.throughput:>12.2f}")
     say(f"{'ratio rows discarded/raw':28}{ceiling.throughput / raw.throughput:>12.2f}")
+    say(
+        f"window lag: {settings.window_seconds} s windows, "
+        f"{settings.allowed_lateness_s:g} s allowed lateness"
+    )
     return 0
 
 
@@ -88,8 +116,10 @@ def side_settings(settings: Settings, tmp: Path, side: str) -> Settings:
 
 
 def events(plan: TrafficPlan, count: int) -> list[TraceEvent]:
-    """``count`` simulated spans (a request and its children count one each)."""
-    return list(islice(simulate(plan, datetime.now(UTC), count), count))
+    """``count`` simulated spans (a request and its children count one each), all ended
+    before now: spans from the future would be dead-lettered."""
+    start = datetime.now(UTC) - timedelta(seconds=count / plan.rate + 60.0)
+    return list(islice(simulate(plan, start, count), count))
 
 
 def produce_backlog(settings: Settings, plan: TrafficPlan, count: int) -> None:
@@ -100,23 +130,23 @@ def produce_backlog(settings: Settings, plan: TrafficPlan, count: int) -> None:
     producer.flush(60)
 
 
-def produce_live(settings: Settings, plan: TrafficPlan, duration_s: float) -> int:
+def produce_live(settings: Settings, plan: TrafficPlan, duration_s: float) -> list[LiveEvent]:
     """Spans paced at the plan's rate, each stamped ``end_time`` = when it is produced and
     marked with the attribute ``bench=live``."""
     pool = events(replace(plan, seed=plan.seed + 1), int(plan.rate * duration_s))
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
     topic = settings.topic("traces")
     began = time.monotonic()
-    sent = 0
-    while sent < len(pool):
+    sent: list[LiveEvent] = []
+    while len(sent) < len(pool):
         due = min(len(pool), int((time.monotonic() - began) * plan.rate))
-        for event in pool[sent:due]:
+        for event in pool[len(sent) : due]:
             now = datetime.now(UTC)
             live = event.model_copy(
                 update={"start_time": now, "end_time": now, "attributes": {"bench": "live"}}
             )
-            _produce(producer, topic, live.model_dump_json().encode(), str(sent))
-            sent += 1
+            _produce(producer, topic, live.model_dump_json().encode(), str(len(sent)))
+            sent.append((live.agent, live.version, now))
         time.sleep(0.005)
     producer.flush(60)
     return sent
@@ -138,10 +168,58 @@ def measure_worker(settings: Settings, plan: TrafficPlan, backlog: int, live_s: 
     with WorkerProcess(settings, settings.chdb_path.parent / "worker.log") as worker:
         stored = _wait_stored(worker.scalar, "coalmine.spans", backlog)
         throughput = _throughput(lambda q: worker.sql(q)[0], "coalmine.spans", stored)
-        sent = produce_live(settings, plan, live_s)
-        _wait_stored(worker.scalar, "coalmine.spans", backlog + sent)
+        live = produce_live(settings, plan, live_s)
+        _wait_stored(worker.scalar, "coalmine.spans", backlog + len(live))
         p50, p99 = worker.sql(LATENCY_QUERY)[0]
-    return Figures("coalmine worker", throughput, float(p50), float(p99))
+        if not settings.aggregation_enabled:
+            return Figures("worker, windows off", throughput, float(p50), float(p99))
+        time.sleep(settings.window_seconds + settings.allowed_lateness_s + 1.0)
+        lag_p50, lag_p99 = window_lag(settings, live)
+    return Figures("coalmine worker", throughput, float(p50), float(p99), lag_p50, lag_p99)
+
+
+def window_lag(settings: Settings, live: list[LiveEvent]) -> tuple[float, float]:
+    """p50/p99 ms from each live event's end to its window's record on the topic."""
+    emitted: dict[tuple[str, str, int], float] = {}
+    for message in _read_all(settings, settings.topic("version-stats")):
+        if dict(message.headers() or []).get(LATE_HEADER) == b"1":
+            continue
+        stats = WindowStats.model_validate_json(message.value() or b"")
+        key = (stats.agent, stats.version, int(stats.window_start.timestamp()))
+        emitted[key] = max(emitted.get(key, 0.0), float(message.timestamp()[1]))
+    lags = [
+        emitted[key] - end.timestamp() * 1000
+        for agent, version, end in live
+        if (key := (agent, version, window_start_of(end, settings.window_seconds))) in emitted
+    ]
+    if len(lags) < len(live):
+        say(f"  {len(live) - len(lags)} live events had no on-time window record")
+    p50, p99 = np.quantile(lags, [0.5, 0.99]) if lags else (nan, nan)
+    return float(p50), float(p99)
+
+
+def _read_all(settings: Settings, topic: str, idle_s: float = 3.0) -> list[Message]:
+    """Every record of ``topic``, read until nothing new arrives for ``idle_s``."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"{settings.consumer_group}-bench-reader",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    records: list[Message] = []
+    try:
+        idle_since = time.monotonic()
+        while time.monotonic() - idle_since < idle_s:
+            batch = [m for m in consumer.consume(1000, timeout=0.5) if not m.error()]
+            if batch:
+                records.extend(batch)
+                idle_since = time.monotonic()
+    finally:
+        consumer.close()
+    return records
 
 
 def measure_faust_alone(settings: Settings, plan: TrafficPlan, backlog: int) -> Figures:
@@ -180,7 +258,7 @@ def measure_raw(settings: Settings, plan: TrafficPlan, backlog: int, live_s: flo
         scalar = lambda q: client.query(q).result_rows[0][0]  # noqa: E731
         stored = _wait_stored(scalar, "coalmine.spans", backlog)
         throughput = _throughput(lambda q: client.query(q).result_rows[0], "coalmine.spans", stored)
-        sent = produce_live(settings, plan, live_s)
+        sent = len(produce_live(settings, plan, live_s))
         _wait_stored(scalar, "coalmine.spans", backlog + sent)
         p50, p99 = client.query(LATENCY_QUERY).result_rows[0]
     finally:
@@ -255,7 +333,10 @@ LATENCY_QUERY = (
 
 
 def _row(f: Figures) -> str:
-    return f"{f.name:28}{f.throughput:>12,.0f}{_ms(f.latency_p50_ms)}{_ms(f.latency_p99_ms)}"
+    return (
+        f"{f.name:28}{f.throughput:>12,.0f}{_ms(f.latency_p50_ms)}{_ms(f.latency_p99_ms)}"
+        f"  {_ms(f.window_lag_p50_ms)}{_ms(f.window_lag_p99_ms)}"
+    )
 
 
 def _ms(value: float) -> str:

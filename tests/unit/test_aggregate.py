@@ -149,8 +149,10 @@ def test_a_span_for_an_emitted_window_goes_into_a_correction_row() -> None:
     windows.add(3, 0, span(), 0, T0 + 1)
     assert len(windows.due(T0 + 8).rows) == 1
     windows.add(3, 1, span(kind="tool"), 1, T0 + 9)
-    windows.add(3, 2, span(status="error"), 2, T0 + 9)
-    correction = windows.due(T0 + 9)
+    windows.add(3, 2, span(status="error"), 2, T0 + 11)
+    # Corrections gather until the next close time of any window: 10 s + 2 s lateness.
+    assert windows.due(T0 + 11.9).rows == []
+    correction = windows.due(T0 + 12)
     (row,) = correction.rows
     assert row.late and (row.offset_from, row.offset_until) == (1, 3)
     assert (row.stats.requests, row.stats.errors, row.stats.tool_calls) == (1, 1, 1)
