@@ -1,7 +1,8 @@
 """``coalmine demo``: the whole pipeline on the embedded defaults, end to end, in one command.
 
 Local Kafka (started unless already running) → a worker on chDB → simulated agents, whose
-canary versions are a little worse, for a bounded time → a per-agent/version table from SQL.
+canary versions are a little worse, for a bounded time → the per-agent/version summary of the
+window aggregates.
 Ctrl-C at any point stops what the demo started.
 """
 
@@ -11,10 +12,9 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from streams import localkafka, sqlcli
-from streams.clickhouse import example_query
 from streams.generate import GeneratorProgress, TrafficPlan
 from streams.generate import run as generate
 from streams.localkafka import process
@@ -24,6 +24,15 @@ from streams.topics import ensure_topics
 from streams.worker_process import WorkerProcess
 
 CATCH_UP_TIMEOUT_S = 60.0
+SUMMARY_QUERY = """
+SELECT agent, version, requests, round(error_rate, 4) AS error_rate,
+       round(latency_p50_ms) AS p50_ms, round(latency_p95_ms) AS p95_ms,
+       round(latency_p99_ms) AS p99_ms, round(cost_per_request_usd, 5) AS cost_per_request,
+       round(quality_mean, 3) AS quality, round(task_completion_rate, 3) AS completion,
+       round(tool_error_rate, 3) AS tool_errors
+FROM coalmine.version_summary(since = '{since}', until = now() + INTERVAL 1 MINUTE)
+ORDER BY agent, version
+"""
 
 
 def demo_plan(duration_s: float, rate: float, seed: int) -> TrafficPlan:
@@ -67,19 +76,25 @@ def _run(settings: Settings, cleanup: ExitStack, plan: TrafficPlan) -> None:
     say(f"starting the worker (log: {log_path})...")
     worker = cleanup.enter_context(WorkerProcess(settings, log_path))
     say(f"worker ready; `coalmine sql` answers through {settings.worker_url}")
-    # This run's spans only: the embedded database keeps earlier runs' data.
+    # This run's rows only: the embedded database keeps earlier runs' data.
     this_run = f"ingested_at >= toDateTime64('{began:%Y-%m-%d %H:%M:%S}', 3, 'UTC')"
+    emitted_this_run = this_run.replace("ingested_at", "emitted_at")
 
     def stored() -> int:
         return int(worker.scalar(f"SELECT count() FROM coalmine.spans WHERE {this_run}"))
 
     delivered = _generate(settings, stored, plan)
     _wait_until_stored(stored, delivered)
-    query = example_query("version_overview").replace(
-        "start_time >= now64() - INTERVAL 1 HOUR", this_run
-    )
-    columns, rows = sqlcli.fetch(settings, query)
-    say("\nper agent and version (sql/queries/version_overview.sql):\n")
+
+    def counted() -> tuple[int, int]:
+        requests = f"SELECT countIf(kind = 'request') FROM coalmine.spans WHERE {this_run}"
+        windows = f"SELECT sum(requests) FROM coalmine.version_stats WHERE {emitted_this_run}"
+        return int(worker.scalar(windows)), int(worker.scalar(requests))
+
+    _wait_until_windows_emitted(counted, settings.window_seconds + settings.allowed_lateness_s)
+    since = began - timedelta(seconds=settings.window_seconds)
+    columns, rows = sqlcli.fetch(settings, SUMMARY_QUERY.format(since=f"{since:%Y-%m-%d %H:%M:%S}"))
+    say("\nper agent and version, from the window aggregates (coalmine.version_summary):\n")
     print(sqlcli.render(columns, rows, "table"))
 
 
@@ -109,6 +124,16 @@ def _wait_until_stored(stored: Callable[[], int], delivered: int) -> None:
         time.sleep(0.5)
         count = stored()
     say(f"{count} of {delivered} delivered spans are stored and queryable")
+
+
+def _wait_until_windows_emitted(counted: Callable[[], tuple[int, int]], window_s: float) -> None:
+    say(f"waiting for the last windows to close ({window_s:g} s after they end)...")
+    deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
+    windowed, requests = counted()
+    while windowed < requests and time.monotonic() < deadline:
+        time.sleep(0.5)
+        windowed, requests = counted()
+    say(f"{windowed} of {requests} requests are in the window aggregates")
 
 
 def say(message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import faust
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 def run(settings: Settings, spans: SpanSink | None = None) -> int:
     """Run the worker until stopped; ``spans`` replaces the ClickHouse span sink (benchmarks)."""
     _use_uvloop()
+    _tune_gc()
     log.debug("settings: %s", settings.masked())
     prices = load_prices(settings.prices_file)
     ensure_topics(settings)
@@ -50,6 +52,14 @@ def run(settings: Settings, spans: SpanSink | None = None) -> int:
         if owner is not None:
             owner.unlink(missing_ok=True)
     return 0
+
+
+def _tune_gc() -> None:
+    """Collect garbage less often. Messages wait in memory, unacknowledged, until their window
+    is emitted (seconds of traffic), and with Python's default thresholds the collector kept
+    walking them: `coalmine bench ingest` measured windows costing ~15% of throughput with the
+    defaults and ~0-5% with these."""
+    gc.set_threshold(50_000, 50, 50)
 
 
 def _use_uvloop() -> None:
