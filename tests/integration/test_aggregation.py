@@ -14,9 +14,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from schemas.window_stats import WindowStats, latency_histogram
+from schemas.window_stats import QUANTILE_MAX_RELATIVE_ERROR, WindowStats, latency_histogram
 from streams.app import LATE_HEADER
 from streams.ingest import DLQ_REASON
 from streams.producer import KafkaPublisher, Tracer
@@ -202,6 +203,88 @@ def test_window_aggregates_equal_the_spans_after_sigkills(
     publisher.close(5)
 
 
+def send_known_traffic(
+    tracer: Tracer, rng: random.Random, requests: int, error_rate: float
+) -> dict[str, list[Any]]:
+    """``requests`` tasks through the SDK; returns what was sent, per request measure."""
+    facts: dict[str, list[Any]] = defaultdict(list)
+    for _ in range(requests):
+        end = datetime.now(UTC) - timedelta(seconds=rng.uniform(0.0, 3.0))
+        start = end - timedelta(milliseconds=rng.lognormvariate(6.5, 1.0))
+        request = tracer.request("answer", start_time=start)
+        llm = request.llm("draft", provider="openai", model="gpt-4o", start_time=start)
+        cost, tokens = round(rng.uniform(0.001, 0.05), 6), (rng.randint(100, 2000), 80)
+        llm.set_usage(input_tokens=tokens[0], output_tokens=tokens[1], cost_usd=cost)
+        llm.end(end_time=end)
+        tool = request.tool("lookup", tool_name="lookup_order", start_time=start)
+        tool_failed = rng.random() < 0.1
+        if tool_failed:
+            tool.set_error("NotFound")
+        tool.end(end_time=end)
+        failed = rng.random() < error_rate
+        if failed:
+            request.set_error("AgentError", "gave up")
+        completed = rng.random() < 0.8 if rng.random() < 0.9 else None
+        quality = round(rng.random(), 3) if rng.random() < 0.7 else None
+        request.set_outcome(task_completed=completed, quality_score=quality)
+        request.end(end_time=end)
+        facts["latency_ms"].append((end - start).total_seconds() * 1000)
+        facts["error"].append(failed)
+        facts["cost"].append(cost)
+        facts["tokens"].append(sum(tokens))
+        facts["tool_error"].append(tool_failed)
+        facts["completed"].extend([] if completed is None else [completed])
+        facts["quality"].extend([] if quality is None else [quality])
+    return facts
+
+
+def test_version_summary_equals_the_traffic_the_sdk_sent(windowed_worker: WorkerProcess) -> None:
+    publisher = KafkaPublisher.from_settings(windowed_worker.settings)
+    rng = random.Random(99)
+    began = datetime.now(UTC)
+    sent = {
+        version: send_known_traffic(Tracer("support-bot", version, publisher), rng, n, rate)
+        for version, n, rate in (("v1", 300, 0.05), ("v2", 150, 0.15))
+    }
+    assert publisher.flush(30) == 0
+    counted = "SELECT sum(requests) FROM coalmine.version_stats"
+    assert wait_for(windowed_worker, counted, 450, timeout_s=60) == 450
+
+    since = (began - timedelta(seconds=10)).strftime("%Y-%m-%d %H:%M:%S")
+    until = (datetime.now(UTC) + timedelta(minutes=1)).strftime("%Y-%m-%d %H:%M:%S")
+    columns = (
+        "version, requests, errors, error_rate, latency_p50_ms, latency_p95_ms, "
+        "latency_p99_ms, cost_per_request_usd, tokens_per_request, quality_mean, "
+        "task_completion_rate, tool_error_rate, llm_calls, tool_calls"
+    )
+    summary = windowed_worker.sql(
+        f"SELECT {columns} FROM coalmine.version_summary(since = '{since}', until = '{until}') "
+        "WHERE agent = 'support-bot' ORDER BY version"
+    )
+    assert [row[0] for row in summary] == ["v1", "v2"]
+    for version, *got in summary:
+        facts = sent[version]
+        n = len(facts["latency_ms"])
+        row = dict(zip(columns.split(", ")[1:], got, strict=True))
+        assert (row["requests"], row["errors"]) == (n, sum(facts["error"]))
+        assert (row["llm_calls"], row["tool_calls"]) == (n, n)
+        exact = {
+            "error_rate": sum(facts["error"]) / n,
+            "cost_per_request_usd": sum(facts["cost"]) / n,
+            "tokens_per_request": sum(facts["tokens"]) / n,
+            "quality_mean": sum(facts["quality"]) / len(facts["quality"]),
+            "task_completion_rate": sum(facts["completed"]) / len(facts["completed"]),
+            "tool_error_rate": sum(facts["tool_error"]) / n,
+        }
+        for name, value in exact.items():
+            assert row[name] == pytest.approx(value, rel=1e-9), (version, name)
+        for q in (0.50, 0.95, 0.99):
+            true = float(np.quantile(facts["latency_ms"], q, method="inverted_cdf"))
+            estimate = row[f"latency_p{round(q * 100)}_ms"]
+            assert abs(estimate / true - 1) <= QUANTILE_MAX_RELATIVE_ERROR, (version, q)
+    publisher.close(5)
+
+
 def published_windows(settings: Settings, expected: int) -> list[tuple[WindowStats, bool]]:
     records = consume_all(settings.kafka_bootstrap, settings.topic("version-stats"), expected)
     return [
@@ -216,17 +299,23 @@ def test_a_span_after_its_window_was_emitted_is_counted_in_a_correction_row(
     settings = windowed_worker.settings
     publisher = KafkaPublisher.from_settings(settings)
     tracer = Tracer("support-bot", "v3", publisher)
+    # One trace id, so one partition: one partial row per window.
+    trace = "5" * 32
+
+    def request(start: datetime, end: datetime) -> None:
+        tracer.request("answer", start_time=start, trace_id=trace).end(end_time=end)
+
     end = datetime.now(UTC)
     for _ in range(2):
-        tracer.request("answer", start_time=end - timedelta(milliseconds=300)).end(end_time=end)
+        request(end - timedelta(milliseconds=300), end)
     assert publisher.flush(10) == 0
     rows = "SELECT count() FROM coalmine.version_stats"
     assert wait_for(windowed_worker, rows, 1, timeout_s=30) == 1
 
     # The window is emitted; a straggler for it, and one from an hour ago.
-    tracer.request("answer", start_time=end - timedelta(seconds=1)).end(end_time=end)
+    request(end - timedelta(seconds=1), end)
     old = end - timedelta(hours=1)
-    tracer.request("answer", start_time=old - timedelta(seconds=2)).end(end_time=old)
+    request(old - timedelta(seconds=2), old)
     assert publisher.flush(10) == 0
     assert wait_for(windowed_worker, rows, 3, timeout_s=30) == 3
 
