@@ -6,9 +6,12 @@ folder and web port, on the session's real broker.
 
 from __future__ import annotations
 
+import random
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,41 @@ def isolated_settings(base: Settings, tmp_path: Path) -> Settings:
         # A killed worker's partitions move to its successor after this long.
         session_timeout_s=10.0,
     )
+
+
+@contextmanager
+def killed_mid_stream(
+    settings: Settings, log_path: Path, produce: Callable[[], None], kills: int, seed: int
+) -> Iterator[WorkerProcess]:
+    """A worker SIGKILLed ``kills`` times at seeded random points while ``produce`` runs over
+    and over in a thread, restarted each time. Yields the last worker once production has
+    stopped; kills it afterwards whatever happened."""
+    rng = random.Random(seed)
+    done = threading.Event()
+
+    def keep_producing() -> None:
+        while not done.is_set():
+            produce()
+            time.sleep(0.1)
+
+    process = WorkerProcess(settings, log_path)
+    process.start()
+    producer = threading.Thread(target=keep_producing)
+    producer.start()
+    try:
+        try:
+            for _ in range(kills):
+                time.sleep(rng.uniform(1.0, 6.0))
+                process.kill()
+                time.sleep(rng.uniform(0.0, 1.0))
+                process.start()
+            time.sleep(2)
+        finally:
+            done.set()
+            producer.join()
+        yield process
+    finally:
+        process.kill()
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import replace
@@ -24,7 +22,13 @@ from streams.producer import KafkaPublisher, Tracer
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from streams.worker_process import WorkerProcess
-from tests.integration.harness import consume_all, headers_of, isolated_settings, wait_for
+from tests.integration.harness import (
+    consume_all,
+    headers_of,
+    isolated_settings,
+    killed_mid_stream,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -165,41 +169,25 @@ def test_window_aggregates_equal_the_spans_after_sigkills(
     ensure_topics(settings)
     publisher = KafkaPublisher.from_settings(settings)
     tracers = [Tracer("research-agent", version, publisher) for version in ("v7", "v8")]
-    done = threading.Event()
-    rng = random.Random(4242)
+    stream_rng = random.Random(7)
 
     def produce() -> None:
-        stream_rng = random.Random(7)
-        while not done.is_set():
-            for tracer in tracers:
-                traced_stream(tracer, stream_rng, 15)
-            time.sleep(0.1)
+        for tracer in tracers:
+            traced_stream(tracer, stream_rng, 15)
 
-    worker = WorkerProcess(settings, tmp_path / "worker.log")
-    worker.start()
-    producer = threading.Thread(target=produce)
-    producer.start()
-    try:
-        for _ in range(4):
-            time.sleep(rng.uniform(1.0, 6.0))
-            worker.kill()
-            time.sleep(rng.uniform(0.0, 1.0))
-            worker.start()
-        time.sleep(2)
-    finally:
-        done.set()
-        producer.join()
+    log = tmp_path / "worker.log"
+    with killed_mid_stream(settings, log, produce, kills=4, seed=4242) as worker:
         assert publisher.flush(30) == 0
-    sent = publisher.stats.delivered
-    assert sent > 2000 and publisher.stats.failed == 0
+        sent = publisher.stats.delivered
+        assert sent > 2000 and publisher.stats.failed == 0
 
-    assert wait_for(worker, "SELECT count() FROM coalmine.spans", sent, timeout_s=180) == sent
-    requests = worker.scalar("SELECT countIf(kind = 'request') FROM coalmine.spans")
-    counted = "SELECT sum(requests) FROM coalmine.version_stats"
-    assert wait_for(worker, counted, requests, timeout_s=60) == requests
-    assert_aggregates_match_the_spans(worker)
-    assert worker.scalar("SELECT countIf(late) FROM coalmine.version_stats") > 0
-    assert worker.stop() == 0, worker.log_tail()
+        assert wait_for(worker, "SELECT count() FROM coalmine.spans", sent, timeout_s=180) == sent
+        requests = worker.scalar("SELECT countIf(kind = 'request') FROM coalmine.spans")
+        counted = "SELECT sum(requests) FROM coalmine.version_stats"
+        assert wait_for(worker, counted, requests, timeout_s=60) == requests
+        assert_aggregates_match_the_spans(worker)
+        assert worker.scalar("SELECT countIf(late) FROM coalmine.version_stats") > 0
+        assert worker.stop() == 0, worker.log_tail()
     publisher.close(5)
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import random
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -23,6 +21,7 @@ from tests.integration.harness import (
     consume_all,
     headers_of,
     isolated_settings,
+    killed_mid_stream,
     wait_for,
     worker,
 )
@@ -227,38 +226,25 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
     acknowledged = AcknowledgedIds()
     publisher = KafkaPublisher.from_settings(settings, on_delivery=acknowledged)
     tracer = Tracer("research-agent", "v7", publisher)
-    done = threading.Event()
 
     def produce() -> None:
-        # ~3 spans per request, 40 requests per 0.1 s: a steady stream during the kills.
-        while not done.is_set():
-            trace_requests(tracer, 40)
-            time.sleep(0.1)
+        trace_requests(tracer, 40)  # ~3 spans per request: a steady stream during the kills
 
-    worker_process = WorkerProcess(settings, tmp_path / "worker.log")
-    worker_process.start()
-    producer_thread = threading.Thread(target=produce)
-    producer_thread.start()
-    rng = random.Random(20261124)
-    try:
-        for _ in range(3):
-            time.sleep(rng.uniform(2.0, 6.0))
-            worker_process.kill()
-            time.sleep(rng.uniform(0.0, 1.0))
-            worker_process.start()
-        time.sleep(2)
-    finally:
-        done.set()
-        producer_thread.join()
+    log = tmp_path / "worker.log"
+    with killed_mid_stream(settings, log, produce, kills=3, seed=20261124) as worker_process:
         assert publisher.flush(30) == 0
-    expected = len(acknowledged.ids)
-    assert expected > 1000 and acknowledged.failed == 0
+        expected = len(acknowledged.ids)
+        assert expected > 1000 and acknowledged.failed == 0
 
-    query = "SELECT count() FROM coalmine.spans"
-    assert wait_for(worker_process, query, expected, timeout_s=180) == expected
-    count, unique = worker_process.sql("SELECT count(), uniqExact(event_id) FROM coalmine.spans")[0]
-    stored = {row[0] for row in worker_process.sql("SELECT toString(event_id) FROM coalmine.spans")}
-    assert (count, unique) == (expected, expected)
-    assert stored == acknowledged.ids
-    assert worker_process.stop() == 0, worker_process.log_tail()
+        query = "SELECT count() FROM coalmine.spans"
+        assert wait_for(worker_process, query, expected, timeout_s=180) == expected
+        count, unique = worker_process.sql(
+            "SELECT count(), uniqExact(event_id) FROM coalmine.spans"
+        )[0]
+        stored = {
+            row[0] for row in worker_process.sql("SELECT toString(event_id) FROM coalmine.spans")
+        }
+        assert (count, unique) == (expected, expected)
+        assert stored == acknowledged.ids
+        assert worker_process.stop() == 0, worker_process.log_tail()
     publisher.close(5)
