@@ -61,9 +61,10 @@ MERGED_SOURCE = "merged"
 _MAX_COUNT = 2**62
 Count = Annotated[int, Field(ge=0, le=_MAX_COUNT)]
 NonNegativeSum = Annotated[float, Field(ge=0.0)]
-Source = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+# A worker's source is "<topic>/<partition>@<offset>"; Kafka topic names reach 249 chars.
+Source = Annotated[str, StringConstraints(min_length=1, max_length=300)]
 
-_COUNT_FIELDS = (
+COUNT_FIELDS = (
     "requests",
     "errors",
     "tasks_attempted",
@@ -77,7 +78,8 @@ _COUNT_FIELDS = (
     "cost_count",
     "quality_count",
 )
-_SUM_FIELDS = (
+"""Integer measures: partials add up exactly."""
+SUM_FIELDS = (
     "cost_sum",
     "cost_sumsq",
     "log_cost_sum",
@@ -86,6 +88,7 @@ _SUM_FIELDS = (
     "quality_sumsq",
     "latency_sum_ms",
 )
+"""Float measures: partials add up to floating-point rounding."""
 
 
 def latency_bucket_index(ms: float) -> int:
@@ -284,9 +287,9 @@ class WindowStats(BaseModel):
         if key != other_key:
             raise ValueError(f"cannot merge window stats of {key} with {other_key}")
         values: dict[str, object] = {
-            name: getattr(self, name) + getattr(other, name) for name in _COUNT_FIELDS
+            name: getattr(self, name) + getattr(other, name) for name in COUNT_FIELDS
         }
-        values.update({name: getattr(self, name) + getattr(other, name) for name in _SUM_FIELDS})
+        values.update({name: getattr(self, name) + getattr(other, name) for name in SUM_FIELDS})
         values["latency_buckets"] = [
             a + b for a, b in zip(self.latency_buckets, other.latency_buckets, strict=True)
         ]

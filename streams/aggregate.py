@@ -185,37 +185,14 @@ class WindowRow:
 
 
 VERSION_STATS_COLUMNS: tuple[str, ...] = (
-    "agent",
-    "version",
-    "window_start",
-    "window_seconds",
-    "source",
+    *WindowStats.model_fields,
     "kafka_topic",
     "kafka_partition",
     "offset_from",
     "offset_until",
     "late",
-    "requests",
-    "errors",
-    "tasks_attempted",
-    "tasks_completed",
-    "tool_calls",
-    "tool_errors",
-    "llm_calls",
-    "guardrail_blocks",
-    "input_tokens",
-    "output_tokens",
-    "cost_count",
-    "cost_sum",
-    "cost_sumsq",
-    "log_cost_sum",
-    "log_cost_sumsq",
-    "quality_count",
-    "quality_sum",
-    "quality_sumsq",
-    "latency_sum_ms",
-    "latency_buckets",
 )
+"""The columns of ``coalmine.version_stats`` a worker writes: the stats, then where from."""
 
 
 def version_stats_row(row: WindowRow) -> list[Any]:

@@ -21,8 +21,10 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from schemas.window_stats import (
+    COUNT_FIELDS,
     LATENCY_BUCKET_COUNT,
     QUANTILE_MAX_RELATIVE_ERROR,
+    SUM_FIELDS,
     WindowStats,
     quantile_from_buckets,
 )
@@ -56,31 +58,6 @@ SUMMARY_COLUMNS = [
     "first_window",
     "last_window",
 ]
-# Every measure of version_stats, as the rollups keep them.
-COUNTS = [
-    "requests",
-    "errors",
-    "tasks_attempted",
-    "tasks_completed",
-    "tool_calls",
-    "tool_errors",
-    "llm_calls",
-    "guardrail_blocks",
-    "input_tokens",
-    "output_tokens",
-    "cost_count",
-    "quality_count",
-]
-SUMS = [
-    "cost_sum",
-    "cost_sumsq",
-    "log_cost_sum",
-    "log_cost_sumsq",
-    "quality_sum",
-    "quality_sumsq",
-    "latency_sum_ms",
-]
-
 Row = dict[str, Any]
 
 
@@ -380,7 +357,7 @@ def totals(
     client: Client, table: str, period: str, histogram: str, agent: str
 ) -> dict[tuple[str, datetime], Row]:
     """Per (version, period start): the sum of every measure of ``agent``'s rows in ``table``."""
-    measures = ", ".join(f"sum({name}) AS {name}" for name in [*COUNTS, *SUMS])
+    measures = ", ".join(f"sum({name}) AS {name}" for name in [*COUNT_FIELDS, *SUM_FIELDS])
     rows = query(
         client,
         f"SELECT version, {period} AS period, {measures}, "
@@ -395,9 +372,9 @@ def assert_same_totals(
 ) -> None:
     assert list(got) == list(want)
     for key, row in want.items():
-        for name in [*COUNTS, "latency_buckets"]:
+        for name in [*COUNT_FIELDS, "latency_buckets"]:
             assert got[key][name] == row[name], (key, name)
-        for name in SUMS:
+        for name in SUM_FIELDS:
             assert got[key][name] == pytest.approx(row[name], rel=1e-12, abs=1e-12), (key, name)
 
 
