@@ -199,6 +199,11 @@ Owner = tuple[int, int]
 """(Kafka partition, offset) of the message a stored span came from."""
 
 
+_EVENT_ID = SPAN_COLUMNS.index("event_id")
+_PARTITION = SPAN_COLUMNS.index("kafka_partition")
+_OFFSET = SPAN_COLUMNS.index("kafka_offset")
+
+
 @dataclass(frozen=True)
 class SpanWrite:
     """What a span sink did with a batch: how many rows were new, and for every event id of
@@ -207,10 +212,10 @@ class SpanWrite:
     inserted: int
     owners: Mapping[Any, Owner]
 
-
-_EVENT_ID = SPAN_COLUMNS.index("event_id")
-_PARTITION = SPAN_COLUMNS.index("kafka_partition")
-_OFFSET = SPAN_COLUMNS.index("kafka_offset")
+    @classmethod
+    def all_new(cls, rows: Sequence[Sequence[Any]]) -> SpanWrite:
+        """Every row inserted, each owned by its own message (sinks that keep nothing)."""
+        return cls(len(rows), {row[_EVENT_ID]: (row[_PARTITION], row[_OFFSET]) for row in rows})
 
 
 def owned_rows(rows: Sequence[Sequence[Any]], owners: Mapping[Any, Owner]) -> list[Sequence[Any]]:

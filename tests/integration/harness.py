@@ -84,17 +84,23 @@ def killed_mid_stream(
         process.kill()
 
 
-@pytest.fixture
-def worker(kafka_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
-    """A running worker on its own topics and chDB folder; stopped after the test."""
-    settings = isolated_settings(kafka_settings, tmp_path)
+@contextmanager
+def running_worker(settings: Settings, log_path: Path) -> Iterator[WorkerProcess]:
+    """A worker on ``settings``' topics (created first); killed afterwards."""
     ensure_topics(settings)
-    process = WorkerProcess(settings, tmp_path / "worker.log")
+    process = WorkerProcess(settings, log_path)
     process.start()
     try:
         yield process
     finally:
         process.kill()
+
+
+@pytest.fixture
+def worker(kafka_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A running worker on its own topics and chDB folder; stopped after the test."""
+    with running_worker(isolated_settings(kafka_settings, tmp_path), tmp_path / "worker.log") as w:
+        yield w
 
 
 def consume_all(

@@ -27,6 +27,7 @@ from tests.integration.harness import (
     headers_of,
     isolated_settings,
     killed_mid_stream,
+    running_worker,
     wait_for,
 )
 
@@ -96,13 +97,8 @@ def windowed_settings(base: Settings, tmp_path: Path) -> Settings:
 @pytest.fixture
 def windowed_worker(kafka_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
     settings = windowed_settings(kafka_settings, tmp_path)
-    ensure_topics(settings)
-    process = WorkerProcess(settings, tmp_path / "worker.log")
-    process.start()
-    try:
-        yield process
-    finally:
-        process.kill()
+    with running_worker(settings, tmp_path / "worker.log") as worker:
+        yield worker
 
 
 def by_window(rows: list[Any]) -> dict[tuple[str, str, int], dict[str, float]]:

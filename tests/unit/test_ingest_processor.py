@@ -21,8 +21,6 @@ from streams.pricing import builtin_prices
 from tests.unit.test_ingest import START, encoded
 
 NO_WAIT = RetryPolicy(first_delay_s=0.0, max_delay_s=0.0)
-EVENT_ID = SPAN_COLUMNS.index("event_id")
-PARTITION = SPAN_COLUMNS.index("kafka_partition")
 OFFSET = SPAN_COLUMNS.index("kafka_offset")
 
 
@@ -38,8 +36,7 @@ class FlakySpans:
             self.failures -= 1
             raise ConnectionError("ClickHouse went away")
         self.batches.append(list(rows))
-        owners = {row[EVENT_ID]: (row[PARTITION], row[OFFSET]) for row in rows}
-        return SpanWrite(len(rows), owners)
+        return SpanWrite.all_new(rows)
 
 
 class RecordedDeadLetters:
