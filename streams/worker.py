@@ -8,7 +8,7 @@ import logging
 
 import faust
 
-from streams import clickhouse
+from streams import clickhouse, kafka_records
 from streams.app import ClickHouseThread, create_app
 from streams.ingest import SpanSink
 from streams.pricing import load_prices
@@ -22,6 +22,7 @@ def run(settings: Settings, spans: SpanSink | None = None) -> int:
     """Run the worker until stopped; ``spans`` replaces the ClickHouse span sink (benchmarks)."""
     _use_uvloop()
     _tune_gc()
+    kafka_records.install()
     log.debug("settings: %s", settings.masked())
     prices = load_prices(settings.prices_file)
     ensure_topics(settings)
