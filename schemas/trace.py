@@ -10,6 +10,7 @@ ambiguous is rejected with a reason instead.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Final, Literal
@@ -34,8 +35,15 @@ MAX_ATTRIBUTES = 32
 MAX_ATTRIBUTE_KEY_CHARS = 64
 MAX_ATTRIBUTE_VALUE_CHARS = 1024
 
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-"""Agent, version, environment, tenant, provider, model and tool names."""
+# Control characters (NUL, ESC of terminal escape sequences, newlines), line separators and
+# bidirectional overrides: a name holding one prints as something else in a terminal or a log.
+_UNPRINTABLE = "\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069"
+PRINTABLE_NOT_BLANK = f"^[^{_UNPRINTABLE}]*[^\\s{_UNPRINTABLE}][^{_UNPRINTABLE}]*$"
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=128, pattern=PRINTABLE_NOT_BLANK)
+]
+"""Agent, version, environment, tenant, provider, model and tool names: printable, not blank."""
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 SpanRef = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[0-9A-Za-z_.:-]+$")
 ]
@@ -80,7 +88,10 @@ class TraceEvent(BaseModel):
     )
 
     schema_version: Literal[1] = SCHEMA_VERSION
-    event_id: UUID
+    event_id: UUID = Field(
+        description="Lowercase 8-4-4-4-12 hex form, not the nil UUID: the idempotency key "
+        "compares values, so every other spelling of the same id is refused."
+    )
     trace_id: SpanRef
     span_id: SpanRef
     parent_span_id: SpanRef | None = None
@@ -91,7 +102,9 @@ class TraceEvent(BaseModel):
     tenant: Identifier | None = None
 
     kind: SpanKind
-    name: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    name: Annotated[
+        str, StringConstraints(min_length=1, max_length=256, pattern=PRINTABLE_NOT_BLANK)
+    ]
 
     start_time: AwareDatetime
     end_time: AwareDatetime
@@ -130,6 +143,15 @@ class TraceEvent(BaseModel):
     attributes: Annotated[dict[AttributeKey, AttributeValue], Field(max_length=MAX_ATTRIBUTES)] = (
         Field(default_factory=dict)
     )
+
+    @field_validator("event_id", mode="before")
+    @classmethod
+    def _canonical_event_id(cls, value: object) -> object:
+        if isinstance(value, str) and not _CANONICAL_UUID.fullmatch(value):
+            raise ValueError("must be a UUID in lowercase 8-4-4-4-12 hex form")
+        if value == "00000000-0000-0000-0000-000000000000":
+            raise ValueError("must not be the nil UUID")
+        return value
 
     @field_validator("start_time", "end_time")
     @classmethod

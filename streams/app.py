@@ -28,6 +28,7 @@ from streams.ingest import (
     SPAN_COLUMNS,
     Header,
     IngestProcessor,
+    PipelineBugError,
     ProgressLog,
     RawMessage,
     Retrier,
@@ -282,6 +283,7 @@ def create_app(
         prices=prices,
         stopping=stopping,
         max_clock_skew_s=settings.max_clock_skew_s,
+        retention_days=settings.spans_ttl_days,
     )
     windows = (
         StreamWindows(app, settings, thread, Retrier(stopping, RetryPolicy()))
@@ -330,9 +332,15 @@ def create_app(
                 if in_flight is not None and not await in_flight:
                     return
                 in_flight = asyncio.ensure_future(store(events))
-        finally:
             if in_flight is not None:
                 await in_flight
+        except Exception as exc:
+            # A write that no retry can mend (streams.failures), or a bug of ours. Escaping
+            # the agent would let Faust carry on past the batch; stopping leaves it
+            # unacknowledged, and the log says why.
+            log.critical("ingest stopped: %s", exc, exc_info=not isinstance(exc, PipelineBugError))
+            await app.crash(exc)
+        finally:
             if emitter is not None:
                 emitter.cancel()
 

@@ -12,12 +12,12 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -26,7 +26,8 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from streams.aggregate import VERSION_STATS_COLUMNS, WindowKey, WindowRow, version_stats_row
 from streams.errors import ClickHouseUnavailableError
-from streams.ingest import Owner, SpanWrite
+from streams.failures import Failure, classify, one_line
+from streams.ingest import Owner, SpanWrite, position
 from streams.settings import Settings, mask_url
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,9 @@ class SpanWriter:
     (narrowed to the batch's time range, so only a few partitions and granules are read) and
     inserts only the others. A batch re-delivered after a crash therefore adds nothing. The
     check is exact because each Kafka partition has one consumer at a time and the insert is
-    synchronous: when ``write`` returns, the rows are durable and visible.
+    synchronous: when ``write`` returns, the rows are durable and visible. A row whose id is
+    stored with another ``content_hash`` (another message's bytes) is refused as a conflict;
+    rows whose values ClickHouse rejects are isolated by halving the insert and refused.
     """
 
     def __init__(self, client: Client, columns: Sequence[str], table: str = "spans") -> None:
@@ -215,37 +218,56 @@ class SpanWriter:
         self._table = f"{DATABASE}.{table}"
         self._id_index = self._columns.index("event_id")
         self._time_index = self._columns.index("start_time")
-        self._partition_index = self._columns.index("kafka_partition")
-        self._offset_index = self._columns.index("kafka_offset")
+        self._hash_index = self._columns.index("content_hash")
 
     def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
         """Insert the rows whose event_id is not stored yet.
 
-        Raises the client's error when ClickHouse fails; nothing is then known to be written
-        and the caller retries the whole batch (which this method makes safe).
+        Raises the client's error when ClickHouse fails for a reason other than the rows'
+        values; nothing is then known to be written and the caller retries the whole batch
+        (which this method makes safe).
         """
-        fresh = self._unique(rows)
+        fresh, refused = self._unique(rows)
         if not fresh:
-            return SpanWrite(0, {})
-        owners = self._stored_owners(fresh)
-        new_rows = [row for row in fresh if row[self._id_index] not in owners]
-        if new_rows:
-            self._client.insert(self._table, new_rows, column_names=self._columns)
-        for row in new_rows:
-            owners[row[self._id_index]] = (row[self._partition_index], row[self._offset_index])
-        return SpanWrite(len(new_rows), owners)
+            return SpanWrite(0, {}, refused)
+        stored = self._stored(fresh)
+        owners = {event_id: owner for event_id, (owner, _) in stored.items()}
+        new_rows = []
+        for row in fresh:
+            found = stored.get(row[self._id_index])
+            if found is None:
+                new_rows.append(row)
+            elif found[1] not in (0, row[self._hash_index]):
+                refused[position(row)] = _conflict(row[self._id_index], found[0])
+        for chunk in chunks_by_day(new_rows, lambda row: row[self._time_index]):
+            refused.update(isolate_refused_rows(chunk, self._insert))
+        inserted = [row for row in new_rows if position(row) not in refused]
+        for row in inserted:
+            owners[row[self._id_index]] = position(row)
+        return SpanWrite(len(inserted), owners, refused)
 
-    def _unique(self, rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    def _insert(self, rows: Sequence[Sequence[Any]]) -> None:
+        self._client.insert(self._table, rows, column_names=self._columns)
+
+    def _unique(
+        self, rows: Sequence[Sequence[Any]]
+    ) -> tuple[list[Sequence[Any]], dict[Owner, str]]:
+        """The first row of each event id, and the later ones with other content, refused."""
         seen: dict[Any, Sequence[Any]] = {}
+        refused: dict[Owner, str] = {}
         for row in rows:
-            seen.setdefault(row[self._id_index], row)
-        return list(seen.values())
+            first = seen.setdefault(row[self._id_index], row)
+            if first[self._hash_index] != row[self._hash_index]:
+                refused[position(row)] = _conflict(row[self._id_index], position(first))
+        return list(seen.values()), refused
 
-    def _stored_owners(self, rows: Sequence[Sequence[Any]]) -> dict[Any, Owner]:
+    def _stored(self, rows: Sequence[Sequence[Any]]) -> dict[Any, tuple[Owner, int]]:
+        """Per stored event id of ``rows``: the message it came from and its content hash."""
         times: list[datetime] = [row[self._time_index] for row in rows]
         # min(): a rebalance race may have stored an id twice until the merge folds it.
         result = self._client.query(
-            f"SELECT event_id, min((kafka_partition, kafka_offset)) FROM {self._table} "
+            "SELECT event_id, min((kafka_partition, kafka_offset)), "
+            f"argMin(content_hash, (kafka_partition, kafka_offset)) FROM {self._table} "
             "WHERE start_time BETWEEN {lo:DateTime64(6)} AND {hi:DateTime64(6)} "
             "AND event_id IN {ids:Array(UUID)} GROUP BY event_id",
             parameters={
@@ -254,7 +276,61 @@ class SpanWriter:
                 "ids": [row[self._id_index] for row in rows],
             },
         )
-        return {event_id: (int(owner[0]), int(owner[1])) for event_id, owner in result.result_rows}
+        return {
+            event_id: ((int(owner[0]), int(owner[1])), int(stored_hash))
+            for event_id, owner, stored_hash in result.result_rows
+        }
+
+
+def _conflict(event_id: Any, stored_from: Owner) -> str:
+    return (
+        f"event_id {event_id} is already stored from another message (partition "
+        f"{stored_from[0]}, offset {stored_from[1]}) with different content; an event id "
+        "names one event"
+    )
+
+
+MAX_PARTITIONS_PER_INSERT = 100
+"""ClickHouse's ``max_partitions_per_insert_block`` default: tables here are partitioned by
+day, and an insert touching more days is refused as a whole."""
+
+Row = TypeVar("Row")
+
+
+def chunks_by_day(
+    rows: Sequence[Row], time_of: Callable[[Row], datetime], days: int = MAX_PARTITIONS_PER_INSERT
+) -> list[list[Row]]:
+    """``rows`` in groups that each touch at most ``days`` days (in order of first use)."""
+    by_day: dict[date, list[Row]] = {}
+    for row in rows:
+        by_day.setdefault(time_of(row).date(), []).append(row)
+    groups = list(by_day.values())
+    return [
+        [row for group in groups[i : i + days] for row in group]
+        for i in range(0, len(groups), days)
+    ]
+
+
+def isolate_refused_rows(
+    rows: Sequence[Sequence[Any]], insert: Callable[[Sequence[Sequence[Any]]], None]
+) -> dict[Owner, str]:
+    """Insert ``rows``; when ClickHouse refuses their values, halve until the rows at fault
+    are alone, and return those with the reason (the others are inserted). Any other failure
+    is raised: retrying the batch is then the caller's decision."""
+    if not rows:
+        return {}
+    try:
+        insert(rows)
+    except Exception as exc:
+        if classify(exc) is not Failure.DATA:
+            raise
+        if len(rows) == 1:
+            return {position(rows[0]): f"ClickHouse refused the span: {one_line(exc)}"}
+        middle = len(rows) // 2
+        return isolate_refused_rows(rows[:middle], insert) | isolate_refused_rows(
+            rows[middle:], insert
+        )
+    return {}
 
 
 class VersionStatsWriter:
@@ -264,13 +340,16 @@ class VersionStatsWriter:
         self._client = client
 
     def write(self, rows: Sequence[WindowRow]) -> None:
-        """One insert for all rows; each row lands whole or not at all, which is all
-        :mod:`streams.aggregate` needs (coverage is tracked per row)."""
-        self._client.insert(
-            f"{DATABASE}.version_stats",
-            [version_stats_row(row) for row in rows],
-            column_names=list(VERSION_STATS_COLUMNS),
-        )
+        """One insert per at most 100 days of windows (the per-minute rollup is partitioned
+        by day); each row lands whole or not at all, which is all :mod:`streams.aggregate`
+        needs (coverage is tracked per row). The chunks are the same on a retry, so
+        ClickHouse drops a chunk that had landed (see ``sql/0003``)."""
+        for chunk in chunks_by_day(rows, lambda row: row.stats.window_start):
+            self._client.insert(
+                f"{DATABASE}.version_stats",
+                [version_stats_row(row) for row in chunk],
+                column_names=list(VERSION_STATS_COLUMNS),
+            )
 
     def coverage(
         self, topic: str, window_seconds: int, lowest: Mapping[int, int]

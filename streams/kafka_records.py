@@ -41,7 +41,10 @@ class _LenientBuffer(bytearray):
         return _LenientBytes(piece) if isinstance(index, slice) else piece
 
 
-class _LenientRecordBatch(_DefaultRecordBatchPy):
+# aiokafka's record modules carry no type information.
+class _LenientRecordBatch(_DefaultRecordBatchPy):  # type: ignore[misc]
+    _buffer: bytearray
+
     def _maybe_uncompress(self) -> None:
         super()._maybe_uncompress()
         if not isinstance(self._buffer, _LenientBuffer):
@@ -90,20 +93,23 @@ class _RecordsKeepingBytes:
         self._records = memory_records.MemoryRecords(raw)
 
     def size_in_bytes(self) -> int:
-        return self._records.size_in_bytes()
+        return int(self._records.size_in_bytes())
 
     def has_next(self) -> bool:
-        return self._records.has_next()
+        return bool(self._records.has_next())
 
     def next_batch(self) -> Any:
         return self._records.next_batch()
 
 
 class _TolerantPartitionRecords(fetcher.PartitionRecords):  # type: ignore[misc]
+    _records: _RecordsKeepingBytes | _LenientRecords
+
     def _unpack_records(self) -> Iterator[Any]:
         try:
             yield from super()._unpack_records()
         except UnicodeDecodeError:
+            assert isinstance(self._records, _RecordsKeepingBytes)  # install() made it so
             self._records = _LenientRecords(self._records.raw)
             yield from super()._unpack_records()
 

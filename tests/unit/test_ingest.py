@@ -11,13 +11,21 @@ import pytest
 
 from schemas.trace import MAX_EVENT_BYTES, TraceEvent
 from streams.ingest import (
+    DLQ_ORIGINAL_KEY_BYTES,
+    DLQ_ORIGINAL_VALUE_BYTES,
     DLQ_REASON,
     DLQ_SOURCE_OFFSET,
     DLQ_SOURCE_PARTITION,
     DLQ_SOURCE_TOPIC,
+    DLQ_TRUNCATED,
+    EPOCH,
     SPAN_COLUMNS,
     InvalidEventError,
     RawMessage,
+    Rejection,
+    TimeBounds,
+    content_hash,
+    dead_letter,
     dead_letter_headers,
     decode,
     owned_rows,
@@ -29,6 +37,8 @@ from streams.pricing import ModelPrice, PriceEntry, PriceTable
 START = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 LATEST_END = START + timedelta(minutes=1)
 """What ``route`` accepts as the latest end time (now plus the allowed clock skew)."""
+MIXED_CASE_ID = "0e4a3b1c-1111-4222-8333-44445555aaaa"
+BOUNDS = TimeBounds(earliest_start=START - timedelta(days=90), latest_end=LATEST_END)
 PRICES = PriceTable(
     [
         PriceEntry("openai", "gpt-4o", date(2024, 5, 13), ModelPrice(5.0, 15.0, 5.0, 15.0)),
@@ -106,6 +116,21 @@ def test_a_valid_event_decodes() -> None:
         (encoded(agent="\ud800"), "Invalid JSON: unexpected end of hex escape"),
         (encoded(agent="ok").replace(b"ok", b"\xff"), "Invalid JSON"),
         (b"[]", "Input should be an object"),
+        (encoded().replace(b'"agent"', b'"agent": "x", "agent"'), "'agent' appears twice"),
+        (
+            encoded(attributes={"a": 1}).replace(b'"a": 1', b'"a": 1, "a": 2'),
+            "'a' appears twice",
+        ),
+        (encoded(agent=" \t "), "agent: must show a visible character"),
+        (encoded(version="v1\u0000"), "version: must show a visible character"),
+        (encoded(agent="bot\u001b[2J"), "agent: must show a visible character"),
+        (encoded(name="line\nbreak"), "name: must show a visible character"),
+        (encoded(model="gpt\u202e"), "model: must show a visible character"),
+        (encoded(event_id=MIXED_CASE_ID.upper()), "event_id: Value error, must be a UUID in"),
+        (encoded(event_id=MIXED_CASE_ID.replace("-", "")), "event_id: Value error, must be a"),
+        (encoded(event_id="{" + MIXED_CASE_ID + "}"), "must be a UUID in lowercase"),
+        (encoded(event_id="urn:uuid:" + MIXED_CASE_ID), "must be a UUID in lowercase"),
+        (encoded(event_id=str(uuid.UUID(int=0))), "event_id: Value error, must not be the nil"),
     ],
 )
 def test_invalid_events_are_rejected_with_a_reason(value: bytes, expected: str) -> None:
@@ -195,14 +220,14 @@ def test_route_keeps_good_events_when_neighbours_are_bad() -> None:
         RawMessage("coalmine.traces", 0, i, b"k", value)
         for i, value in enumerate([encoded(), b"garbage", encoded(event_id=str(uuid.uuid4()))])
     ]
-    routed = route(messages, PRICES, LATEST_END)
+    routed = route(messages, PRICES, BOUNDS)
     assert [row[SPAN_COLUMNS.index("kafka_offset")] for row in routed.rows] == [0, 2]
     assert [r.message.offset for r in routed.rejected] == [1]
 
 
 def test_dead_letter_headers_keep_the_original_and_add_the_source() -> None:
     message = RawMessage("coalmine.traces", 2, 99, b"k", b"v", (("trace", b"1"),))
-    (rejection,) = route([message], PRICES, LATEST_END).rejected
+    (rejection,) = route([message], PRICES, BOUNDS).rejected
     headers = dead_letter_headers(rejection)
     assert headers[0] == ("trace", b"1")
     named = dict(headers[1:])
@@ -220,7 +245,7 @@ def test_a_span_ending_beyond_the_clock_skew_bound_is_rejected_with_the_distance
     messages = [
         RawMessage("coalmine.traces", 0, i, b"k", v) for i, v in enumerate([on_the_bound, beyond])
     ]
-    routed = route(messages, PRICES, LATEST_END)
+    routed = route(messages, PRICES, BOUNDS)
     assert [row[SPAN_COLUMNS.index("kafka_offset")] for row in routed.rows] == [0]
     (rejection,) = routed.rejected
     assert "90.000s beyond the allowed clock skew" in rejection.reason
@@ -232,7 +257,7 @@ def test_owned_rows_are_those_whose_message_stored_the_span() -> None:
         RawMessage("coalmine.traces", 3, offset, b"k", encoded(event_id=str(uuid.UUID(int=n))))
         for offset, n in ((10, 1), (11, 2), (12, 1), (13, 3))
     ]
-    rows = route(messages, PRICES, LATEST_END).rows
+    rows = route(messages, PRICES, BOUNDS).rows
     owners = {
         uuid.UUID(int=1): (3, 10),  # stored by this batch's first message; offset 12 repeats it
         uuid.UUID(int=2): (3, 11),  # re-delivered after a crash: still its own
@@ -240,3 +265,69 @@ def test_owned_rows_are_those_whose_message_stored_the_span() -> None:
     }
     kept = owned_rows(rows, owners)
     assert [row[SPAN_COLUMNS.index("kafka_offset")] for row in kept] == [10, 11]
+
+
+def test_names_may_hold_any_printable_text() -> None:
+    decoded = decode(encoded(agent="support bot (eu) ✓", name="answer: 日本語"))
+    assert (decoded.agent, decoded.name) == ("support bot (eu) ✓", "answer: 日本語")
+
+
+def test_a_span_older_than_retention_or_the_epoch_is_rejected_at_the_door() -> None:
+    bounds = TimeBounds.at(START, timedelta(seconds=30), retention=timedelta(days=7))
+    assert bounds.earliest_start == START - timedelta(days=7)
+    forever = TimeBounds.at(START, timedelta(seconds=30), retention=None)
+    assert forever.earliest_start == EPOCH
+    stale = (START - timedelta(days=8)).isoformat()
+    ancient = "0001-01-01T00:00:00+00:00"
+    values = [encoded(), encoded(start_time=stale), encoded(start_time=ancient)]
+    messages = [RawMessage("coalmine.traces", 0, i, None, v) for i, v in enumerate(values)]
+    routed = route(messages, PRICES, bounds)
+    assert [row[SPAN_COLUMNS.index("kafka_offset")] for row in routed.rows] == [0]
+    assert [("retention" in r.reason, r.message.offset) for r in routed.rejected] == [
+        (True, 1),
+        (True, 2),
+    ]
+    (before_epoch,) = route(messages[2:], PRICES, forever).rejected
+    assert "the oldest the tables hold" in before_epoch.reason
+
+
+def test_a_row_carries_the_hash_of_its_message_bytes() -> None:
+    first, reformatted = encoded(), encoded().replace(b", ", b",")
+    (row_a,), (row_b,) = (
+        route([RawMessage("t", 0, 0, None, v)], PRICES, BOUNDS).rows for v in (first, reformatted)
+    )
+    column = SPAN_COLUMNS.index("content_hash")
+    assert row_a[column] == content_hash(first) != row_b[column] == content_hash(reformatted)
+
+
+def test_a_dead_letter_that_fits_is_the_original_plus_the_reason() -> None:
+    message = RawMessage("coalmine.traces", 1, 5, b"key", b"v" * 100, (("origin", b"x"),))
+    letter = dead_letter(Rejection(message, "bad"), max_bytes=1000)
+    assert (letter.key, letter.value) == (b"key", b"v" * 100)
+    assert letter.headers == dead_letter_headers(Rejection(message, "bad"))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "headers", "cut"),
+    [
+        (b"k", b"v" * 5000, [("origin", b"x")], b"value"),
+        (b"k", b"v" * 5000, [("huge", b"h" * 3000)], b"value,headers"),
+        (b"k" * 5000, b"v" * 5000, [("origin", b"x")], b"value,headers,key"),
+    ],
+)
+def test_a_dead_letter_too_large_for_its_topic_is_cut_with_its_original_sizes(
+    key: bytes, value: bytes, headers: list[tuple[str, bytes]], cut: bytes
+) -> None:
+    message = RawMessage("coalmine.traces", 1, 5, key, value, tuple(headers))
+    letter = dead_letter(Rejection(message, "message is too large"), max_bytes=2000)
+    named = dict(letter.headers)
+    assert named[DLQ_TRUNCATED] == cut
+    assert named[DLQ_ORIGINAL_VALUE_BYTES] == str(len(value)).encode()
+    assert named[DLQ_ORIGINAL_KEY_BYTES] == str(len(key)).encode()
+    assert named[DLQ_REASON] == b"message is too large"
+    assert named[DLQ_SOURCE_OFFSET] == b"5"
+    size = len(letter.key or b"") + len(letter.value or b"")
+    size += sum(len(name) + len(data) for name, data in letter.headers)
+    assert size <= 2000
+    assert (letter.value or b"") == value[: len(letter.value or b"")]
+    assert ("origin", b"x") in letter.headers or b"headers" in cut

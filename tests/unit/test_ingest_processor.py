@@ -8,14 +8,18 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
 from streams.ingest import (
     DLQ_REASON,
     SPAN_COLUMNS,
     Header,
     IngestProcessor,
+    PipelineBugError,
     RawMessage,
     RetryPolicy,
     SpanWrite,
+    position,
 )
 from streams.pricing import builtin_prices
 from tests.unit.test_ingest import START, encoded
@@ -81,3 +85,49 @@ def test_a_stopping_worker_leaves_an_unstored_batch_unacknowledged() -> None:
 def test_backoff_doubles_up_to_its_cap() -> None:
     policy = RetryPolicy(first_delay_s=0.2, max_delay_s=1.0)
     assert [policy.delay(n) for n in range(5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
+
+
+class RefusingSpans:
+    """A sink that refuses the rows of the given offsets, as a conflict or bad values are."""
+
+    def __init__(self, refused_offsets: set[int]) -> None:
+        self.refused_offsets = refused_offsets
+
+    async def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
+        kept = [row for row in rows if row[OFFSET] not in self.refused_offsets]
+        refused = {position(r): "event_id conflict" for r in rows if r not in kept}
+        return SpanWrite(len(kept), SpanWrite.all_new(kept).owners, refused)
+
+
+def test_rows_the_sink_refuses_are_dead_lettered_and_not_counted() -> None:
+    dead = RecordedDeadLetters()
+    processor = IngestProcessor(
+        RefusingSpans({2}), dead, builtin_prices(), lambda: False, clock=START.timestamp
+    )
+    messages = batch()
+    owned = asyncio.run(processor.process(messages))
+    assert owned is not None
+    assert [row[OFFSET] for row in owned] == [0, 4]
+    reasons = [dict(headers)[DLQ_REASON] for _, _, headers in dead.sent]
+    assert reasons[-1] == b"event_id conflict"
+    assert dead.sent[-1][1] == messages[2].value
+    counters = processor.counters
+    assert (counters.spans_written, counters.dead_lettered, counters.duplicates_skipped) == (
+        2,
+        3,
+        0,
+    )
+
+
+class BrokenSpans:
+    async def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
+        raise KeyError("a bug in the sink")
+
+
+def test_a_failure_no_retry_can_mend_stops_the_batch_with_the_cause() -> None:
+    processor = IngestProcessor(
+        BrokenSpans(), RecordedDeadLetters(), builtin_prices(), lambda: False, retry=NO_WAIT
+    )
+    with pytest.raises(PipelineBugError, match="ClickHouse insert failed and retrying cannot help"):
+        asyncio.run(processor.process(batch()))
+    assert processor.counters.sink_retries == 0
