@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import threading
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
 
-from schemas.trace import MAX_EVENT_BYTES, TraceEvent
-from streams.ingest import DLQ_REASON, DLQ_SOURCE_OFFSET, DLQ_SOURCE_PARTITION, DLQ_SOURCE_TOPIC
+from schemas.trace import TraceEvent
 from streams.producer import KafkaPublisher, Tracer
 from streams.topics import ensure_topics
 from streams.worker_process import WorkerProcess
 from tests.integration.harness import (
-    consume_all,
-    headers_of,
     isolated_settings,
     killed_mid_stream,
     wait_for,
@@ -141,67 +134,6 @@ def assert_row_matches(row: Sequence[Any], event: TraceEvent) -> None:
             fresh_input * 0.15 + event.cached_input_tokens * 0.075 + event.output_tokens * 0.60
         ) / 1e6
         assert (cost, cost_source) == (pytest.approx(expected), "price_table")
-
-
-def valid_event(**overrides: Any) -> dict[str, Any]:
-    start = datetime.now(UTC)
-    fields: dict[str, Any] = {
-        "event_id": str(uuid.uuid4()),
-        "trace_id": uuid.uuid4().hex,
-        "span_id": uuid.uuid4().hex[:16],
-        "agent": "sql-copilot",
-        "version": "v3",
-        "kind": "request",
-        "name": "query",
-        "start_time": start.isoformat(),
-        "end_time": (start + timedelta(milliseconds=40)).isoformat(),
-        "quality_score": 0.9,
-    }
-    fields.update(overrides)
-    return fields
-
-
-INVALID: dict[str, bytes] = {
-    "malformed JSON": b'{"event_id": "1", "agent": ',
-    "schema violation": json.dumps(valid_event(quality_score=2.0)).encode(),
-    "NaN": json.dumps(valid_event(quality_score=float("nan"))).encode(),
-    "oversized field": json.dumps(valid_event(name="n" * 10_000)).encode(),
-    "oversized message": json.dumps(valid_event(pad="x" * MAX_EVENT_BYTES)).encode(),
-    "wrong type": json.dumps(valid_event(input_tokens="many")).encode(),
-    "unknown enum": json.dumps(valid_event(kind="daydream")).encode(),
-    "not an object": b"[1, 2, 3]",
-}
-
-
-def test_invalid_events_go_to_the_dead_letter_topic_and_the_rest_land(
-    worker: WorkerProcess,
-) -> None:
-    settings = worker.settings
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
-    valid = [json.dumps(valid_event()).encode() for _ in range(20)]
-    sent = [(f"valid-{i}", value) for i, value in enumerate(valid)]
-    sent[5:5] = [(f"invalid-{name}", value) for name, value in INVALID.items()]
-    for key, value in sent:
-        producer.produce(settings.topic("traces"), value, key=key, headers=[("origin", b"test")])
-    assert producer.flush(30) == 0
-
-    assert wait_for(worker, "SELECT count() FROM coalmine.spans", len(valid)) == len(valid)
-    dead = consume_all(settings.kafka_bootstrap, settings.topic("traces.dlq"), len(INVALID))
-    by_key = {bytes(m.key() or b"").decode(): m for m in dead}
-    assert sorted(by_key) == sorted(f"invalid-{name}" for name in INVALID)
-    for name, value in INVALID.items():
-        message = by_key[f"invalid-{name}"]
-        headers = headers_of(message)
-        assert message.value() == value, name
-        assert headers["origin"] == b"test"
-        assert headers[DLQ_REASON], name
-        assert headers[DLQ_SOURCE_TOPIC] == settings.topic("traces").encode()
-        assert int(headers[DLQ_SOURCE_PARTITION]) >= 0
-        assert int(headers[DLQ_SOURCE_OFFSET]) >= 0
-    assert b"finite number" in headers_of(by_key["invalid-NaN"])[DLQ_REASON]
-    assert b"valid integer" in headers_of(by_key["invalid-wrong type"])[DLQ_REASON]
-    stored = {row[0] for row in worker.sql("SELECT toString(event_id) FROM coalmine.spans")}
-    assert stored == {json.loads(value)["event_id"] for value in valid}
 
 
 class AcknowledgedIds:
