@@ -115,6 +115,18 @@ def parse_local_bootstrap(bootstrap: str) -> tuple[str, int]:
     return "127.0.0.1", int(port_text)
 
 
+def local_address(settings: Settings) -> tuple[str, int] | None:
+    """Where the local broker would serve ``settings``, or None when they point at another
+    cluster: an address off this machine, or a security protocol (the local broker's default
+    listener is plaintext). The demo and the benchmark start the local broker only for these."""
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        return None
+    try:
+        return parse_local_bootstrap(settings.kafka_bootstrap)
+    except LocalKafkaError:
+        return None
+
+
 def escape_property(value: str) -> str:
     """``value`` as a java.util.Properties value (the file is read as ISO-8859-1)."""
     out: list[str] = []
