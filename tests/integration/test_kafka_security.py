@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from streams.errors import CoalmineError
+from streams.kafka_security import tls_context
 from streams.localkafka import SaslListener
 from streams.producer import KafkaPublisher, Tracer
 from streams.settings import SASL_MECHANISMS, Settings
@@ -90,3 +94,43 @@ def test_worker_stores_spans_sent_with_credentials_and_none_sent_with_a_wrong_pa
         publish_requests(settings, 1)
         assert wait_for(worker, count, 6) == 6
         assert worker.scalar("SELECT uniqExact(event_id) FROM coalmine.spans") == 6
+
+
+def _self_signed(folder: Path, name: str, key_password: str | None = None) -> tuple[Path, Path]:
+    """A certificate and its key made by openssl (key encrypted with ``key_password``)."""
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    protection = ["-passout", f"pass:{key_password}"] if key_password else ["-nodes"]
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-days", "1", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert),
+         *protection],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_tls_context_trusts_the_ca_file_and_presents_the_client_certificate(
+    tmp_path: Path,
+) -> None:
+    ca, _ = _self_signed(tmp_path, "coalmine-test-ca")
+    cert, key = _self_signed(tmp_path, "client", key_password="key-secret")
+    settings = Settings(
+        kafka_security_protocol="SSL",
+        kafka_ca_file=ca,
+        kafka_cert_file=cert,
+        kafka_key_file=key,
+        kafka_key_password="key-secret",
+    )
+
+    context = tls_context(settings)
+
+    assert [dict(n[0] for n in c["subject"]) for c in context.get_ca_certs()] == [
+        {"commonName": "coalmine-test-ca"}
+    ]
+    assert context.check_hostname and context.verify_mode == ssl.CERT_REQUIRED
+    with pytest.raises(CoalmineError, match="are not usable") as refused:
+        tls_context(replace(settings, kafka_key_password="wrong"))
+    assert "\n" not in str(refused.value) and "key-secret" not in str(refused.value)
+    (tmp_path / "garbage.pem").write_text("not a certificate")
+    with pytest.raises(CoalmineError, match=r"COALMINE_KAFKA_CA_FILE .* is not usable"):
+        tls_context(replace(settings, kafka_ca_file=tmp_path / "garbage.pem"))
