@@ -13,7 +13,7 @@ from streams.faust_auth import broker_credentials
 from streams.kafka_security import client_config, security_config
 from streams.settings import SASL_MECHANISMS, Settings
 
-SASL = {"kafka_username": "svc", "kafka_password": "s3cret"}
+SASL: dict[str, Any] = {"kafka_username": "svc", "kafka_password": "s3cret"}
 TLS_FILES = {
     "kafka_ca_file": Path("/etc/kafka/ca.pem"),
     "kafka_cert_file": Path("/etc/kafka/client.pem"),
