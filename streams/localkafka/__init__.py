@@ -67,6 +67,11 @@ def up(settings: Settings, *, detach: bool = True, sasl: SaslListener | None = N
     ``detach=False`` keeps the broker in the caller's process group (see :class:`LocalKafka`);
     ``sasl`` opens a second, SASL listener when this call starts the broker (tests).
     """
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        raise LocalKafkaError(
+            "the local broker speaks PLAINTEXT only; unset COALMINE_KAFKA_SECURITY_PROTOCOL "
+            f"(it is {settings.kafka_security_protocol}) to use it"
+        )
     host, port = parse_local_bootstrap(settings.kafka_bootstrap)
     paths = broker_paths(settings)
     with process.locked(paths):

@@ -94,6 +94,9 @@ def test_worker_stores_spans_sent_with_credentials_and_none_sent_with_a_wrong_pa
         publish_requests(settings, 1)
         assert wait_for(worker, count, 6) == 6
         assert worker.scalar("SELECT uniqExact(event_id) FROM coalmine.spans") == 6
+        # Window rows go to ClickHouse only after the worker's producer has sent them to
+        # Kafka: that client authenticates too.
+        assert wait_for(worker, "SELECT sum(requests) FROM coalmine.version_stats", 6) == 6
 
 
 def _self_signed(folder: Path, name: str, key_password: str | None = None) -> tuple[Path, Path]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from streams import localkafka
 from streams.errors import LocalKafkaError
 from streams.localkafka.config import (
     KAFKA_VERSION,
@@ -276,3 +277,15 @@ def test_maven_failure_summary_keeps_the_error_and_drops_colours_and_advice() ->
 
 def test_maven_failure_summary_falls_back_to_the_last_lines() -> None:
     assert maven_failure_summary("Downloading...\nkilled\n") == "Downloading...\nkilled"
+
+
+def test_dev_up_refuses_settings_with_a_security_protocol(tmp_path: Path) -> None:
+    secured = Settings(
+        home=tmp_path,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_username="u",
+        kafka_password="p",
+    )
+    with pytest.raises(LocalKafkaError, match="speaks PLAINTEXT only"):
+        localkafka.up(secured)
+    assert not any(tmp_path.iterdir())
