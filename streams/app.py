@@ -22,7 +22,7 @@ from faust.types import EventT
 from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
-from streams import clickhouse
+from streams import clickhouse, faust_auth
 from streams.aggregate import WindowAggregator, WindowRow, partitions_of
 from streams.ingest import (
     SPAN_COLUMNS,
@@ -238,6 +238,7 @@ def create_app(
     app = faust.App(
         settings.consumer_group,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
+        broker_credentials=faust_auth.broker_credentials(settings),
         autodiscover=False,
         store="memory://",
         datadir=str(settings.home / "faust"),

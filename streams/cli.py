@@ -4,31 +4,40 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
+from streams.cliargs import DURATION_S, RATE, float_in, int_in
 from streams.errors import CoalmineError
-from streams.settings import Settings, SettingsError
+from streams.settings import Range, Settings, SettingsError
 
 Handler = Callable[[argparse.Namespace, Settings], int]
+BENCH_EVENTS = Range(1, 10_000_000)
+"""Events of the ingest benchmark's backlog; all of them are held in memory first."""
 
 
-def _positive_float(text: str) -> float:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that a command stops what it started (the demo's and the
+    benchmark's workers and broker) before it exits."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread. The worker's
+    Faust installs its own handler once it runs, which takes precedence."""
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
-
-
-def _share(text: str) -> float:
-    value = _positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
-    return value
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _dev_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -142,8 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     sql.set_defaults(handler=_sql)
 
     demo = commands.add_parser("demo", help="Kafka + worker + generated traffic, end to end")
-    demo.add_argument("--duration", type=_positive_float, default=60.0, help="seconds of traffic")
-    demo.add_argument("--rate", type=_positive_float, default=200.0, help="requests per second")
+    demo.add_argument(
+        "--duration", type=float_in(DURATION_S), default=60.0, help="seconds of traffic"
+    )
+    demo.add_argument("--rate", type=float_in(RATE), default=200.0, help="requests per second")
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(handler=_demo)
 
@@ -155,13 +166,30 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--plot", type=Path, help="write a PNG plot here")
     det.set_defaults(handler=_bench_detector)
     ing = bench_commands.add_parser("ingest", help="pipeline vs raw consume-insert loop")
-    ing.add_argument("--events", type=int, default=100_000)
+    ing.add_argument(
+        "--events",
+        type=int_in(BENCH_EVENTS),
+        default=100_000,
+        help="events in the backlog (default %(default)s)",
+    )
     ing.set_defaults(handler=_bench_ingest)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        with sigterm_as_interrupt():
+            return _run(args)
+    except Terminated:
+        print("coalmine: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except KeyboardInterrupt:
+        print("coalmine: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         settings = Settings.from_env()
         logging.basicConfig(
@@ -173,9 +201,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CoalmineError, SettingsError) as exc:
         print(f"coalmine: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("coalmine: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from streams import localkafka, sqlcli
 from streams.generate import GeneratorProgress, TrafficPlan
 from streams.generate import run as generate
 from streams.localkafka import process
-from streams.localkafka.config import parse_local_bootstrap
+from streams.localkafka.config import local_address
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from streams.worker_process import WorkerProcess
@@ -65,8 +65,8 @@ def run(settings: Settings, *, duration_s: float, rate: float, seed: int) -> int
 
 def _run(settings: Settings, cleanup: ExitStack, plan: TrafficPlan) -> None:
     began = datetime.now(UTC)
-    host, port = parse_local_bootstrap(settings.kafka_bootstrap)
-    if not process.answers(host, port):
+    local = local_address(settings)
+    if local is not None and not process.answers(*local):
         # Detached like `coalmine dev up`, so a Ctrl-C does not kill the broker before the
         # worker has stopped; the demo stops it last.
         localkafka.up(settings)

@@ -10,7 +10,6 @@ publishes to Kafka.
 from __future__ import annotations
 
 import argparse
-import math
 import random
 import threading
 import time
@@ -21,8 +20,9 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from schemas.trace import SpanKind, TraceEvent
+from streams.cliargs import DURATION_S, RATE, float_in, int_in
 from streams.producer import CountingPublisher, KafkaPublisher, PublisherStats, Span, Tracer
-from streams.settings import Settings
+from streams.settings import Range, Settings
 from streams.topics import ensure_topics
 from streams.traffic import MAX_AGENTS, RequestDraw, RequestDrawer, StepDraw, TrafficPlan
 
@@ -37,96 +37,60 @@ __all__ = [
 
 # --------------------------------------------------------------------------- arguments
 
-
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = _number(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be between 0 and 1")
-    return value
-
-
-def _delta(text: str) -> float:
-    value = _number(text)
-    if not -1 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be between -1 and 1")
-    return value
-
-
-def _count(upper: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not 1 <= value <= upper:
-            raise argparse.ArgumentTypeError(f"{text!r} must be between 1 and {upper}")
-        return value
-
-    return parse
+_PROBABILITY = float_in(Range(0, 1))
 
 
 def add_traffic_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``coalmine generate`` options (defaults shown in ``--help``)."""
     parser.add_argument(
-        "--rate", type=_positive, default=50.0, help="requests per second (default %(default)s)"
+        "--rate",
+        type=float_in(RATE),
+        default=50.0,
+        help="requests per second (default %(default)s)",
     )
     bound = parser.add_mutually_exclusive_group()
     bound.add_argument(
-        "--duration", type=_positive, default=30.0, help="seconds of traffic (default %(default)s)"
+        "--duration",
+        type=float_in(DURATION_S),
+        default=30.0,
+        help="seconds of traffic (default %(default)s)",
     )
     bound.add_argument(
-        "--requests", type=_count(10**9), help="total requests, instead of --duration"
+        "--requests", type=int_in(Range(1, 10**9)), help="total requests, instead of --duration"
     )
     parser.add_argument(
         "--agents",
-        type=_count(MAX_AGENTS),
+        type=int_in(Range(1, MAX_AGENTS)),
         default=3,
         help="simulated agents (default %(default)s)",
     )
     parser.add_argument(
         "--canary-share",
-        type=_probability,
+        type=_PROBABILITY,
         default=0.1,
         help="share of requests on the canary (default %(default)s)",
     )
     parser.add_argument(
         "--error-rate",
-        type=_probability,
+        type=_PROBABILITY,
         default=0.02,
         help="failed-request rate (default %(default)s)",
     )
     parser.add_argument(
         "--canary-error-rate",
-        type=_probability,
+        type=_PROBABILITY,
         default=None,
         help="failed-request rate of the canary (default: --error-rate)",
     )
     parser.add_argument(
         "--canary-latency-factor",
-        type=_positive,
+        type=float_in(Range(0, 100, low_open=True)),
         default=1.0,
         help="canary step latencies = stable ones times this (default %(default)s)",
     )
     parser.add_argument(
         "--canary-quality-delta",
-        type=_delta,
+        type=float_in(Range(-1, 1)),
         default=0.0,
         help="added to the canary's mean quality and task completion rate (default %(default)s)",
     )

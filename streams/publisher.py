@@ -23,6 +23,7 @@ from typing import Any, Protocol, Self
 from confluent_kafka import KafkaError, Message, Producer
 
 from schemas.trace import MAX_EVENT_BYTES, SCHEMA_VERSION, TraceEvent
+from streams.kafka_security import security_config
 from streams.settings import Settings
 
 logger = logging.getLogger("coalmine.sdk")
@@ -131,7 +132,7 @@ class KafkaPublisher:
         max_queue_messages: int = 100_000,
         max_queue_kbytes: int = 65536,
         on_delivery: DeliveryListener | None = None,
-        extra_config: Mapping[str, str] | None = None,
+        extra_config: Mapping[str, Any] | None = None,
         close_timeout: float = 10.0,
     ) -> None:
         config: dict[str, Any] = {
@@ -172,9 +173,11 @@ class KafkaPublisher:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> KafkaPublisher:
-        """A publisher to ``<prefix>.traces`` on ``COALMINE_KAFKA_BOOTSTRAP``; ``kwargs`` go
-        to the constructor."""
-        return cls(settings.kafka_bootstrap, settings.topic("traces"), **kwargs)
+        """A publisher to ``<prefix>.traces`` on ``COALMINE_KAFKA_BOOTSTRAP``, with the
+        ``COALMINE_KAFKA_*`` security settings; ``kwargs`` go to the constructor, and an
+        ``extra_config`` of theirs is laid over the security settings."""
+        extra = {**security_config(settings), **(kwargs.pop("extra_config", None) or {})}
+        return cls(settings.kafka_bootstrap, settings.topic("traces"), extra_config=extra, **kwargs)
 
     @property
     def topic(self) -> str:

@@ -15,6 +15,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from streams.errors import CoalmineError
+from streams.kafka_security import client_config
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,7 @@ def owned_topics(settings: Settings) -> list[TopicSpec]:
 
 def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:
     """Create the topics that do not exist yet; returns the names created."""
-    config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "logger": _quiet_librdkafka,
-    }
+    config: dict[str, Any] = {**client_config(settings), "logger": _quiet_librdkafka}
     admin = AdminClient(config)
     wanted = specs if specs is not None else owned_topics(settings)
     try:

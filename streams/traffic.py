@@ -11,6 +11,7 @@ rate, latency factor, quality delta), so a detector can be checked against a kno
 from __future__ import annotations
 
 import argparse
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -140,14 +141,17 @@ class TrafficPlan:
 
     def __post_init__(self) -> None:
         checks = {
-            "rate must be positive": self.rate > 0,
-            "duration_s must be positive": self.duration_s is None or self.duration_s > 0,
+            "rate must be positive and finite": _positive_finite(self.rate),
+            "duration_s must be positive and finite": self.duration_s is None
+            or _positive_finite(self.duration_s),
             "requests must be positive": self.requests is None or self.requests > 0,
             "at least one agent is needed": bool(self.agents),
             "canary_share must be in [0, 1]": 0 <= self.canary_share <= 1,
             "error_rate must be in [0, 1]": 0 <= self.error_rate <= 1,
             "canary_error_rate must be in [0, 1]": 0 <= self.effective_canary_error_rate <= 1,
-            "canary_latency_factor must be positive": self.canary_latency_factor > 0,
+            "canary_latency_factor must be positive and finite": _positive_finite(
+                self.canary_latency_factor
+            ),
             "canary_quality_delta must be in [-1, 1]": -1 <= self.canary_quality_delta <= 1,
         }
         failed = [message for message, ok in checks.items() if not ok]
@@ -181,6 +185,11 @@ class TrafficPlan:
         if self.duration_s is not None:
             return max(1, round(self.rate * self.duration_s))
         return None
+
+
+def _positive_finite(value: float) -> bool:
+    # False for NaN as well; the [0, 1] checks above are written so that NaN fails them too.
+    return 0 < value < math.inf
 
 
 # --------------------------------------------------------------------------- drawing

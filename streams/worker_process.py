@@ -63,7 +63,12 @@ class WorkerProcess:
                 # then stops the worker itself, before the broker the worker depends on.
                 start_new_session=True,
             )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            # Ctrl-C or SIGTERM while waiting: no ``with`` block owns the worker yet.
+            self.stop()
+            raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

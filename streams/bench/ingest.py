@@ -44,8 +44,9 @@ from streams.aggregate import window_start_of
 from streams.app import LATE_HEADER
 from streams.generate import TrafficPlan, simulate
 from streams.ingest import SPAN_COLUMNS
+from streams.kafka_security import client_config
 from streams.localkafka import process
-from streams.localkafka.config import parse_local_bootstrap
+from streams.localkafka.config import local_address
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from streams.worker_process import WorkerProcess
@@ -72,8 +73,8 @@ def run(settings: Settings, *, events: int, rate: float = 2000.0, live_s: float 
     plan = TrafficPlan(rate=rate, seed=11)
     say(f"ingest benchmark: backlog of {events} events, then {live_s:.0f} s live at {rate:.0f}/s")
     with ExitStack() as cleanup, tempfile.TemporaryDirectory(prefix="coalmine-bench-") as tmp:
-        host, port = parse_local_bootstrap(settings.kafka_bootstrap)
-        if not process.answers(host, port):
+        local = local_address(settings)
+        if local is not None and not process.answers(*local):
             cleanup.enter_context(localkafka.LocalKafka(settings))
         raw = measure_raw(side_settings(settings, Path(tmp), "raw"), plan, events, live_s)
         say(_row(raw))
@@ -125,7 +126,7 @@ def events(plan: TrafficPlan, count: int) -> list[TraceEvent]:
 
 
 def produce_backlog(settings: Settings, plan: TrafficPlan, count: int) -> None:
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20})
+    producer = Producer({**client_config(settings), "linger.ms": 20})
     topic = settings.topic("traces")
     for i, event in enumerate(events(plan, count)):
         _produce(producer, topic, event.model_dump_json().encode(), str(i))
@@ -136,7 +137,7 @@ def produce_live(settings: Settings, plan: TrafficPlan, duration_s: float) -> li
     """Spans paced at the plan's rate, each stamped ``end_time`` = when it is produced and
     marked with the attribute ``bench=live``."""
     pool = events(replace(plan, seed=plan.seed + 1), int(plan.rate * duration_s))
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+    producer = Producer({**client_config(settings), "linger.ms": 5})
     topic = settings.topic("traces")
     began = time.monotonic()
     sent: list[LiveEvent] = []
@@ -216,7 +217,7 @@ def _read_all(settings: Settings, topic: str, idle_s: float = 3.0) -> list[Messa
     """Every record of ``topic``, read until nothing new arrives for ``idle_s``."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **client_config(settings),
             "group.id": f"{settings.consumer_group}-bench-reader",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
@@ -286,7 +287,7 @@ def raw_loop(settings: Settings, client: Any, stop: threading.Event) -> None:
     """The baseline: consume a batch, parse, insert, commit. Nothing else."""
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **client_config(settings),
             "group.id": settings.consumer_group,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

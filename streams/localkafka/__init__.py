@@ -32,6 +32,7 @@ from streams.localkafka.config import (
     KAFKA_VERSION,
     LOG4J_PROPERTIES,
     BrokerPaths,
+    SaslListener,
     UpAction,
     broker_paths,
     decide_up,
@@ -47,6 +48,7 @@ __all__ = [
     "COMPLETE_MARKER",
     "KAFKA_VERSION",
     "LocalKafka",
+    "SaslListener",
     "broker_paths",
     "down",
     "fetch_jars",
@@ -59,11 +61,17 @@ __all__ = [
 STOP_TIMEOUT_S = 30.0
 
 
-def up(settings: Settings, *, detach: bool = True) -> None:
+def up(settings: Settings, *, detach: bool = True, sasl: SaslListener | None = None) -> None:
     """Start the local broker unless it already runs, and return once it answers requests.
 
-    ``detach=False`` keeps the broker in the caller's process group (see :class:`LocalKafka`).
+    ``detach=False`` keeps the broker in the caller's process group (see :class:`LocalKafka`);
+    ``sasl`` opens a second, SASL listener when this call starts the broker (tests).
     """
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        raise LocalKafkaError(
+            "the local broker speaks PLAINTEXT only; unset COALMINE_KAFKA_SECURITY_PROTOCOL "
+            f"(it is {settings.kafka_security_protocol}) to use it"
+        )
     host, port = parse_local_bootstrap(settings.kafka_bootstrap)
     paths = broker_paths(settings)
     with process.locked(paths):
@@ -87,19 +95,27 @@ def up(settings: Settings, *, detach: bool = True) -> None:
             process.wait_until_ready(pid, paths, host, port)
             say(f"local Kafka is ready on {host}:{port} (pid {pid})")
         else:
-            _start(settings, paths, host, port, detach=detach)
+            _start(settings, paths, host, port, detach=detach, sasl=sasl)
 
 
-def _start(settings: Settings, paths: BrokerPaths, host: str, port: int, *, detach: bool) -> None:
+def _start(
+    settings: Settings,
+    paths: BrokerPaths,
+    host: str,
+    port: int,
+    *,
+    detach: bool,
+    sasl: SaslListener | None,
+) -> None:
     java = process.require_tool("java", process.JAVA_HINT)
     fetch_jars(settings)
     paths.logs.mkdir(parents=True, exist_ok=True)
     properties = render_server_properties(
-        port=port, controller_port=free_loopback_port(), data_dir=paths.data
+        port=port, controller_port=free_loopback_port(), data_dir=paths.data, sasl=sasl
     )
     paths.server_properties.write_text(properties)
     paths.log4j_properties.write_text(LOG4J_PROPERTIES)
-    process.format_storage(java, paths)
+    process.format_storage(java, paths, sasl.format_arguments() if sasl is not None else [])
     say(f"starting local Kafka {KAFKA_VERSION} on {host}:{port}...")
     pid = process.spawn_broker(java, paths, detach=detach)
     paths.pid.write_text(f"{pid}\n")
@@ -156,13 +172,14 @@ class LocalKafka:
     that group takes it down too, and an exit without ``__exit__`` still stops it (atexit).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, sasl: SaslListener | None = None) -> None:
         self.settings = settings
+        self.sasl = sasl
 
     def __enter__(self) -> str:
         atexit.register(self._stop_at_exit)
         try:
-            up(self.settings, detach=False)
+            up(self.settings, detach=False, sasl=self.sasl)
         except BaseException:
             atexit.unregister(self._stop_at_exit)
             raise

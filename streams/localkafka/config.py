@@ -115,6 +115,18 @@ def parse_local_bootstrap(bootstrap: str) -> tuple[str, int]:
     return "127.0.0.1", int(port_text)
 
 
+def local_address(settings: Settings) -> tuple[str, int] | None:
+    """Where the local broker would serve ``settings``, or None when they point at another
+    cluster: an address off this machine, or a security protocol (the local broker's default
+    listener is plaintext). The demo and the benchmark start the local broker only for these."""
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        return None
+    try:
+        return parse_local_bootstrap(settings.kafka_bootstrap)
+    except LocalKafkaError:
+        return None
+
+
 def escape_property(value: str) -> str:
     """``value`` as a java.util.Properties value (the file is read as ISO-8859-1)."""
     out: list[str] = []
@@ -129,20 +141,77 @@ def escape_property(value: str) -> str:
     return "\\" + "".join(out) if value.startswith(" ") else "".join(out)
 
 
-def render_server_properties(*, port: int, controller_port: int, data_dir: Path) -> str:
-    """KRaft configuration of a one-node cluster that is both broker and controller."""
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+_JAAS_SAFE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class SaslListener:
+    """A second listener of the local broker, SASL_PLAINTEXT on 127.0.0.1:``port``, where each
+    of ``users`` (name, password) may log in with PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+
+    For tests of the clients' security settings: ``coalmine dev up`` never opens one. SCRAM
+    users are stored when the data folder is formatted, so they exist only on a fresh folder.
+    """
+
+    port: int
+    users: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        # The names and passwords are written into a JAAS line and a tool's argument unquoted.
+        for name, password in self.users:
+            if not (_JAAS_SAFE.fullmatch(name) and _JAAS_SAFE.fullmatch(password)):
+                raise LocalKafkaError("SASL test users: letters, digits, '.', '_', '-' only")
+
+    def properties(self) -> dict[str, str]:
+        """What server.properties adds for this listener (listeners are extended by
+        :func:`render_server_properties`)."""
+        plain_users = " ".join(f'user_{name}="{password}"' for name, password in self.users)
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return {
+            "sasl.enabled.mechanisms": ",".join(("PLAIN", *SCRAM_MECHANISMS)),
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+            ),
+            **{
+                f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config": scram
+                for mechanism in SCRAM_MECHANISMS
+            },
+        }
+
+    def format_arguments(self) -> list[str]:
+        """``kafka-storage format`` arguments that create the SCRAM users."""
+        return [
+            argument
+            for name, password in self.users
+            for mechanism in SCRAM_MECHANISMS
+            for argument in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]
+
+
+def render_server_properties(
+    *, port: int, controller_port: int, data_dir: Path, sasl: SaslListener | None = None
+) -> str:
+    """KRaft configuration of a one-node cluster that is both broker and controller; with
+    ``sasl``, also a SASL_PLAINTEXT listener."""
     if "," in str(data_dir):
         # log.dirs is a comma-separated list; a comma would silently split the path.
         raise LocalKafkaError(f"the Kafka data folder may not contain a comma: {data_dir}")
+    advertised = f"PLAINTEXT://127.0.0.1:{port}"
+    protocols = "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    if sasl is not None:
+        advertised += f",SASL_PLAINTEXT://127.0.0.1:{sasl.port}"
+        protocols += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listeners": f"{advertised},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": advertised,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "listener.security.protocol.map": protocols,
+        **(sasl.properties() if sasl is not None else {}),
         "log.dirs": str(data_dir),
         "num.partitions": "1",
         # One node: internal topics cannot have more replicas, and fewer partitions than the

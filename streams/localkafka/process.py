@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -148,8 +148,9 @@ def log_tail(paths: BrokerPaths) -> str:
     return "\n".join(parts) or "(the broker wrote no log)"
 
 
-def format_storage(java: str, paths: BrokerPaths) -> None:
-    """Format the data folder for KRaft once; the cluster id is kept for later formats."""
+def format_storage(java: str, paths: BrokerPaths, extra_arguments: Sequence[str] = ()) -> None:
+    """Format the data folder for KRaft once; the cluster id is kept for later formats.
+    ``extra_arguments`` go to the format command (SCRAM users)."""
     if (paths.data / "meta.properties").exists():
         return
     if paths.cluster_id.is_file():
@@ -159,7 +160,7 @@ def format_storage(java: str, paths: BrokerPaths) -> None:
         paths.cluster_id.write_text(cluster_id + "\n")
     command = java_command(
         java, paths, "kafka.tools.StorageTool", "format", "--ignore-formatted",
-        "--cluster-id", cluster_id, "--config", str(paths.server_properties),
+        "--cluster-id", cluster_id, "--config", str(paths.server_properties), *extra_arguments,
     )  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     if done.returncode != 0:

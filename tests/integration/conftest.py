@@ -19,8 +19,19 @@ from streams.settings import Settings
 
 
 @pytest.fixture(scope="session")
-def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Settings of this session: a tmp home whose broker answers at ``kafka_bootstrap``."""
+def sasl_listener() -> localkafka.SaslListener:
+    """The session broker's second listener, SASL_PLAINTEXT, for tests of client security."""
+    return localkafka.SaslListener(
+        port=localkafka.free_loopback_port(), users=(("coalmine", "coalmine-secret"),)
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(
+    tmp_path_factory: pytest.TempPathFactory, sasl_listener: localkafka.SaslListener
+) -> Iterator[Settings]:
+    """Settings of this session: a tmp home whose broker answers at ``kafka_bootstrap``
+    (plaintext) and on ``sasl_listener``."""
     user = Settings.from_env()
     home = tmp_path_factory.mktemp("coalmine-home")
     settings = replace(
@@ -36,7 +47,7 @@ def kafka_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
     try:
         # LocalKafka stops the broker when the session ends, also after failures; a start
         # that fails half-way stops what it began before raising.
-        with localkafka.LocalKafka(settings):
+        with localkafka.LocalKafka(settings, sasl=sasl_listener):
             yield settings
     except CoalmineError as exc:
         failure = f"the local Kafka broker for the tests failed: {exc}"

@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka import Consumer, Message
 
 from streams import localkafka
+from streams.kafka_security import client_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from streams.worker_process import WorkerProcess
@@ -104,12 +105,14 @@ def worker(kafka_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
 
 
 def consume_all(
-    bootstrap: str, topic: str, expected: int, timeout_s: float = 60.0
+    kafka: Settings | str, topic: str, expected: int, timeout_s: float = 60.0
 ) -> list[Message]:
-    """Read ``topic`` from the start until ``expected`` records arrived (or time runs out)."""
+    """Read ``topic`` from the start until ``expected`` records arrived (or time runs out).
+    ``kafka``: the settings to connect with, or the bootstrap of a plaintext broker."""
+    connect = client_config(kafka) if isinstance(kafka, Settings) else {"bootstrap.servers": kafka}
     consumer = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **connect,
             "group.id": f"test-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

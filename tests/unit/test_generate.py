@@ -245,7 +245,7 @@ def test_requests_replace_the_duration() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (("--rate", "0"), "argument --rate: '0' must be positive"),
+        (("--rate", "0"), "argument --rate: '0' must be between 0.001 and 1,000,000"),
         (("--rate", "fast"), "argument --rate: 'fast' is not a number"),
         (("--duration", "nan"), "argument --duration: 'nan' is not a finite number"),
         (("--canary-share", "1.5"), "argument --canary-share: '1.5' must be between 0 and 1"),

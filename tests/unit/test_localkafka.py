@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from streams import localkafka
 from streams.errors import LocalKafkaError
 from streams.localkafka.config import (
     KAFKA_VERSION,
     RELOAD4J_VERSION,
     SCALA_VERSION,
     BrokerPaths,
+    SaslListener,
     UpAction,
     broker_paths,
     decide_up,
@@ -22,6 +24,7 @@ from streams.localkafka.config import (
     jars_dir,
     java_command,
     last_lines,
+    local_address,
     maven_failure_summary,
     new_cluster_id,
     parse_local_bootstrap,
@@ -84,6 +87,71 @@ def test_server_properties_describe_a_one_node_kraft_cluster_on_loopback() -> No
     for key, value in props.items():
         if key.endswith(("replication.factor", "min.isr")):
             assert value == "1", key
+
+
+def test_the_default_broker_has_no_sasl_listener() -> None:
+    text = render_server_properties(port=19092, controller_port=19093, data_dir=Path("/d"))
+    assert "SASL" not in text and "sasl" not in text
+
+
+def test_a_sasl_listener_serves_plain_and_scram_beside_plaintext() -> None:
+    sasl = SaslListener(port=19094, users=(("alice", "a-secret"), ("bob", "b-secret")))
+    props = _properties(
+        render_server_properties(port=19092, controller_port=19093, data_dir=Path("/d"), sasl=sasl)
+    )
+    assert props["listeners"] == (
+        "PLAINTEXT://127.0.0.1:19092,SASL_PLAINTEXT://127.0.0.1:19094,CONTROLLER://127.0.0.1:19093"
+    )
+    assert props["advertised.listeners"] == (
+        "PLAINTEXT://127.0.0.1:19092,SASL_PLAINTEXT://127.0.0.1:19094"
+    )
+    assert props["listener.security.protocol.map"].endswith(",SASL_PLAINTEXT:SASL_PLAINTEXT")
+    assert props["inter.broker.listener.name"] == "PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512"
+    assert props["listener.name.sasl_plaintext.plain.sasl.jaas.config"] == (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        'user_alice="a-secret" user_bob="b-secret";'
+    )
+    for mechanism in ("scram-sha-256", "scram-sha-512"):
+        assert (
+            "ScramLoginModule required;"
+            in props[f"listener.name.sasl_plaintext.{mechanism}.sasl.jaas.config"]
+        )
+    assert sasl.format_arguments() == [
+        "--add-scram", "SCRAM-SHA-256=[name=alice,password=a-secret]",
+        "--add-scram", "SCRAM-SHA-512=[name=alice,password=a-secret]",
+        "--add-scram", "SCRAM-SHA-256=[name=bob,password=b-secret]",
+        "--add-scram", "SCRAM-SHA-512=[name=bob,password=b-secret]",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("user", [("al ice", "pw"), ("alice", 'p"w'), ("alice", "p,w]")])
+def test_sasl_users_that_would_break_the_jaas_line_are_refused(user: tuple[str, str]) -> None:
+    with pytest.raises(LocalKafkaError, match="letters, digits"):
+        SaslListener(port=1, users=(user,))
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        (Settings(kafka_bootstrap="127.0.0.1:19092"), ("127.0.0.1", 19092)),
+        (Settings(kafka_bootstrap="kafka.internal:9092"), None),
+        (
+            Settings(
+                kafka_bootstrap="127.0.0.1:19094",
+                kafka_security_protocol="SASL_PLAINTEXT",
+                kafka_username="u",
+                kafka_password="p",
+            ),
+            None,
+        ),
+    ],
+    ids=["local", "elsewhere", "secured"],
+)
+def test_demo_and_bench_start_the_local_broker_only_for_local_plaintext(
+    settings: Settings, expected: tuple[str, int] | None
+) -> None:
+    assert local_address(settings) == expected
 
 
 def test_server_properties_refuse_a_data_dir_with_a_comma() -> None:
@@ -209,3 +277,15 @@ def test_maven_failure_summary_keeps_the_error_and_drops_colours_and_advice() ->
 
 def test_maven_failure_summary_falls_back_to_the_last_lines() -> None:
     assert maven_failure_summary("Downloading...\nkilled\n") == "Downloading...\nkilled"
+
+
+def test_dev_up_refuses_settings_with_a_security_protocol(tmp_path: Path) -> None:
+    secured = Settings(
+        home=tmp_path,
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_username="u",
+        kafka_password="p",
+    )
+    with pytest.raises(LocalKafkaError, match="speaks PLAINTEXT only"):
+        localkafka.up(secured)
+    assert not any(tmp_path.iterdir())
