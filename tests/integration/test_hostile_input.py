@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas.trace import MAX_EVENT_BYTES
+from streams import clickhouse
 from streams.ingest import (
     DLQ_MAX_RECORD_BYTES,
     DLQ_ORIGINAL_VALUE_BYTES,
@@ -350,3 +352,36 @@ def produce_with_kcat(settings: Settings, topic: str, value: bytes, header_key: 
         check=True,
         timeout=30,
     )
+
+
+def test_a_write_no_retry_can_mend_stops_the_worker_and_keeps_the_batch(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A broken schema is a bug, not bad input: the worker stops with the cause and a non-zero
+    exit instead of retrying for ever, and the batch stays unacknowledged for the next start."""
+    client = clickhouse.connect(settings)
+    clickhouse.migrate(client)
+    client.command("ALTER TABLE coalmine.spans DROP COLUMN content_hash")
+    client.close()
+    log = tmp_path / "worker.log"
+    value = event()
+    with running_worker(settings, log) as worker:
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+        producer.produce(settings.topic("traces"), value)
+        assert producer.flush(30) == 0
+        deadline = time.monotonic() + 60
+        while "retrying cannot help" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert worker.stop() != 0
+    assert "ClickHouse insert failed and retrying cannot help (bug)" in log.read_text()
+    assert "content_hash" in log.read_text()
+
+    client = clickhouse.connect(settings)
+    client.command(
+        "ALTER TABLE coalmine.spans ADD COLUMN content_hash UInt64 CODEC(ZSTD(1)) AFTER attributes"
+    )
+    client.close()
+    with running_worker(settings, log) as worker:
+        assert wait_for(worker, "SELECT count() FROM coalmine.spans", 1) == 1
+        stored = worker.scalar("SELECT toString(event_id) FROM coalmine.spans")
+        assert stored == json.loads(value)["event_id"]
