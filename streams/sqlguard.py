@@ -66,7 +66,7 @@ _WHY_NOT = {
 SYSTEM = "system"
 
 
-class QueryRefused(CoalmineError):
+class QueryRefusedError(CoalmineError):
     """The query breaks a rule of ``coalmine sql``; the message says which."""
 
 
@@ -158,9 +158,9 @@ def default_allowlist() -> Allowlist:
 def check_length(query: str, max_chars: int) -> None:
     """The cheap check made before anything parses the query."""
     if not query.strip():
-        raise QueryRefused("the query is empty")
+        raise QueryRefusedError("the query is empty")
     if len(query) > max_chars:
-        raise QueryRefused(
+        raise QueryRefusedError(
             f"the query is {len(query):,} characters long; `coalmine sql` takes at most "
             f"{max_chars:,}"
         )
@@ -185,7 +185,7 @@ def parse_ast(explain: str) -> Node:
         depth = len(line) - len(line.lstrip(" "))
         words = line.split()
         if depth > len(path) or (depth == 0 and root is not None):
-            raise QueryRefused("ClickHouse's parse of the query has an unexpected shape")
+            raise QueryRefusedError("ClickHouse's parse of the query has an unexpected shape")
         del path[depth:]
         parent = path[-1] if path else None
         node = Node(words[0], words[1] if len(words) > 1 else "", parent, [])
@@ -195,15 +195,17 @@ def parse_ast(explain: str) -> Node:
             parent.children.append(node)
         path.append(node)
     if root is None:
-        raise QueryRefused("ClickHouse's parse of the query is empty")
+        raise QueryRefusedError("ClickHouse's parse of the query is empty")
     return root
 
 
 def check_ast(explain: str, allowlist: Allowlist) -> None:
-    """Refuse (:class:`QueryRefused`, saying why) a query whose parse breaks a rule."""
+    """Refuse (:class:`QueryRefusedError`, saying why) a query whose parse breaks a rule."""
     root = parse_ast(explain)
     if root.kind not in ROOT_KINDS:
-        raise QueryRefused(f"only SELECT and DESCRIBE queries are allowed (this is a {root.kind})")
+        raise QueryRefusedError(
+            f"only SELECT and DESCRIBE queries are allowed (this is a {root.kind})"
+        )
     for node in _walk(root):
         _check_node(node, allowlist)
 
@@ -216,15 +218,15 @@ def _walk(node: Node) -> Iterator[Node]:
 
 def _check_node(node: Node, allowlist: Allowlist) -> None:
     if node.kind not in NODE_KINDS:
-        raise QueryRefused(_WHY_NOT.get(node.kind, f"{node.kind} is not allowed in a query"))
+        raise QueryRefusedError(_WHY_NOT.get(node.kind, f"{node.kind} is not allowed in a query"))
     if node.kind in ROOT_KINDS and len(node.children) != 1:
         # The extra children are the output clauses: INTO OUTFILE, FORMAT, SETTINGS.
-        raise QueryRefused("INTO OUTFILE, FORMAT and SETTINGS clauses are not allowed")
+        raise QueryRefusedError("INTO OUTFILE, FORMAT and SETTINGS clauses are not allowed")
     if node.kind == "Function":
         if node.parent is not None and node.parent.kind == "TableExpression":
             _check_table_function(node.name, allowlist)
         elif not allowlist.allows_function(node.name):
-            raise QueryRefused(f"function {node.name} is not allowed")
+            raise QueryRefusedError(f"function {node.name} is not allowed")
     elif node.kind == "TableIdentifier":
         _check_table(node.name, allowlist)
     elif node.kind == "Identifier" and node.name.startswith(f"{SYSTEM}."):
@@ -238,7 +240,7 @@ def _check_table_function(name: str, allowlist: Allowlist) -> None:
         return  # a parameterized view, such as coalmine.version_summary(...)
     if not dot and name in allowlist.table_functions:
         return
-    raise QueryRefused(f"table function {name} is not allowed")
+    raise QueryRefusedError(f"table function {name} is not allowed")
 
 
 def _check_table(name: str, allowlist: Allowlist) -> None:
@@ -247,6 +249,6 @@ def _check_table(name: str, allowlist: Allowlist) -> None:
         return  # the session's database, or a name the query defines (WITH t AS ...)
     if database == SYSTEM:
         if table.partition(".")[0] not in allowlist.system_tables:
-            raise QueryRefused(f"system table {table} is not allowed")
+            raise QueryRefusedError(f"system table {table} is not allowed")
     elif database not in allowlist.databases:
-        raise QueryRefused(f"database {database} is not allowed")
+        raise QueryRefusedError(f"database {database} is not allowed")

@@ -20,6 +20,7 @@ only read (README, Querying) and the server enforces it too.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Sequence
@@ -51,7 +52,7 @@ class QueryLimits:
 LIMITS = QueryLimits()
 
 
-class QueryFailed(CoalmineError):
+class QueryFailedError(CoalmineError):
     """ClickHouse refused or stopped a query (syntax, unknown table, a limit reached...)."""
 
 
@@ -96,8 +97,8 @@ class QuerySession:
         self._allowlist = allowlist or sqlguard.default_allowlist()
 
     def run(self, query: str) -> tuple[list[str], Rows]:
-        """Columns and rows of ``query``; :class:`~streams.sqlguard.QueryRefused` when a rule
-        of :mod:`streams.sqlguard` refuses it, :class:`QueryFailed` when ClickHouse does."""
+        """Columns and rows of ``query``; :class:`~streams.sqlguard.QueryRefusedError` when a rule
+        of :mod:`streams.sqlguard` refuses it, :class:`QueryFailedError` when ClickHouse does."""
         sqlguard.check_length(query, self._limits.max_query_chars)
         formatted = json.loads(
             self._raw(
@@ -123,15 +124,14 @@ class QuerySession:
             return self._client.raw_query(sql, parameters=parameters, fmt=fmt)
         except ClickHouseError as exc:
             self._drain()
-            raise QueryFailed(clickhouse_message(str(exc))) from None
+            raise QueryFailedError(clickhouse_message(str(exc))) from None
 
     def _drain(self) -> None:
         """chDB (26.9) hands what a failed query had already written to the next query of the
         same session, ahead of that query's own result; one throwaway query takes it."""
-        try:
+        # If this fails too, the next query fails the same way and says why.
+        with contextlib.suppress(ClickHouseError):
             self._client.raw_query("SELECT 1")
-        except ClickHouseError:
-            pass  # the next query then fails the same way and says why
 
 
 def connect(settings: Settings, limits: QueryLimits = LIMITS) -> QuerySession:
