@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from streams import clickhouse, sqlpage, sqlsession
+from streams import clickhouse, sqlguard, sqlpage, sqlsession
 from streams.errors import ClickHouseUnavailableError
 from streams.settings import Settings
 
@@ -34,6 +34,8 @@ def run(settings: Settings, query: str, output_format: str) -> int:
 
 
 def fetch(settings: Settings, query: str) -> tuple[list[str], Rows]:
+    # Before the worker is asked: a query too long to run is also too long to send.
+    sqlguard.check_length(query, sqlsession.LIMITS.max_query_chars)
     owner_url = clickhouse.embedded_owner_url(settings) if settings.is_embedded_clickhouse else None
     if owner_url is not None:
         return _fetch_from_worker(owner_url, sqlpage.read_token(settings), query)
