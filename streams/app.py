@@ -7,7 +7,6 @@ hand batches to it and acknowledge them once they are stored.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -22,7 +21,7 @@ from faust.types import EventT
 from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
-from streams import clickhouse, faust_auth
+from streams import clickhouse, faust_auth, sqlpage
 from streams.aggregate import WindowAggregator, WindowRow, partitions_of
 from streams.ingest import (
     SPAN_COLUMNS,
@@ -233,8 +232,8 @@ def create_app(
     prices: PriceTable,
     spans: SpanSink | None = None,
 ) -> faust.App:
-    """The worker's app: spans go to ``spans`` (default: ClickHouse through ``thread``),
-    ``/sql`` queries run on ``thread``."""
+    """The worker's app: spans go to ``spans`` (default: ClickHouse through ``thread``);
+    ``/sql`` queries run in a session of their own (:mod:`streams.sqlpage`)."""
     app = faust.App(
         settings.consumer_group,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap.split(",")],
@@ -358,20 +357,6 @@ def create_app(
             window_counters = windows.counters.__dict__ if windows else {}
             return self.json({"status": "ok", **processor.counters.__dict__, **window_counters})
 
-    @app.page("/sql")
-    class Sql(View):
-        """Read-only SQL for ``coalmine sql`` while this worker holds the embedded database."""
-
-        async def post(self, request: Request) -> Response:
-            body = await request.json()
-            query = body.get("query") if isinstance(body, dict) else None
-            if not isinstance(query, str) or not query.strip():
-                return self.json({"error": 'body must be {"query": "SELECT ..."}'}, status=400)
-            try:
-                columns, rows = await thread.run(lambda c: clickhouse.query_readonly(c, query))
-            except clickhouse.ClickHouseQueryError as exc:
-                return self.json({"error": str(exc)}, status=400)
-            payload = json.dumps({"columns": columns, "rows": rows}, default=str)
-            return self.bytes(payload.encode(), content_type="application/json")
+    sqlpage.install(app, settings)
 
     return app

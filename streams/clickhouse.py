@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from streams.aggregate import VERSION_STATS_COLUMNS, WindowKey, WindowRow, version_stats_row
 from streams.errors import ClickHouseUnavailableError
@@ -376,24 +375,6 @@ class VersionStatsWriter:
             if until > lowest[partition]:
                 covered[partition][(agent, version, int(start))] = int(until)
         return covered
-
-
-def query_readonly(client: Client, sql: str) -> tuple[list[str], list[Sequence[Any]]]:
-    """Run one read-only statement; ClickHouse itself refuses writes (``readonly=1``)."""
-    try:
-        result = client.query(sql, settings={"readonly": 1})
-    except ClickHouseError as exc:
-        raise ClickHouseQueryError(_first_line(str(exc))) from None
-    return list(result.column_names), list(result.result_rows)
-
-
-class ClickHouseQueryError(ClickHouseUnavailableError):
-    """ClickHouse rejected a query (syntax, unknown table, write in read-only mode...)."""
-
-
-def _first_line(message: str) -> str:
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    return lines[0] if lines else message
 
 
 def describe(settings: Settings) -> str:

@@ -1,8 +1,10 @@
 """``coalmine sql``: read-only SQL, printed as a table, CSV or JSON.
 
 chDB lets one process hold a data folder. While a worker runs it holds the embedded database,
-so the query goes to the worker's read-only ``/sql`` page on 127.0.0.1; otherwise this process
-opens the database itself. A ClickHouse server is always queried directly.
+so the query goes to the worker's ``/sql`` page on its own address, with the token the worker
+wrote for its user (:mod:`streams.sqlpage`); otherwise this process opens the database itself.
+A ClickHouse server is always queried directly. Either way the query runs in a read-only
+session with the same checks and limits (:mod:`streams.sqlsession`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from streams import clickhouse
+from streams import clickhouse, sqlguard, sqlpage, sqlsession
 from streams.errors import ClickHouseUnavailableError
 from streams.settings import Settings
 
 Rows = list[Sequence[Any]]
 MAX_CELL_CHARS = 60
-WORKER_TIMEOUT_S = 60.0
+# Longer than a query may run on the worker, so its answer, even a timeout, arrives.
+WORKER_TIMEOUT_S = 2.0 * sqlsession.LIMITS.max_execution_s
 
 
 def run(settings: Settings, query: str, output_format: str) -> int:
@@ -31,14 +34,16 @@ def run(settings: Settings, query: str, output_format: str) -> int:
 
 
 def fetch(settings: Settings, query: str) -> tuple[list[str], Rows]:
+    # Before the worker is asked: a query too long to run is also too long to send.
+    sqlguard.check_length(query, sqlsession.LIMITS.max_query_chars)
     owner_url = clickhouse.embedded_owner_url(settings) if settings.is_embedded_clickhouse else None
     if owner_url is not None:
-        return _fetch_from_worker(owner_url, query)
-    client = clickhouse.connect(settings)
+        return _fetch_from_worker(owner_url, sqlpage.read_token(settings), query)
+    session = sqlsession.connect(settings)
     try:
-        return clickhouse.query_readonly(client, query)
+        return session.run(query)
     finally:
-        client.close()
+        session.close()
 
 
 def worker_answers(url: str) -> bool:
@@ -49,24 +54,30 @@ def worker_answers(url: str) -> bool:
         return False
 
 
-def _fetch_from_worker(url: str, query: str) -> tuple[list[str], Rows]:
+def _fetch_from_worker(url: str, token: str, query: str) -> tuple[list[str], Rows]:
     request = urllib.request.Request(
-        f"{url}/sql",
+        f"{url}{sqlpage.PATH}",
         data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
         method="POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=WORKER_TIMEOUT_S) as response:
             body = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        detail = json.loads(exc.read() or b"{}").get("error", exc.reason)
-        raise clickhouse.ClickHouseQueryError(str(detail)) from None
+        raise sqlsession.QueryFailedError(_error_of(exc)) from None
     except (OSError, ValueError) as exc:
         raise ClickHouseUnavailableError(
             f"the worker at {url} holds the embedded database but did not answer: {exc}"
         ) from None
     return list(body["columns"]), list(body["rows"])
+
+
+def _error_of(reply: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(reply.read())["error"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return f"the worker answered {reply.code} {reply.reason}"
 
 
 def render(columns: Sequence[str], rows: Rows, output_format: str) -> str:

@@ -29,7 +29,7 @@ from schemas.window_stats import (
     quantile_from_buckets,
 )
 from streams.aggregate import VERSION_STATS_COLUMNS, WindowRow, row_source, version_stats_row
-from streams.clickhouse import example_query, migrate, migrations_dir, query_readonly
+from streams.clickhouse import example_query, migrate, migrations_dir
 
 pytestmark = pytest.mark.integration
 
@@ -158,9 +158,10 @@ def total(parts: Sequence[Part], name: str) -> Any:
 
 
 def query(client: Client, sql: str) -> list[Row]:
-    """Rows of a read-only query, as `coalmine sql` runs it, as dicts."""
-    columns, rows = query_readonly(client, sql)
-    return [dict(zip(columns, row, strict=True)) for row in rows]
+    """Rows of a read-only query as dicts of Python values (dates, numbers) to compare with.
+    That `coalmine sql` accepts and runs these queries is tests/integration/test_sql_page.py's."""
+    result = client.query(sql, settings={"readonly": 1})
+    return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
 
 def summary(
