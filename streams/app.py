@@ -61,7 +61,14 @@ class ClickHouseThread:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
 
     async def run(self, call: Callable[[Client], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call, self._client)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, call)
+
+    def _call(self, call: Callable[[Client], T]) -> T:
+        try:
+            return call(self._client)
+        except Exception:
+            clickhouse.drain_after_failure(self._client)  # before the retry reads an answer
+            raise
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -296,14 +303,26 @@ def create_app(
     # (faust-streaming issue #606). Workers scale out by partitions instead.
     @app.agent(traces, concurrency=1, name="ingest")
     async def ingest(stream: faust.StreamT[bytes]) -> None:
+        async def stop_worker(what: str, exc: Exception) -> None:
+            # A write no retry can mend (streams.failures), or a bug of ours. Carrying on
+            # would stall or skip; stopping leaves the messages unacknowledged, and a restart
+            # replays them exactly.
+            error = not isinstance(exc, PipelineBugError)
+            log.critical("%s failed; stopping the worker: %s", what, exc, exc_info=error)
+            await app.crash(exc)
+
         async def store(events: Sequence[EventT[bytes]]) -> bool:
             # Acknowledged only once stored: Faust's take() would acknowledge a batch even
             # when storing it was interrupted.
-            epoch = windows.epoch if windows else 0
-            owned = await processor.process([_raw_message(e) for e in events])
-            if owned is None:
+            try:
+                epoch = windows.epoch if windows else 0
+                owned = await processor.process([_raw_message(e) for e in events])
+                if owned is None:
+                    return False
+                ready = await windows.add(owned, events, epoch) if windows else events
+            except Exception as exc:
+                await stop_worker("storing a batch", exc)
                 return False
-            ready = await windows.add(owned, events, epoch) if windows else events
             for event in ready or ():
                 await stream.ack(event)
             progress.maybe_log(processor.counters, time.monotonic())
@@ -315,10 +334,7 @@ def create_app(
                 while await windows.flush_due(stream.ack):
                     await asyncio.sleep(WINDOW_TICK_S)
             except Exception as exc:
-                # Storage failures are retried inside; this is a bug. Carrying on would leave
-                # messages unacknowledged for good, while a restart replays them exactly.
-                log.exception("emitting window rows failed; stopping the worker")
-                await app.crash(exc)
+                await stop_worker("emitting window rows", exc)
 
         emitter = asyncio.ensure_future(emit_closed_windows()) if windows else None
 
@@ -332,15 +348,9 @@ def create_app(
                 if in_flight is not None and not await in_flight:
                     return
                 in_flight = asyncio.ensure_future(store(events))
+        finally:
             if in_flight is not None:
                 await in_flight
-        except Exception as exc:
-            # A write that no retry can mend (streams.failures), or a bug of ours. Escaping
-            # the agent would let Faust carry on past the batch; stopping leaves it
-            # unacknowledged, and the log says why.
-            log.critical("ingest stopped: %s", exc, exc_info=not isinstance(exc, PipelineBugError))
-            await app.crash(exc)
-        finally:
             if emitter is not None:
                 emitter.cancel()
 

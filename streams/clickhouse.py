@@ -7,6 +7,7 @@ talks to a server.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from streams.aggregate import VERSION_STATS_COLUMNS, WindowKey, WindowRow, version_stats_row
 from streams.errors import ClickHouseUnavailableError
@@ -246,7 +248,11 @@ class SpanWriter:
         return SpanWrite(len(inserted), owners, refused)
 
     def _insert(self, rows: Sequence[Sequence[Any]]) -> None:
-        self._client.insert(self._table, rows, column_names=self._columns)
+        try:
+            self._client.insert(self._table, rows, column_names=self._columns)
+        except Exception:
+            drain_after_failure(self._client)  # the halves of a refused insert come next
+            raise
 
     def _unique(
         self, rows: Sequence[Sequence[Any]]
@@ -375,6 +381,15 @@ class VersionStatsWriter:
             if until > lowest[partition]:
                 covered[partition][(agent, version, int(start))] = int(until)
         return covered
+
+
+def drain_after_failure(client: Client) -> None:
+    """chDB (26.9) hands what a failed query had already written to the next query of the
+    same session, ahead of that query's own result; one throwaway query takes it. Whoever
+    uses a client again after a failure calls this first."""
+    # If this fails too, the next query fails the same way and says why.
+    with contextlib.suppress(ClickHouseError):
+        client.raw_query("SELECT 1")
 
 
 def describe(settings: Settings) -> str:

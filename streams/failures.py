@@ -92,8 +92,18 @@ def classify(exc: BaseException) -> Failure:
     return Failure.BUG
 
 
+_NOISE = re.compile(r"(: In scope .*|\s*\(version [^)]*\)\.?)", re.DOTALL)
+MAX_MESSAGE_CHARS = 500
+
+
+def clickhouse_message(message: str) -> str:
+    """ClickHouse's error in one line, without the echo of the query and version trailer."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    first = _NOISE.sub("", lines[0] if lines else message)
+    return first if len(first) <= MAX_MESSAGE_CHARS else first[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
 def one_line(exc: BaseException, limit: int = 300) -> str:
-    """The first line of an error, bounded: ClickHouse messages run to pages."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    """The error's type and first line, bounded: ClickHouse messages run to pages."""
+    text = f"{type(exc).__name__}: {clickhouse_message(str(exc))}".rstrip(": ")
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -20,9 +20,7 @@ only read (README, Querying) and the server enforces it too.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +30,9 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from streams import sqlguard
+from streams.clickhouse import drain_after_failure
 from streams.errors import ClickHouseUnavailableError, CoalmineError
+from streams.failures import clickhouse_message
 from streams.settings import Settings, mask_url
 
 Rows = list[Sequence[Any]]
@@ -123,15 +123,8 @@ class QuerySession:
         try:
             return self._client.raw_query(sql, parameters=parameters, fmt=fmt)
         except ClickHouseError as exc:
-            self._drain()
+            drain_after_failure(self._client)
             raise QueryFailedError(clickhouse_message(str(exc))) from None
-
-    def _drain(self) -> None:
-        """chDB (26.9) hands what a failed query had already written to the next query of the
-        same session, ahead of that query's own result; one throwaway query takes it."""
-        # If this fails too, the next query fails the same way and says why.
-        with contextlib.suppress(ClickHouseError):
-            self._client.raw_query("SELECT 1")
 
 
 def connect(settings: Settings, limits: QueryLimits = LIMITS) -> QuerySession:
@@ -158,14 +151,3 @@ def connect(settings: Settings, limits: QueryLimits = LIMITS) -> QuerySession:
         client.close()
         raise
     return QuerySession(client, limits)
-
-
-_NOISE = re.compile(r"(: In scope .*|\s*\(version [^)]*\)\.?)", re.DOTALL)
-MAX_MESSAGE_CHARS = 500
-
-
-def clickhouse_message(message: str) -> str:
-    """ClickHouse's error in one line, without the echo of the query and version trailer."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    first = _NOISE.sub("", lines[0] if lines else message)
-    return first if len(first) <= MAX_MESSAGE_CHARS else first[: MAX_MESSAGE_CHARS - 1] + "…"

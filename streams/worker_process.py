@@ -84,6 +84,17 @@ class WorkerProcess:
             f"the worker did not start in {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}"
         )
 
+    def wait_exit(self, timeout_s: float) -> int | None:
+        """The exit code once the worker stops by itself within ``timeout_s``, else ``None``."""
+        if self._process is None:
+            return None
+        try:
+            code = self._process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+        self._process = None
+        return code
+
     def kill(self) -> None:
         """SIGKILL: no shutdown hooks, no final commit, as in a crash."""
         self._signal(signal.SIGKILL)

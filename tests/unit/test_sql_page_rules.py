@@ -11,9 +11,10 @@ import pytest
 
 from streams import sqlpage
 from streams.errors import ClickHouseUnavailableError, CoalmineError
+from streams.failures import clickhouse_message
 from streams.settings import Settings
 from streams.sqlpage import MAX_BODY_BYTES, Refusal, host_allowed, query_of, refusal
-from streams.sqlsession import LIMITS, clickhouse_message, session_settings
+from streams.sqlsession import LIMITS, session_settings
 
 TOKEN = "s3cret-token"
 GOOD = {
