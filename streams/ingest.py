@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import ValidationError
 
 from schemas.trace import MAX_EVENT_BYTES, TraceEvent
+from streams.health import HealthState
 from streams.pricing import PriceTable
 from streams.publisher import RateLimitedLog
 
@@ -281,12 +282,21 @@ class Retrier:
     was writing unacknowledged, so it is delivered again after the restart.
     """
 
-    def __init__(self, stopping: Callable[[], bool], policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        stopping: Callable[[], bool],
+        policy: RetryPolicy,
+        health: HealthState | None = None,
+    ) -> None:
+        """``health`` learns of every failing and succeeding attempt, for ``/health``."""
         self._stopping = stopping
         self._policy = policy
+        self._health = health
         self.retries = 0
 
     async def __call__(self, what: str, attempt_once: Callable[[], Awaitable[T]]) -> T | None:
+        if self._health is not None:
+            attempt_once = self._health.observed(what, attempt_once)
         attempt = 0
         while True:
             try:
@@ -320,11 +330,12 @@ class IngestProcessor:
         retry: RetryPolicy | None = None,
         max_clock_skew_s: float = 30.0,
         clock: Callable[[], float] = time.time,
+        health: HealthState | None = None,
     ) -> None:
         self._spans = spans
         self._dead_letters = dead_letters
         self._prices = prices
-        self._retry = Retrier(stopping, retry or RetryPolicy())
+        self._retry = Retrier(stopping, retry or RetryPolicy(), health)
         self._max_clock_skew = timedelta(seconds=max_clock_skew_s)
         self._clock = clock
         # A producer sending garbage must not flood the worker's log; the DLQ has every one.

@@ -11,6 +11,7 @@ import faust
 from streams import clickhouse
 from streams.app import ClickHouseThread, create_app
 from streams.ingest import SpanSink
+from streams.logs import quiet_repeats
 from streams.pricing import load_prices
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -37,7 +38,7 @@ def run(settings: Settings, spans: SpanSink | None = None) -> int:
     )
     thread = ClickHouseThread(client)
     app = create_app(settings, thread, prices, spans)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker = _Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     owner = (
         clickhouse.claim_embedded(settings, settings.worker_url)
         if settings.is_embedded_clickhouse
@@ -50,8 +51,14 @@ def run(settings: Settings, spans: SpanSink | None = None) -> int:
     finally:
         thread.close()
         if owner is not None:
-            owner.unlink(missing_ok=True)
+            owner.release()
     return 0
+
+
+class _Worker(faust.Worker):
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        # Faust replaces the root handlers as it starts; this is the hook after that.
+        quiet_repeats(logger)
 
 
 def _tune_gc() -> None:
