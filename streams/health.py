@@ -165,7 +165,8 @@ class Assessment:
 
 def assess(snapshot: HealthSnapshot, limits: HealthLimits | None = None) -> Assessment:
     """``degraded`` while a write is being retried, the broker has not answered a fetch for
-    ``fetch_silence_s``, or messages wait while nothing was stored for ``stall_s``.
+    ``fetch_silence_s`` (and nothing was stored meanwhile), or messages wait while nothing was
+    stored for ``stall_s``.
 
     Being idle is healthy: nothing stored for an hour with nothing to store is ``ok``.
     """
@@ -175,18 +176,20 @@ def assess(snapshot: HealthSnapshot, limits: HealthLimits | None = None) -> Asse
         f"{r.what} failing for {now - r.since:.1f} s ({r.attempts} attempt(s)): {r.last_error}"
         for r in snapshot.retrying
     ]
+    since_stored = now - (snapshot.last_stored or snapshot.started)
+    # While batches are being stored, a partition fetches nothing new only because records
+    # it fetched earlier still wait in the consumer's buffer.
     silent = sorted(
         p.partition
         for p in snapshot.partitions
         if p.fetched_at is not None and now - p.fetched_at >= limits.fetch_silence_s
     )
-    if silent:
+    if silent and since_stored >= limits.fetch_silence_s:
         oldest = min(p.fetched_at or now for p in snapshot.partitions if p.partition in silent)
         reasons.append(
             f"no fetch response from the broker for {now - oldest:.1f} s "
             f"(partitions {', '.join(map(str, silent))})"
         )
-    since_stored = now - (snapshot.last_stored or snapshot.started)
     waiting = sum(p.unstored or 0 for p in snapshot.partitions)
     if waiting and since_stored >= limits.stall_s:
         reasons.append(f"{waiting} message(s) waiting, none stored for {since_stored:.1f} s")

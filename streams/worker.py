@@ -38,7 +38,7 @@ def run(settings: Settings, spans: SpanSink | None = None) -> int:
     )
     thread = ClickHouseThread(client)
     app = create_app(settings, thread, prices, spans)
-    worker = _Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     owner = (
         clickhouse.claim_embedded(settings, settings.worker_url)
         if settings.is_embedded_clickhouse
@@ -55,7 +55,9 @@ def run(settings: Settings, spans: SpanSink | None = None) -> int:
     return 0
 
 
-class _Worker(faust.Worker):
+class Worker(faust.Worker):
+    """Faust's worker, with repeated library log lines held back (:mod:`streams.logs`)."""
+
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         # Faust replaces the root handlers as it starts; this is the hook after that.
         quiet_repeats(logger)

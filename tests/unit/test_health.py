@@ -88,9 +88,16 @@ def test_a_silent_broker_is_degraded_after_the_limit() -> None:
     silent = [position(0, fetched_at=990.5), position(1, fetched_at=989.0), position(2)]
     snapshot = HealthSnapshot(now=1000.0, started=0.0, last_stored=999.0, partitions=())
     assert assess(snapshot, limits).status == "ok"
-    verdict = assess(HealthSnapshot(1000.0, 0.0, 999.0, (), tuple(silent)), limits)
+    verdict = assess(HealthSnapshot(1000.0, 0.0, 989.5, (), tuple(silent)), limits)
     assert verdict.reasons == ("no fetch response from the broker for 11.0 s (partitions 1)",)
     assert verdict.details["partitions"][1]["seconds_since_fetch"] == 11.0
+
+
+def test_a_partition_fetching_nothing_while_batches_are_stored_is_busy_not_cut_off() -> None:
+    # Its records wait in the consumer's buffer while the sink works through a backlog.
+    busy = (position(0, fetched_at=980.0), position(1))
+    snapshot = HealthSnapshot(1000.0, 0.0, 999.0, (), busy)
+    assert assess(snapshot, HealthLimits(fetch_silence_s=10.0)).status == "ok"
 
 
 def test_partitions_never_fetched_yet_are_not_a_silent_broker() -> None:
