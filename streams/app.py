@@ -238,7 +238,9 @@ def consumer_positions(
         assigned = sorted(tp for tp in consumer.assignment() if tp.topic == topic)
     except ConsumerNotStarted:
         return ()
-    committed = app.monitor.tp_committed_offsets
+    # Faust's own record of the committed offsets: read from the broker at each assignment,
+    # updated at each commit (its monitor only sees this process's commits).
+    committed: Mapping[TP, int | None] = getattr(consumer, "_committed_offset", {})
     positions = []
     for tp in assigned:
         try:

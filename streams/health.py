@@ -47,8 +47,8 @@ class PartitionPosition:
     """Where one consumed partition stands, all as Kafka offsets of the *next* message.
 
     ``end``: the high watermark (None until the first fetch); ``committed``: where the group
-    restarts after a crash (None until this worker commits on it); ``stored``: past the
-    last message this worker stored or dead-lettered (None before the first);
+    restarts after a crash (None while it never committed on it); ``stored``: past the last
+    message this worker stored or dead-lettered (None before the first);
     ``fetched_at``: clock time of the last fetch response from the broker.
     """
 

@@ -112,15 +112,16 @@ def test_a_broker_restart_mid_stream_loses_nothing_and_shows_in_health(
             wait_for_status(worker, "ok")
             localkafka.down(settings)
             during = wait_for_status(worker, "degraded")
+            queued_in_outage = traffic.publisher.stats.pending
             localkafka.up(settings, detach=False)
+            after = wait_for_status(worker, "ok")  # with the traffic still running
         finally:
             acknowledged = traffic.stop()
         assert any("no fetch response from the broker" in r for r in during["reasons"]), during
-        assert len(acknowledged) > 1000
+        assert queued_in_outage > 0
         assert_stored_exactly(worker, acknowledged)
-        after = wait_for_status(worker, "ok")
         assert after["reasons"] == [] and after["retrying"] == []
-        assert after["consumer_lag"] >= 0  # known once the worker has committed
+        assert wait_for_status(worker, "ok")["consumer_lag"] >= 0
 
 
 # --- the chDB disk fills up and is freed ----------------------------------------------------
@@ -171,15 +172,17 @@ def test_a_full_chdb_disk_mid_stream_loses_nothing_and_shows_in_health(
             wait_until_stored(worker)
             assert wait_for_status(worker, "ok")["retrying"] == []
             ballast = fill(small_disk)
+            sent_before_fault = len(traffic.acknowledged.ids)
             during = wait_for_status(worker, "degraded")
+            sent_in_fault = len(traffic.acknowledged.ids) - sent_before_fault
             ballast.unlink()
+            after = wait_for_status(worker, "ok")  # with the traffic still running
         finally:
             acknowledged = traffic.stop()
         failing = [r for r in during["reasons"] if r.startswith("ClickHouse insert failing")]
         assert failing and "NOT_ENOUGH_SPACE" in failing[0], during
-        assert len(acknowledged) > 1000
+        assert sent_in_fault > 0
         assert_stored_exactly(worker, acknowledged)
-        after = wait_for_status(worker, "ok")
         assert after["reasons"] == [] and after["retrying"] == []
         assert after["sink_retries"] > 0
 
