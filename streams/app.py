@@ -16,13 +16,15 @@ from typing import Any, TypeVar, cast
 
 import faust
 from clickhouse_connect.driver.client import Client
+from faust.exceptions import ConsumerNotStarted
 from faust.streams import Stream
-from faust.types import EventT
+from faust.types import TP, EventT
 from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
 from streams import clickhouse, faust_auth, sqlpage
 from streams.aggregate import WindowAggregator, WindowRow, partitions_of
+from streams.health import HealthState, PartitionPosition, assess, next_offsets
 from streams.ingest import (
     SPAN_COLUMNS,
     Header,
@@ -233,6 +235,43 @@ def _raw_message(event: EventT[bytes]) -> RawMessage:
     )
 
 
+def consumer_positions(
+    app: faust.App, topic: str, health: HealthState, now: float
+) -> tuple[PartitionPosition, ...]:
+    """Where each assigned partition of ``topic`` stands, from what the consumer already
+    knows (no request to the broker: the page must answer while the broker does not)."""
+    consumer = app.consumer
+    try:
+        assigned = sorted(tp for tp in consumer.assignment() if tp.topic == topic)
+    except ConsumerNotStarted:
+        return ()
+    # Faust's own record of the committed offsets: read from the broker at each assignment,
+    # updated at each commit (its monitor only sees this process's commits).
+    committed: Mapping[TP, int | None] = getattr(consumer, "_committed_offset", {})
+    positions = []
+    for tp in assigned:
+        try:
+            end = consumer.highwater(tp)
+            fetched_ms = _last_fetch_ms(consumer, tp)
+        except AssertionError:  # aiokafka's answer for a partition revoked meanwhile
+            continue
+        fetched_at = None if fetched_ms is None else now - max(0.0, time.time() - fetched_ms / 1e3)
+        stored = health.stored_offset(tp.partition)
+        positions.append(
+            PartitionPosition(tp.partition, end, committed.get(tp), stored, fetched_at)
+        )
+    return tuple(positions)
+
+
+def _last_fetch_ms(consumer: Any, tp: TP) -> int | None:
+    """aiokafka's ``last_poll_timestamp``: wall time (ms) of the last fetch response for
+    ``tp``. Faust keeps the aiokafka consumer on its consumer thread and does not expose it."""
+    client = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    if client is None:
+        return None
+    return cast(int | None, client.last_poll_timestamp(tp))
+
+
 def create_app(
     settings: Settings,
     thread: ClickHouseThread,
@@ -284,6 +323,7 @@ def create_app(
     def stopping() -> bool:
         return bool(app.should_stop)
 
+    health = HealthState(time.monotonic)
     processor = IngestProcessor(
         spans=spans or AsyncSpanWriter(thread),
         dead_letters=FaustDeadLetters(app, dead_letter_topic.get_topic_name()),
@@ -291,9 +331,10 @@ def create_app(
         stopping=stopping,
         max_clock_skew_s=settings.max_clock_skew_s,
         retention_days=settings.spans_ttl_days,
+        health=health,
     )
     windows = (
-        StreamWindows(app, settings, thread, Retrier(stopping, RetryPolicy()))
+        StreamWindows(app, settings, thread, Retrier(stopping, RetryPolicy(), health))
         if settings.aggregation_enabled
         else None
     )
@@ -319,6 +360,7 @@ def create_app(
                 owned = await processor.process([_raw_message(e) for e in events])
                 if owned is None:
                     return False
+                health.stored(next_offsets((e.message.partition, e.message.offset) for e in events))
                 ready = await windows.add(owned, events, epoch) if windows else events
             except Exception as exc:
                 await stop_worker("storing a batch", exc)
@@ -361,11 +403,30 @@ def create_app(
         if windows is not None:
             await windows.forget()
 
+    @app.on_partitions_revoked.connect
+    async def forget_positions(
+        sender: faust.App, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
+    ) -> None:
+        health.forget_partitions()
+
     @app.page("/health")
     class Health(View):
+        """``ok`` or ``degraded`` with the reasons (see :mod:`streams.health`), and counters."""
+
         async def get(self, request: Request) -> Response:
+            now = time.monotonic()
+            positions = consumer_positions(app, traces.get_topic_name(), health, now)
+            verdict = assess(health.snapshot(now, positions))
             window_counters = windows.counters.__dict__ if windows else {}
-            return self.json({"status": "ok", **processor.counters.__dict__, **window_counters})
+            return self.json(
+                {
+                    "status": verdict.status,
+                    "reasons": list(verdict.reasons),
+                    **verdict.details,
+                    **processor.counters.__dict__,
+                    **window_counters,
+                }
+            )
 
     sqlpage.install(app, settings)
 

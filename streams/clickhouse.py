@@ -8,6 +8,7 @@ talks to a server.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -68,27 +69,67 @@ def _open_failure(settings: Settings, exc: Exception) -> str:
 
 
 # --- who holds the embedded database ----------------------------------------------------
+# The holder keeps an exclusive flock on the owner file for as long as it lives. The kernel
+# drops it the moment the process dies, so a SIGKILLed worker frees the folder at once: a pid
+# check did not (a killed worker stays a zombie until its parent reaps it, and a recycled
+# pid can name an unrelated process).
 
 
 def owner_file(settings: Settings) -> Path:
     return settings.chdb_path.with_name(settings.chdb_path.name + ".owner.json")
 
 
-def claim_embedded(settings: Settings, service_url: str) -> Path:
+class EmbeddedClaim:
+    """This process's hold on the chDB folder; :meth:`release` (or exiting) ends it."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def release(self) -> None:
+        # Emptied, not unlinked: a successor may have opened this inode already, and would
+        # then lock a file that the next process cannot find.
+        os.ftruncate(self._fd, 0)
+        os.close(self._fd)
+
+
+def claim_embedded(settings: Settings, service_url: str) -> EmbeddedClaim:
     """Record that this process holds the chDB folder and where it answers queries."""
     path = owner_file(settings)
-    path.write_text(json.dumps({"pid": os.getpid(), "url": service_url}), encoding="utf-8")
-    return path
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ClickHouseUnavailableError(
+            f"the embedded ClickHouse at {settings.chdb_path} is held by another worker "
+            f"({embedded_owner_url(settings) or 'starting'}); stop it first"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "url": service_url}).encode())
+    return EmbeddedClaim(fd)
 
 
 def embedded_owner_url(settings: Settings) -> str | None:
     """The query URL of the live process holding the chDB folder, if one does."""
     try:
-        owner = json.loads(owner_file(settings).read_text(encoding="utf-8"))
-        os.kill(int(owner["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # no file, or a stale one left by a crashed worker
-    return str(owner["url"])
+        fd = os.open(owner_file(settings), os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _owner_url(os.read(fd, 64 * 1024))
+    finally:
+        os.close(fd)
+    return None  # nobody holds it: a file left by a crashed or stopped worker
+
+
+def _owner_url(record: bytes) -> str | None:
+    try:
+        url = json.loads(record)["url"]
+    except (ValueError, KeyError, TypeError):
+        return None  # the holder is still writing it
+    return str(url)
 
 
 # --- migrations -------------------------------------------------------------------------

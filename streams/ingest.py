@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from schemas.trace import MAX_EVENT_BYTES, PRINTABLE_NOT_BLANK, TraceEvent
 from streams.errors import CoalmineError
 from streams.failures import Failure, classify, one_line
+from streams.health import HealthState
 from streams.pricing import PriceTable
 from streams.publisher import RateLimitedLog
 
@@ -423,12 +424,21 @@ class Retrier:
     was writing unacknowledged, so it is delivered again after the restart.
     """
 
-    def __init__(self, stopping: Callable[[], bool], policy: RetryPolicy) -> None:
+    def __init__(
+        self,
+        stopping: Callable[[], bool],
+        policy: RetryPolicy,
+        health: HealthState | None = None,
+    ) -> None:
+        """``health`` learns of every failing and succeeding attempt, for ``/health``."""
         self._stopping = stopping
         self._policy = policy
+        self._health = health
         self.retries = 0
 
     async def __call__(self, what: str, attempt_once: Callable[[], Awaitable[T]]) -> T | None:
+        if self._health is not None:
+            attempt_once = self._health.observed(what, attempt_once)
         attempt = 0
         while True:
             try:
@@ -469,12 +479,13 @@ class IngestProcessor:
         max_clock_skew_s: float = 30.0,
         retention_days: int = 0,
         clock: Callable[[], float] = time.time,
+        health: HealthState | None = None,
     ) -> None:
         """``retention_days``: how long ``coalmine.spans`` keeps a span (0: forever)."""
         self._spans = spans
         self._dead_letters = dead_letters
         self._prices = prices
-        self._retry = Retrier(stopping, retry or RetryPolicy())
+        self._retry = Retrier(stopping, retry or RetryPolicy(), health)
         self._max_clock_skew = timedelta(seconds=max_clock_skew_s)
         self._retention = timedelta(days=retention_days) if retention_days > 0 else None
         self._clock = clock

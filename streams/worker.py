@@ -11,6 +11,7 @@ import faust
 from streams import clickhouse, kafka_records
 from streams.app import ClickHouseThread, create_app
 from streams.ingest import SpanSink
+from streams.logs import quiet_repeats
 from streams.pricing import load_prices
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -38,7 +39,7 @@ def run(settings: Settings, spans: SpanSink | None = None) -> int:
     )
     thread = ClickHouseThread(client)
     app = create_app(settings, thread, prices, spans)
-    worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True)
     owner = (
         clickhouse.claim_embedded(settings, settings.worker_url)
         if settings.is_embedded_clickhouse
@@ -51,8 +52,16 @@ def run(settings: Settings, spans: SpanSink | None = None) -> int:
     finally:
         thread.close()
         if owner is not None:
-            owner.unlink(missing_ok=True)
+            owner.release()
     return 0
+
+
+class Worker(faust.Worker):
+    """Faust's worker, with repeated library log lines held back (:mod:`streams.logs`)."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        # Faust replaces the root handlers as it starts; this is the hook after that.
+        quiet_repeats(logger)
 
 
 def _tune_gc() -> None:
