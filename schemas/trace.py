@@ -37,8 +37,8 @@ MAX_ATTRIBUTE_VALUE_CHARS = 1024
 
 # Control characters (NUL, ESC of terminal escape sequences, newlines), line separators and
 # bidirectional overrides: a name holding one prints as something else in a terminal or a log.
-_UNPRINTABLE = "\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069"
-PRINTABLE_NOT_BLANK = f"^[^{_UNPRINTABLE}]*[^\\s{_UNPRINTABLE}][^{_UNPRINTABLE}]*$"
+UNPRINTABLE = "\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029\\u202a-\\u202e\\u2066-\\u2069"
+PRINTABLE_NOT_BLANK = f"^[^{UNPRINTABLE}]*[^\\s{UNPRINTABLE}][^{UNPRINTABLE}]*$"
 Identifier = Annotated[
     str, StringConstraints(min_length=1, max_length=128, pattern=PRINTABLE_NOT_BLANK)
 ]

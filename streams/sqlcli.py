@@ -12,11 +12,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
+from schemas.trace import UNPRINTABLE
 from streams import clickhouse, sqlguard, sqlpage, sqlsession
 from streams.errors import ClickHouseUnavailableError
 from streams.settings import Settings
@@ -97,8 +99,10 @@ def render_csv(columns: Sequence[str], rows: Rows) -> str:
 
 
 def render_table(columns: Sequence[str], rows: Rows) -> str:
-    """Columns aligned for a terminal: numbers right, text left, long cells shortened."""
-    cells = [[_short(_cell(value)) for value in row] for row in rows]
+    """Columns aligned for a terminal: numbers right, text left, long cells shortened, and
+    control characters shown as escapes (a stored ``\x1b[2J`` must not clear the screen)."""
+    columns = [_visible(name) for name in columns]
+    cells = [[_short(_visible(_cell(value))) for value in row] for row in rows]
     widths = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(columns)]
     numeric = [
         bool(rows) and all(isinstance(row[i], int | float) for row in rows)
@@ -123,6 +127,13 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
+
+
+_UNPRINTABLE = re.compile(f"[{UNPRINTABLE}]")
+
+
+def _visible(text: str) -> str:
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 def _short(text: str) -> str:

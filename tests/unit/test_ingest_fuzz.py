@@ -12,12 +12,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from schemas.trace import UNPRINTABLE as UNPRINTABLE_CHARS
 from streams.ingest import SPAN_COLUMNS, RawMessage, route
 from tests.unit.test_ingest import BOUNDS, PRICES, event
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 COLUMN = {name: index for index, name in enumerate(SPAN_COLUMNS)}
-UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+UNPRINTABLE = re.compile(f"[{UNPRINTABLE_CHARS}]")
 IDENTIFIERS = ("agent", "version", "environment", "tenant", "name", "provider", "model")
 
 json_values = st.recursive(

@@ -26,3 +26,10 @@ def test_csv_and_json_keep_every_value() -> None:
 
 def test_empty_result_still_shows_the_header() -> None:
     assert render(["n"], [], "table").splitlines() == ["n", "-", "(0 rows)"]
+
+
+def test_control_characters_print_as_escapes_in_the_table() -> None:
+    text = render(["note\x1b[2J"], [["red\x1b[31m\nnext\u202eline"]], "table")
+    assert "\x1b" not in text and "\u202e" not in text
+    assert "note\\x1b[2J" in text
+    assert "red\\x1b[31m\\nnext\\u202eline" in text
