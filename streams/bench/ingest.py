@@ -43,7 +43,7 @@ from streams import clickhouse, localkafka
 from streams.aggregate import window_start_of
 from streams.app import LATE_HEADER
 from streams.generate import TrafficPlan, simulate
-from streams.ingest import SPAN_COLUMNS
+from streams.ingest import SPAN_COLUMNS, content_hash
 from streams.kafka_security import client_config
 from streams.localkafka import process
 from streams.localkafka.config import local_address
@@ -318,7 +318,7 @@ def _raw_row(message: Message) -> tuple[Any, ...]:
         e.get("cost_usd") or 0.0, "reported",
         e.get("tool_name") or "", e.get("task_completed"), e.get("quality_score"),
         {k: str(v) for k, v in e.get("attributes", {}).items()},
-        message.partition(), message.offset(),
+        content_hash(message.value() or b""), message.partition(), message.offset(),
     )  # fmt: skip
 
 
