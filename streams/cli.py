@@ -41,34 +41,34 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _dev_up(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import localkafka
+    from streams.devtools import localkafka
 
     localkafka.up(settings)
     return 0
 
 
 def _dev_down(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import localkafka
+    from streams.devtools import localkafka
 
     localkafka.down(settings)
     return 0
 
 
 def _dev_status(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import localkafka
+    from streams.devtools import localkafka
 
     return 0 if localkafka.status(settings) else 1
 
 
 def _dev_fetch(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import localkafka
+    from streams.devtools import localkafka
 
     localkafka.fetch_jars(settings)
     return 0
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import clickhouse
+    from streams.storage import clickhouse
 
     applied = clickhouse.migrate(clickhouse.connect(settings))
     print(f"{len(applied)} migration(s) applied" if applied else "schema is up to date")
@@ -76,13 +76,13 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import worker
+    from streams.runtime import worker
 
     return worker.run(settings)
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import generate
+    from streams.devtools import generate
 
     return generate.run(settings, generate.TrafficPlan.from_args(args))
 
@@ -94,7 +94,7 @@ def _sql(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from streams import demo
+    from streams.devtools import demo
 
     return demo.run(settings, duration_s=args.duration, rate=args.rate, seed=args.seed)
 
@@ -107,7 +107,7 @@ def _bench_detector(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.bench import ingest
+    from streams.devtools.bench import ingest
 
     return ingest.run(settings, events=args.events)
 
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     ).set_defaults(handler=_worker)
 
     gen = commands.add_parser("generate", help="simulated agents producing traffic through the SDK")
-    from streams.generate import add_traffic_arguments
+    from streams.devtools.generate import add_traffic_arguments
 
     add_traffic_arguments(gen)
     gen.set_defaults(handler=_generate)

@@ -4,7 +4,7 @@ client configuration.
 :func:`client_config` is the base of every confluent-kafka (librdkafka) client's configuration:
 the SDK's producer, the admin client that creates topics, the benchmark's producers and
 consumers. The Faust worker's aiokafka clients get the same settings through
-:func:`streams.faust_auth.broker_credentials`, which builds on :func:`tls_context` here.
+:func:`streams.runtime.faust_auth.broker_credentials`, which builds on :func:`tls_context` here.
 This module imports neither Faust nor aiokafka: the SDK uses it.
 """
 

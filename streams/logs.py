@@ -1,14 +1,20 @@
-"""Keeps a broker outage from flooding the worker's log.
+"""Keeps a broker outage from flooding a log: the agent's, and the worker's.
 
-aiokafka logs every failed connection, metadata refresh, fetch and produce attempt: an 18 s
-broker outage under traffic wrote 2,708 lines (`Unable connect to node with id 1`, `Unable
-to update metadata`, `Failed fetch messages`, `Got error produce response`...). The same
-five lines every ten seconds say as much.
+:class:`RateLimitedLog` limits lines of our own (the SDK's delivery failures, the worker's
+dead letters): the first one is logged, then at most one per interval, with a count of those
+held back. This module needs only the standard library: the SDK imports it.
+
+:class:`RepeatFilter` limits the worker's library lines. aiokafka logs every failed
+connection, metadata refresh, fetch and produce attempt: an 18 s broker outage under traffic
+wrote 2,708 lines (`Unable connect to node with id 1`, `Unable to update metadata`, `Failed
+fetch messages`, `Got error produce response`...). The same five lines every ten seconds say
+as much.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +22,7 @@ from dataclasses import dataclass
 
 OWN_LOGGERS = ("streams", "coalmine")
 """Loggers of this project, left alone: where their lines repeat they are already limited
-(backoff between retries, :class:`~streams.publisher.RateLimitedLog`)."""
+(backoff between retries, :class:`RateLimitedLog`)."""
 MAX_KEYS = 1024
 
 
@@ -73,3 +79,37 @@ def quiet_repeats(logger: logging.Logger, interval_s: float = 10.0) -> None:
     repeat_filter = RepeatFilter(interval_s)
     for handler in logger.handlers:
         handler.addFilter(repeat_filter)
+
+
+class RateLimitedLog:
+    """Logs the first occurrence, then at most once per ``interval_s``, saying how many
+    similar messages were held back. A broker outage must not flood the agent's logs."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        level: int,
+        interval_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = log
+        self._level = level
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last = -math.inf
+        self._suppressed = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, message: str, *args: object) -> None:
+        self.log(self._level, message, *args)
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        with self._lock:
+            now = self._clock()
+            if now - self._last < self._interval_s:
+                self._suppressed += 1
+                return
+            suppressed, self._suppressed, self._last = self._suppressed, 0, now
+        if suppressed:
+            message += f" ({suppressed} similar message(s) suppressed)"
+        self._logger.log(level, message, *args)

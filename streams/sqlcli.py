@@ -2,9 +2,9 @@
 
 chDB lets one process hold a data folder. While a worker runs it holds the embedded database,
 so the query goes to the worker's ``/sql`` page on its own address, with the token the worker
-wrote for its user (:mod:`streams.sqlpage`); otherwise this process opens the database itself.
-A ClickHouse server is always queried directly. Either way the query runs in a read-only
-session with the same checks and limits (:mod:`streams.sqlsession`).
+wrote for its user (:mod:`streams.runtime.sqlpage`); otherwise this process opens the
+database itself. A ClickHouse server is always queried directly. Either way the query runs
+in a read-only session with the same checks and limits (:mod:`streams.storage.sqlsession`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from schemas.trace import UNPRINTABLE
-from streams import clickhouse, sqlguard, sqlpage, sqlsession
 from streams.errors import ClickHouseUnavailableError
+from streams.runtime import sqlpage
 from streams.settings import Settings
+from streams.storage import clickhouse, sqlguard, sqlsession
 
 Rows = list[Sequence[Any]]
 MAX_CELL_CHARS = 60

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 import pytest
 
-from streams import localkafka
+from streams.devtools import localkafka
 from streams.errors import CoalmineError
 from streams.settings import Settings
 

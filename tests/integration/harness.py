@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Message
 
-from streams import localkafka
+from streams.devtools import localkafka
+from streams.devtools.worker_process import WorkerProcess
 from streams.kafka_security import client_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from streams.worker_process import WorkerProcess
 
 
 def wait_for(worker: WorkerProcess, query: str, expected: Any, timeout_s: float = 120.0) -> Any:

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from schemas.window_stats import QUANTILE_MAX_RELATIVE_ERROR, WindowStats, latency_histogram
-from streams.app import LATE_HEADER
-from streams.ingest import DLQ_REASON
-from streams.producer import KafkaPublisher, Tracer
+from streams.devtools.worker_process import WorkerProcess
+from streams.ingest.route import DLQ_REASON
+from streams.runtime.app import LATE_HEADER
+from streams.sdk import KafkaPublisher, Tracer
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from streams.worker_process import WorkerProcess
 from tests.integration.harness import (
     consume_all,
     headers_of,
@@ -37,7 +37,7 @@ WINDOW_S = 2
 LATENESS_S = 1.0
 
 # Per (agent, version, window): the aggregate recomputed from the stored spans, with the
-# rules of streams/aggregate.py written again in SQL.
+# rules of streams/ingest/aggregate.py written again in SQL.
 FROM_SPANS = f"""
 SELECT agent, version,
        toUnixTimestamp(toStartOfInterval(end_time, toIntervalSecond({WINDOW_S}))) AS w,

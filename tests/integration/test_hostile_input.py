@@ -17,8 +17,7 @@ import pytest
 from confluent_kafka import Producer
 
 from schemas.trace import MAX_EVENT_BYTES
-from streams import clickhouse
-from streams.ingest import (
+from streams.ingest.route import (
     DLQ_MAX_RECORD_BYTES,
     DLQ_ORIGINAL_VALUE_BYTES,
     DLQ_REASON,
@@ -27,6 +26,7 @@ from streams.ingest import (
     DLQ_TRUNCATED,
 )
 from streams.settings import Settings
+from streams.storage import clickhouse
 from tests.integration.harness import consume_all, headers_of, running_worker, wait_for
 from tests.integration.test_aggregation import (
     assert_aggregates_match_the_spans,

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from schemas.trace import TraceEvent
-from streams.producer import KafkaPublisher, Tracer
+from streams.devtools.worker_process import WorkerProcess
+from streams.sdk import KafkaPublisher, Tracer
 from streams.topics import ensure_topics
-from streams.worker_process import WorkerProcess
 from tests.integration.harness import (
     isolated_settings,
     killed_mid_stream,

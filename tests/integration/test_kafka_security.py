@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from streams.devtools.localkafka import SaslListener
 from streams.errors import CoalmineError
 from streams.kafka_security import tls_context
-from streams.localkafka import SaslListener
-from streams.producer import KafkaPublisher, Tracer
+from streams.sdk import KafkaPublisher, Tracer
 from streams.settings import SASL_MECHANISMS, Settings
 from streams.topics import ensure_topics
 from tests.integration.harness import consume_all, isolated_settings, running_worker, wait_for

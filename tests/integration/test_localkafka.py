@@ -20,7 +20,7 @@ from confluent_kafka.admin import AdminClient
 # in its type stubs.
 from confluent_kafka.cimpl import NewTopic
 
-from streams import localkafka
+from streams.devtools import localkafka
 from streams.errors import LocalKafkaError
 from streams.settings import Settings
 

@@ -16,14 +16,15 @@ from typing import Any
 
 import pytest
 
-from streams import localkafka, sqlcli
-from streams.producer import KafkaPublisher, Tracer
+from streams import sqlcli
+from streams.devtools import localkafka
+from streams.devtools.worker_process import WorkerProcess
+from streams.sdk import KafkaPublisher, Tracer
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from streams.worker_process import WorkerProcess
 from tests.integration.harness import isolated_settings, running_worker, wait_for
 from tests.integration.test_ingest_pipeline import AcknowledgedIds, trace_requests
-from tests.unit.test_embedded_owner import wait_until_zombie
+from tests.unit.storage.test_embedded_owner import wait_until_zombie
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # not re-exported by confluent_kafka.admin
 
 from schemas.trace import MAX_ATTRIBUTE_VALUE_CHARS, MAX_EVENT_BYTES, TraceEvent
-from streams import generate
-from streams.producer import KafkaPublisher
+from streams.devtools import generate
+from streams.sdk import KafkaPublisher
 from streams.settings import Settings
 from tests.integration.harness import consume_all
 

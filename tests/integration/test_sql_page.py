@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from streams import sqlcli, sqlpage
-from streams.producer import KafkaPublisher, Tracer
+from streams import sqlcli
+from streams.devtools.worker_process import WorkerProcess
+from streams.runtime import sqlpage
+from streams.sdk import KafkaPublisher, Tracer
 from streams.settings import Settings
-from streams.sqlguard import QueryRefusedError
-from streams.sqlsession import LIMITS, QueryFailedError
-from streams.worker_process import WorkerProcess
+from streams.storage.sqlguard import QueryRefusedError
+from streams.storage.sqlsession import LIMITS, QueryFailedError
 from tests.integration.harness import isolated_settings, running_worker, wait_for
 from tests.integration.test_sql_session import ATTACKS, LIMITED, OUTFILE
 

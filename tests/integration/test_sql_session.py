@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from streams import clickhouse, sqlguard, sqlsession
 from streams.settings import Settings
-from streams.sqlguard import QueryRefusedError
-from streams.sqlsession import QueryFailedError, QuerySession
+from streams.storage import clickhouse, sqlguard, sqlsession
+from streams.storage.sqlguard import QueryRefusedError
+from streams.storage.sqlsession import QueryFailedError, QuerySession
 
 pytestmark = pytest.mark.integration
 

@@ -28,8 +28,8 @@ from schemas.window_stats import (
     WindowStats,
     quantile_from_buckets,
 )
-from streams.aggregate import VERSION_STATS_COLUMNS, WindowRow, row_source, version_stats_row
-from streams.clickhouse import example_query, migrate, migrations_dir
+from streams.ingest.aggregate import VERSION_STATS_COLUMNS, WindowRow, row_source, version_stats_row
+from streams.storage.clickhouse import example_query, migrate, migrations_dir
 
 pytestmark = pytest.mark.integration
 

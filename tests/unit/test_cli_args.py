@@ -11,7 +11,7 @@ import time
 import pytest
 
 from streams import cli
-from streams.generate import TrafficPlan
+from streams.devtools.generate import TrafficPlan
 
 BAD_ARGUMENTS = [
     (["demo", "--rate", "nan"], "argument --rate: 'nan' is not a finite number"),

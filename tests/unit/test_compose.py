@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.localkafka import KAFKA_VERSION
+from streams.devtools.localkafka import KAFKA_VERSION
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

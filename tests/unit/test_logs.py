@@ -1,10 +1,13 @@
-"""The repeat filter: a library logging every reconnect attempt gives one line per interval."""
+"""Held-back repeats: a library logging every reconnect attempt gives one line per interval,
+and so does our own code reporting the same failure again."""
 
 from __future__ import annotations
 
 import logging
 
-from streams.logs import RepeatFilter, quiet_repeats
+import pytest
+
+from streams.logs import RateLimitedLog, RepeatFilter, quiet_repeats
 
 
 class Clock:
@@ -52,7 +55,7 @@ def test_templates_loggers_and_levels_are_limited_separately() -> None:
 
 def test_the_projects_own_loggers_are_never_held_back() -> None:
     repeats = RepeatFilter(interval_s=10.0, clock=Clock())
-    for name in ("streams.ingest", "coalmine.sdk"):
+    for name in ("streams.runtime.processor", "coalmine.sdk"):
         assert all(repeats.filter(record(name, "%s failed", "insert")) for _ in range(5))
 
 
@@ -72,3 +75,24 @@ def test_quiet_repeats_filters_every_handler_of_the_logger() -> None:
         logger.addHandler(handler)
     quiet_repeats(logger)
     assert all(any(isinstance(f, RepeatFilter) for f in h.filters) for h in handlers)
+
+
+def test_rate_limited_log_says_how_many_lines_it_held_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [100.0]
+    log = RateLimitedLog(
+        logging.getLogger("coalmine.sdk"), logging.WARNING, interval_s=10.0, clock=lambda: now[0]
+    )
+    with caplog.at_level(logging.INFO, logger="coalmine.sdk"):
+        log("broker %s down", "a")  # first: logged
+        for _ in range(5):
+            now[0] += 1.0
+            log("broker %s down", "a")  # within 10 s: held back
+        now[0] += 10.0
+        log("broker %s down", "b")  # next interval: logged with the count
+        log.log(logging.ERROR, "other")  # same limiter, held back
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "broker a down"),
+        (logging.WARNING, "broker b down (5 similar message(s) suppressed)"),
+    ]

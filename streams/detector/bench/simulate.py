@@ -249,7 +249,7 @@ def window_stats(arm: ArmSeries, index: int, version: str) -> WindowStats | None
     """The :class:`WindowStats` of window ``index`` (None when it never arrives).
 
     Built with ``model_construct`` (no validation) for speed: the simulator's rows are
-    consistent by construction, and ``tests/unit/test_detector_bench.py`` validates a sample.
+    consistent by construction, and ``tests/unit/detector/test_bench.py`` validates a sample.
     """
     if not arm.present[index]:
         return None

@@ -1,0 +1,1 @@
+"""For development and demos: the local broker, simulated traffic, benchmarks."""

@@ -1,0 +1,1 @@
+"""Decode, validate, price and route trace events; map-side windows. Pure: no I/O."""

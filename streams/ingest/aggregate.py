@@ -1,0 +1,330 @@
+"""Map-side tumbling windows: span rows in, partial :class:`WindowStats` rows out.
+
+Each worker aggregates the Kafka partitions it owns; nothing here does I/O or reads a clock.
+
+**What a window counts.** A span belongs to the window holding its ``end_time`` (when the work
+finished, which is also when the SDK sends it). Request-level figures (requests, errors,
+latency, task outcomes) come from ``request`` spans; tool calls and tool errors from ``tool``
+spans; llm calls from ``llm`` spans; a ``guardrail`` span with status ``error`` is a block;
+tokens and cost add up over every span; quality over every span that carries a score. The
+cost moments (``cost_count`` and the sums) run over *priced* spans: those with a reported
+cost or with tokens to price.
+
+**When a window is emitted.** A window closes ``allowed_lateness_s`` after its end, by the
+worker's clock; its row is emitted at the first :meth:`WindowAggregator.due` call after that.
+A span that arrives for a window already emitted is still stored and is counted in a
+*correction* row (``late``) for that window. Corrections gather until the next close time on
+the same grid as the windows' (``k * window_seconds + allowed_lateness_s``), so a worker
+catching up on a backlog, where every span is late, writes all its rows once per window
+length rather than at every batch: each write costs an insert, whatever its size.
+
+**Exactness.** Rows are identified by (partition, window, ``offset_from``) and cover a range
+of the partition's offsets for their window. The adapter acknowledges a Kafka message only
+once every row counting it is stored, so after a crash the messages of unstored rows are
+delivered again, while those of stored rows may be too (a crash between store and commit).
+On (re)assignment of a partition the adapter loads, per window, the end of the stored
+offset ranges (:meth:`WindowAggregator.load_coverage`); a redelivered span below it was
+already counted and is skipped. Rows are built deterministically from the partition's
+messages in offset order, so a row re-emitted after a crash has the identity of the one it
+replaces.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from schemas.window_stats import (
+    LATENCY_BUCKET_COUNT,
+    LOG_COST_EPSILON_USD,
+    WindowStats,
+    latency_bucket_index,
+)
+from streams.ingest.route import SPAN_COLUMNS
+
+T = TypeVar("T")
+
+WindowKey = tuple[str, str, int]
+"""(agent, version, window start in epoch seconds)."""
+
+_COLUMN = {name: index for index, name in enumerate(SPAN_COLUMNS)}
+_AGENT = _COLUMN["agent"]
+_VERSION = _COLUMN["version"]
+_KIND = _COLUMN["kind"]
+_END = _COLUMN["end_time"]
+_DURATION = _COLUMN["duration_ms"]
+_STATUS = _COLUMN["status"]
+_INPUT_TOKENS = _COLUMN["input_tokens"]
+_OUTPUT_TOKENS = _COLUMN["output_tokens"]
+_COST = _COLUMN["cost_usd"]
+_COST_SOURCE = _COLUMN["cost_source"]
+_TASK = _COLUMN["task_completed"]
+_QUALITY = _COLUMN["quality_score"]
+
+
+def window_start_of(end_time: datetime, window_seconds: int) -> int:
+    """Epoch second at which the window holding ``end_time`` starts."""
+    return math.floor(end_time.timestamp() / window_seconds) * window_seconds
+
+
+def is_priced(row: Sequence[Any]) -> bool:
+    """Whether a span row's cost is a real figure: reported, or computed from its tokens."""
+    source = row[_COST_SOURCE]
+    if source == "reported":
+        return True
+    return source == "price_table" and bool(row[_INPUT_TOKENS] or row[_OUTPUT_TOKENS])
+
+
+@dataclass(slots=True)
+class WindowAccumulator:
+    """Mutable running sums of one window; :meth:`to_stats` freezes them."""
+
+    requests: int = 0
+    errors: int = 0
+    tasks_attempted: int = 0
+    tasks_completed: int = 0
+    tool_calls: int = 0
+    tool_errors: int = 0
+    llm_calls: int = 0
+    guardrail_blocks: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_count: int = 0
+    cost_sum: float = 0.0
+    cost_sumsq: float = 0.0
+    log_cost_sum: float = 0.0
+    log_cost_sumsq: float = 0.0
+    quality_count: int = 0
+    quality_sum: float = 0.0
+    quality_sumsq: float = 0.0
+    latency_sum_ms: float = 0.0
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * LATENCY_BUCKET_COUNT)
+
+    def add(self, row: Sequence[Any]) -> None:
+        """Count one span row (a ``coalmine.spans`` row in ``SPAN_COLUMNS`` order)."""
+        kind = row[_KIND]
+        failed = row[_STATUS] == "error"
+        if kind == "request":
+            self.requests += 1
+            self.errors += failed
+            duration = float(row[_DURATION])
+            self.latency_sum_ms += duration
+            self.latency_buckets[latency_bucket_index(duration)] += 1
+            task = row[_TASK]
+            if task is not None:
+                self.tasks_attempted += 1
+                self.tasks_completed += bool(task)
+        elif kind == "tool":
+            self.tool_calls += 1
+            self.tool_errors += failed
+        elif kind == "llm":
+            self.llm_calls += 1
+        elif kind == "guardrail":
+            self.guardrail_blocks += failed
+        self.input_tokens += row[_INPUT_TOKENS]
+        self.output_tokens += row[_OUTPUT_TOKENS]
+        if is_priced(row):
+            cost = float(row[_COST])
+            log_cost = math.log(cost + LOG_COST_EPSILON_USD)
+            self.cost_count += 1
+            self.cost_sum += cost
+            self.cost_sumsq += cost * cost
+            self.log_cost_sum += log_cost
+            self.log_cost_sumsq += log_cost * log_cost
+        quality = row[_QUALITY]
+        if quality is not None:
+            score = float(quality)
+            self.quality_count += 1
+            self.quality_sum += score
+            self.quality_sumsq += score * score
+
+    def to_stats(self, key: WindowKey, window_seconds: int, source: str) -> WindowStats:
+        agent, version, start = key
+        return WindowStats(
+            agent=agent,
+            version=version,
+            window_start=datetime.fromtimestamp(start, UTC),
+            window_seconds=window_seconds,
+            source=source,
+            requests=self.requests,
+            errors=self.errors,
+            tasks_attempted=self.tasks_attempted,
+            tasks_completed=self.tasks_completed,
+            tool_calls=self.tool_calls,
+            tool_errors=self.tool_errors,
+            llm_calls=self.llm_calls,
+            guardrail_blocks=self.guardrail_blocks,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cost_count=self.cost_count,
+            cost_sum=self.cost_sum,
+            cost_sumsq=self.cost_sumsq,
+            log_cost_sum=self.log_cost_sum,
+            log_cost_sumsq=self.log_cost_sumsq,
+            quality_count=self.quality_count,
+            quality_sum=self.quality_sum,
+            quality_sumsq=self.quality_sumsq,
+            latency_sum_ms=self.latency_sum_ms,
+            latency_buckets=list(self.latency_buckets),
+        )
+
+
+@dataclass(frozen=True)
+class WindowRow:
+    """One emitted partial: the stats plus where in Kafka they came from."""
+
+    stats: WindowStats
+    topic: str
+    partition: int
+    offset_from: int
+    offset_until: int
+    late: bool
+
+
+VERSION_STATS_COLUMNS: tuple[str, ...] = (
+    *WindowStats.model_fields,
+    "kafka_topic",
+    "kafka_partition",
+    "offset_from",
+    "offset_until",
+    "late",
+)
+"""The columns of ``coalmine.version_stats`` a worker writes: the stats, then where from."""
+
+
+def version_stats_row(row: WindowRow) -> list[Any]:
+    """The ``coalmine.version_stats`` row of an emitted partial, in column order."""
+    values = row.stats.model_dump()
+    values.update(
+        kafka_topic=row.topic,
+        kafka_partition=row.partition,
+        offset_from=row.offset_from,
+        offset_until=row.offset_until,
+        late=row.late,
+    )
+    return [values[name] for name in VERSION_STATS_COLUMNS]
+
+
+def row_source(topic: str, partition: int, offset_from: int) -> str:
+    """The ``source`` of a partial: unique per row, stable across re-emission."""
+    return f"{topic}/{partition}@{offset_from}"
+
+
+@dataclass
+class _Pending(Generic[T]):
+    sums: WindowAccumulator
+    offset_from: int
+    offset_until: int
+    late: bool
+    due_at: float
+    tokens: list[T] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Flush(Generic[T]):
+    """Rows to store, and the tokens (Kafka messages) to acknowledge once they are stored."""
+
+    rows: list[WindowRow]
+    tokens: list[T]
+
+
+class WindowAggregator(Generic[T]):
+    """The open windows of the partitions of one topic this worker owns.
+
+    ``T`` is whatever the adapter needs to acknowledge a message later (a Faust event).
+    """
+
+    def __init__(self, topic: str, window_seconds: int, allowed_lateness_s: float) -> None:
+        if window_seconds <= 0:
+            raise ValueError(f"window_seconds must be positive, got {window_seconds}")
+        if allowed_lateness_s < 0:
+            raise ValueError(f"allowed_lateness_s must be >= 0, got {allowed_lateness_s}")
+        self.topic = topic
+        self.window_seconds = window_seconds
+        self.allowed_lateness_s = allowed_lateness_s
+        self._pending: dict[int, dict[WindowKey, _Pending[T]]] = {}
+        self._coverage: dict[int, dict[WindowKey, int]] = {}
+
+    def close_time(self, window_start: int) -> float:
+        """Epoch second after which the window's row is emitted and later spans are late."""
+        return window_start + self.window_seconds + self.allowed_lateness_s
+
+    def _next_close(self, now: float) -> float:
+        """The first close time of any window after ``now``."""
+        periods = math.floor((now - self.allowed_lateness_s) / self.window_seconds) + 1
+        return periods * self.window_seconds + self.allowed_lateness_s
+
+    def has_coverage(self, partition: int) -> bool:
+        return partition in self._coverage
+
+    def load_coverage(self, partition: int, stored_until: Mapping[WindowKey, int]) -> None:
+        """Per window, one past the last offset the partition's stored rows count."""
+        self._coverage[partition] = dict(stored_until)
+
+    def add(self, partition: int, offset: int, row: Sequence[Any], token: T, now: float) -> bool:
+        """Count a stored span row; returns whether ``token`` is held until its row is stored.
+
+        A span at or below its window's stored coverage was counted before a crash and is
+        not held. Messages of a partition must come in offset order; coverage must be loaded
+        for the partition first.
+        """
+        key = (row[_AGENT], row[_VERSION], window_start_of(row[_END], self.window_seconds))
+        if offset < self._coverage[partition].get(key, 0):
+            return False
+        windows = self._pending.setdefault(partition, {})
+        pending = windows.get(key)
+        if pending is None:
+            close = self.close_time(key[2])
+            late = now >= close
+            due_at = self._next_close(now) if late else close
+            pending = windows[key] = _Pending(WindowAccumulator(), offset, offset + 1, late, due_at)
+        pending.sums.add(row)
+        pending.offset_until = offset + 1
+        pending.tokens.append(token)
+        return True
+
+    def due(self, now: float) -> Flush[T]:
+        """Remove and return the windows whose close time has passed, and the corrections
+        gathered for a window length."""
+        rows: list[WindowRow] = []
+        tokens: list[T] = []
+        for partition, windows in self._pending.items():
+            ready = [key for key, pending in windows.items() if now >= pending.due_at]
+            for key in ready:
+                pending = windows.pop(key)
+                rows.append(self._row(partition, key, pending))
+                tokens.extend(pending.tokens)
+        return Flush(rows, tokens)
+
+    def forget(self) -> None:
+        """Drop every open window and all coverage (the partitions were revoked: their
+        unacknowledged messages are delivered again from the committed offsets)."""
+        self._pending.clear()
+        self._coverage.clear()
+
+    @property
+    def open_windows(self) -> int:
+        return sum(len(windows) for windows in self._pending.values())
+
+    def _row(self, partition: int, key: WindowKey, pending: _Pending[T]) -> WindowRow:
+        source = row_source(self.topic, partition, pending.offset_from)
+        return WindowRow(
+            stats=pending.sums.to_stats(key, self.window_seconds, source),
+            topic=self.topic,
+            partition=partition,
+            offset_from=pending.offset_from,
+            offset_until=pending.offset_until,
+            late=pending.late,
+        )
+
+
+def partitions_of(offsets: Iterable[tuple[int, int]]) -> dict[int, int]:
+    """Lowest offset per partition of (partition, offset) pairs."""
+    lowest: dict[int, int] = {}
+    for partition, offset in offsets:
+        if offset < lowest.get(partition, offset + 1):
+            lowest[partition] = offset
+    return lowest

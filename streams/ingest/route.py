@@ -1,0 +1,366 @@
+"""Ingest: decode and validate trace events, price them, and route each to spans or dead letters.
+
+Pure and unit-tested without I/O; :class:`~streams.runtime.processor.IngestProcessor` is the
+adapter that stores what :func:`route` decides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas.trace import MAX_EVENT_BYTES, PRINTABLE_NOT_BLANK, TraceEvent
+from streams.ingest.pricing import PriceTable
+
+Header = tuple[str, bytes]
+MAX_REASON_CHARS = 1000
+
+DLQ_REASON = "coalmine.dlq.reason"
+DLQ_SOURCE_TOPIC = "coalmine.dlq.source_topic"
+DLQ_SOURCE_PARTITION = "coalmine.dlq.source_partition"
+DLQ_SOURCE_OFFSET = "coalmine.dlq.source_offset"
+DLQ_TRUNCATED = "coalmine.dlq.truncated"
+"""On a dead letter cut to fit its topic: what was cut (``value``, ``headers``, ``key``)."""
+DLQ_ORIGINAL_KEY_BYTES = "coalmine.dlq.original_key_bytes"
+DLQ_ORIGINAL_VALUE_BYTES = "coalmine.dlq.original_value_bytes"
+DLQ_MAX_RECORD_BYTES = 900_000
+"""Key, value and headers of a dead letter at most: under the producer's 1 MB request limit
+and the broker's default ``message.max.bytes``, with room for the record's framing."""
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """A consumed Kafka record, exactly as it arrived."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[Header, ...] = ()
+
+
+class InvalidEventError(ValueError):
+    """A message that can never become a span; the text is the dead-letter reason."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    message: RawMessage
+    reason: str
+
+
+def decode(value: bytes | None) -> TraceEvent:
+    """Parse and validate one message value, or raise :class:`InvalidEventError`."""
+    if value is None:
+        raise InvalidEventError("empty message (tombstone): a trace event needs a JSON value")
+    if len(value) > MAX_EVENT_BYTES:
+        raise InvalidEventError(f"message is {len(value)} bytes; the limit is {MAX_EVENT_BYTES}")
+    try:
+        event = TraceEvent.model_validate_json(value)
+    except ValidationError as exc:
+        raise InvalidEventError(describe_validation_error(exc)) from None
+    _check_no_duplicate_keys(value)
+    return event
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    unique = dict(pairs)
+    if len(unique) != len(pairs):
+        keys = [key for key, _ in pairs]
+        twice = next(key for i, key in enumerate(keys) if key in keys[:i])
+        raise InvalidEventError(f"{twice!r} appears twice in one JSON object")
+    return unique
+
+
+_DUPLICATE_KEYS = json.JSONDecoder(object_pairs_hook=_refuse_duplicates)
+
+
+def _check_no_duplicate_keys(value: bytes) -> None:
+    """JSON parsers disagree on which of two equal keys wins (ours keeps the last one), so an
+    object naming a field twice means different things to different readers: refused."""
+    _DUPLICATE_KEYS.decode(value.decode("utf-8"))
+
+
+_PATTERN_MEANINGS = {
+    PRINTABLE_NOT_BLANK: "must show a visible character and hold no control character "
+    "(newline, tab, NUL, terminal escape) or bidirectional override",
+}
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One bounded line naming each failing field: ``input_tokens: Input should be ...``."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(p) for p in error["loc"]) or "event"
+        pattern = str((error.get("ctx") or {}).get("pattern"))
+        parts.append(f"{where}: {_PATTERN_MEANINGS.get(pattern, error['msg'])}")
+    text = "; ".join(parts)
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+
+
+SPAN_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "agent",
+    "version",
+    "environment",
+    "tenant",
+    "kind",
+    "name",
+    "start_time",
+    "end_time",
+    "duration_ms",
+    "status",
+    "error_type",
+    "error_message",
+    "provider",
+    "model",
+    "input_tokens",
+    "output_tokens",
+    "cached_input_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "cost_source",
+    "tool_name",
+    "task_completed",
+    "quality_score",
+    "attributes",
+    "content_hash",
+    "kafka_partition",
+    "kafka_offset",
+)
+
+
+def content_hash(value: bytes) -> int:
+    """64 bits of the message's bytes: a second message with a stored event_id and another
+    hash is a conflict, not a re-delivery."""
+    return int.from_bytes(hashlib.blake2b(value, digest_size=8).digest(), "little")
+
+
+def to_row(
+    event: TraceEvent, prices: PriceTable, partition: int, offset: int, value_hash: int = 0
+) -> tuple[Any, ...]:
+    """The ``coalmine.spans`` row of an event, in :data:`SPAN_COLUMNS` order."""
+    cost, source = prices.price(
+        event.cost_usd,
+        event.provider,
+        event.model,
+        event.input_tokens,
+        event.output_tokens,
+        at=event.start_time,
+        cached_input_tokens=event.cached_input_tokens,
+        reasoning_tokens=event.reasoning_tokens,
+    )
+    return (
+        event.event_id,
+        event.trace_id,
+        event.span_id,
+        event.parent_span_id or "",
+        event.agent,
+        event.version,
+        event.environment,
+        event.tenant or "",
+        event.kind.value,
+        event.name,
+        event.start_time,
+        event.end_time,
+        event.duration_ms,
+        event.status.value,
+        event.error_type or "",
+        event.error_message or "",
+        event.provider or "",
+        event.model or "",
+        event.input_tokens,
+        event.output_tokens,
+        event.cached_input_tokens,
+        event.reasoning_tokens,
+        cost,
+        source.value,
+        event.tool_name or "",
+        event.task_completed,
+        event.quality_score,
+        {key: _attribute_text(value) for key, value in event.attributes.items()},
+        value_hash,
+        partition,
+        offset,
+    )
+
+
+def _attribute_text(value: str | bool | int | float) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+@dataclass
+class RoutedBatch:
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TimeBounds:
+    """The span times ``route`` accepts: a span must start on or after ``earliest_start``
+    (what the tables hold and keep: not before 1970, not older than the spans' retention)
+    and end by ``latest_end`` (now plus the allowed clock skew)."""
+
+    earliest_start: datetime
+    latest_end: datetime
+
+    @classmethod
+    def at(
+        cls, now: datetime, max_clock_skew: timedelta, retention: timedelta | None
+    ) -> TimeBounds:
+        """``retention``: how long spans are kept (``None``: forever)."""
+        earliest = EPOCH if retention is None else max(EPOCH, now - retention)
+        return cls(earliest, now + max_clock_skew)
+
+    def check(self, event: TraceEvent) -> None:
+        if event.end_time > self.latest_end:
+            ahead = (event.end_time - self.latest_end).total_seconds()
+            raise InvalidEventError(
+                f"end_time {event.end_time.isoformat()} is {ahead:.3f}s beyond the allowed "
+                f"clock skew (latest accepted {self.latest_end.isoformat()}); check the "
+                "producer's clock"
+            )
+        if event.start_time < self.earliest_start:
+            why = "the oldest the tables hold" if self.earliest_start == EPOCH else "retention"
+            raise InvalidEventError(
+                f"start_time {event.start_time.isoformat()} is before "
+                f"{self.earliest_start.isoformat()} ({why}): it would never be queryable"
+            )
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def route(messages: Sequence[RawMessage], prices: PriceTable, bounds: TimeBounds) -> RoutedBatch:
+    """Split a batch into span rows and rejections; one bad message never affects another.
+
+    A span ending after ``bounds.latest_end`` is rejected: its producer's clock is wrong, and
+    it would land in a window that has not happened yet. One starting before
+    ``bounds.earliest_start`` is rejected: the tables cannot hold it, or would drop it.
+    """
+    routed = RoutedBatch()
+    for message in messages:
+        try:
+            event = decode(message.value)
+            bounds.check(event)
+        except InvalidEventError as exc:
+            routed.rejected.append(Rejection(message, str(exc)))
+            continue
+        value_hash = content_hash(message.value or b"")
+        routed.rows.append(to_row(event, prices, message.partition, message.offset, value_hash))
+    return routed
+
+
+Owner = tuple[int, int]
+"""(Kafka partition, offset) of the message a stored span came from."""
+
+
+_EVENT_ID = SPAN_COLUMNS.index("event_id")
+_PARTITION = SPAN_COLUMNS.index("kafka_partition")
+_OFFSET = SPAN_COLUMNS.index("kafka_offset")
+
+
+@dataclass(frozen=True)
+class SpanWrite:
+    """What a span sink did with a batch: how many rows were new, and for every event id of
+    the batch the message its stored span came from (this batch's or an earlier one's)."""
+
+    inserted: int
+    owners: Mapping[Any, Owner]
+    refused: Mapping[Owner, str] = field(default_factory=dict)
+    """Rows the sink will never store, by their message, with the reason: a conflicting
+    event id, or values ClickHouse rejected. They go to the dead-letter topic."""
+
+    @classmethod
+    def all_new(cls, rows: Sequence[Sequence[Any]]) -> SpanWrite:
+        """Every row inserted, each owned by its own message (sinks that keep nothing)."""
+        return cls(len(rows), {row[_EVENT_ID]: position(row) for row in rows})
+
+
+def position(row: Sequence[Any]) -> Owner:
+    """The (partition, offset) of the message a span row came from."""
+    return (row[_PARTITION], row[_OFFSET])
+
+
+def owned_rows(rows: Sequence[Sequence[Any]], owners: Mapping[Any, Owner]) -> list[Sequence[Any]]:
+    """The rows whose message is the one their stored span came from.
+
+    A message re-delivered after a crash owns its span; a second message carrying an event id
+    already stored from another message (a duplicate sent twice) does not, so aggregates
+    count each stored span once.
+    """
+    return [row for row in rows if owners.get(row[_EVENT_ID]) == position(row)]
+
+
+def dead_letter_headers(rejection: Rejection) -> list[Header]:
+    """The original headers plus why and where from, so the message can be replayed."""
+    message = rejection.message
+    return [
+        *message.headers,
+        (DLQ_REASON, rejection.reason.encode("utf-8", errors="replace")),
+        (DLQ_SOURCE_TOPIC, message.topic.encode()),
+        (DLQ_SOURCE_PARTITION, str(message.partition).encode()),
+        (DLQ_SOURCE_OFFSET, str(message.offset).encode()),
+    ]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    key: bytes | None
+    value: bytes | None
+    headers: list[Header]
+
+
+def dead_letter(rejection: Rejection, max_bytes: int = DLQ_MAX_RECORD_BYTES) -> DeadLetter:
+    """The dead-letter record of a rejection, cut to fit the dead-letter topic.
+
+    A source topic may hold records larger than the DLQ accepts (a producer's compression
+    lets a large value in): then the value, and if need be the key and the original headers,
+    are cut, and headers say so and give the original sizes. Otherwise the record is the
+    original key, value and headers plus the reason and the source.
+    """
+    message = rejection.message
+    key, value = message.key, message.value
+    headers = dead_letter_headers(rejection)
+    if _record_bytes(key, value, headers) <= max_bytes:
+        return DeadLetter(key, value, headers)
+    added = headers[len(message.headers) :]
+    notes: list[Header] = [
+        (DLQ_ORIGINAL_KEY_BYTES, str(len(key or b"")).encode()),
+        (DLQ_ORIGINAL_VALUE_BYTES, str(len(value or b"")).encode()),
+    ]
+    originals = list(message.headers)
+    room = max_bytes - _record_bytes(key, None, [*originals, *added, *notes]) - _NOTE_BYTES
+    cut = ["value"]
+    if room < 0:
+        cut.append("headers")
+        originals = []
+        room = max_bytes - _record_bytes(key, None, [*added, *notes]) - _NOTE_BYTES
+    if room < 0:
+        cut.append("key")
+        key = (key or b"")[: max(0, len(key or b"") + room)]
+        room = 0
+    value = (value or b"")[:room] if value is not None else None
+    notes.append((DLQ_TRUNCATED, ",".join(cut).encode()))
+    return DeadLetter(key, value, [*originals, *added, *notes])
+
+
+_NOTE_BYTES = len(DLQ_TRUNCATED) + len("value,headers,key")
+
+
+def _record_bytes(key: bytes | None, value: bytes | None, headers: Sequence[Header]) -> int:
+    return (
+        len(key or b"")
+        + len(value or b"")
+        + sum(len(name.encode("utf-8", "replace")) + len(data) for name, data in headers)
+    )

@@ -1,0 +1,233 @@
+"""The worker's ``/sql`` page: ``coalmine sql`` while the worker holds the embedded database.
+
+chDB lets one process hold a data folder, so while a worker runs, queries go through it. The
+page answers only ``coalmine sql``: the request must name the worker's own address in
+``Host`` (a page that rebinds its DNS name to 127.0.0.1 sends its own name), carry no foreign
+``Origin``, and present the token the worker wrote at start to a file only its user can read
+(:func:`issue_token`). Queries run in a :class:`~streams.storage.sqlsession.QuerySession` of their
+own, on a thread of their own, one at a time; the ingestion's session and thread never see
+them. Every answer is JSON, errors included (``{"error": "..."}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import faust
+from faust.web import Request, Response, View
+from mode.types.signals import BaseSignalT
+
+from streams.errors import CoalmineError
+from streams.settings import Settings
+from streams.storage import sqlsession
+from streams.storage.sqlguard import QueryRefusedError
+
+log = logging.getLogger(__name__)
+
+PATH = "/sql"
+MAX_BODY_BYTES = 12 * sqlsession.LIMITS.max_query_chars + 1024
+"""A JSON body holding the longest query allowed with every character escaped: up to 12
+bytes each (a surrogate pair, ``\\ud83d\\ude00``)."""
+
+
+class QueryBusyError(CoalmineError):
+    """Another query is running on this worker."""
+
+
+# --- the token -----------------------------------------------------------------------------
+
+
+def token_file(settings: Settings) -> Path:
+    """Next to the chDB folder and its owner file, under ``COALMINE_HOME``."""
+    return settings.chdb_path.with_name(settings.chdb_path.name + ".sql-token")
+
+
+def issue_token(settings: Settings) -> str:
+    """A new token, written to :func:`token_file` readable by this user only (0600)."""
+    token = secrets.token_urlsafe(32)
+    path = token_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    partial.unlink(missing_ok=True)
+    # Created 0600 before anything is written, then renamed over the old file: no moment
+    # where the token sits in a file others may read, and a symlink planted there is replaced.
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+        out.write(token)
+    partial.replace(path)
+    return token
+
+
+def read_token(settings: Settings) -> str:
+    path = token_file(settings)
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise CoalmineError(
+            f"cannot read the worker's query token {path} ({exc.strerror}); run "
+            "`coalmine sql` as the user who runs the worker"
+        ) from None
+
+
+# --- who may ask ---------------------------------------------------------------------------
+
+
+def host_allowed(host: str, bind_host: str, port: int) -> bool:
+    """Whether a ``Host`` header names this worker: its port, and its bind address, an IP
+    address or ``localhost``. Never another name, which is what DNS rebinding sends."""
+    try:
+        parts = urlsplit(f"//{host}")
+        host_port = parts.port
+    except ValueError:
+        return False
+    name = parts.hostname or ""
+    if host_port != port:
+        return False
+    if name in (bind_host.lower(), "localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    error: str
+
+
+def refusal(headers: Mapping[str, str], token: str, bind_host: str, port: int) -> Refusal | None:
+    """Why a request's headers are refused, or ``None``. Checked before its body is read."""
+    host = headers.get("Host", "")
+    if not host_allowed(host, bind_host, port):
+        return Refusal(403, f"Host {host!r} is not this worker's address")
+    origin = headers.get("Origin")
+    if origin is not None and origin != f"http://{host}":
+        return Refusal(403, f"requests from {origin} are not allowed")
+    scheme, _, presented = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), token.encode()):
+        return Refusal(401, "a valid token is required (`coalmine sql` sends it)")
+    if headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
+        return Refusal(415, "the body must be JSON (Content-Type: application/json)")
+    length = headers.get("Content-Length")
+    if length is None or not length.isdigit():
+        return Refusal(411, "Content-Length is required")
+    if int(length) > MAX_BODY_BYTES:
+        return Refusal(413, f"the body is larger than {MAX_BODY_BYTES:,} bytes")
+    return None
+
+
+def query_of(body: bytes) -> str:
+    """The query of a ``{"query": "..."}`` body; :class:`ValueError` saying what is wrong."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise ValueError('the body is not JSON; send {"query": "SELECT ..."}') from None
+    query = document.get("query") if isinstance(document, dict) else None
+    if not isinstance(query, str):
+        raise ValueError('the body must be {"query": "SELECT ..."}')
+    return query
+
+
+# --- running queries -----------------------------------------------------------------------
+
+
+class QueryRunner:
+    """User queries on a thread of their own, one at a time; the session opens on first use."""
+
+    def __init__(self, open_session: Callable[[], sqlsession.QuerySession]) -> None:
+        self._open_session = open_session
+        self._session: sqlsession.QuerySession | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql")
+        # Released by the query's thread when it ends, not when its caller stops waiting.
+        self._busy = threading.Lock()
+
+    async def run(self, query: str) -> tuple[list[str], sqlsession.Rows]:
+        if not self._busy.acquire(blocking=False):
+            raise QueryBusyError(
+                "another query is running on this worker; try again when it has finished "
+                f"(queries stop after {sqlsession.LIMITS.max_execution_s} s)"
+            )
+        try:
+            future = self._pool.submit(self._run, query)
+        except BaseException:
+            self._busy.release()
+            raise
+        future.add_done_callback(lambda _: self._busy.release())
+        return await asyncio.wrap_future(future)
+
+    def _run(self, query: str) -> tuple[list[str], sqlsession.Rows]:
+        if self._session is None:
+            self._session = self._open_session()
+        return self._session.run(query)
+
+    def close(self) -> None:
+        """Waits for a running query (at most its time limit), then closes the session."""
+        self._pool.shutdown(wait=True)
+        if self._session is not None:
+            self._session.close()
+
+
+def install(app: faust.App, settings: Settings) -> None:
+    """Add the ``/sql`` page to ``app`` when the database is embedded (a server is queried
+    directly by ``coalmine sql``), with a new token."""
+    if not settings.is_embedded_clickhouse:
+        return
+    token = issue_token(settings)
+    runner = QueryRunner(lambda: sqlsession.connect(settings))
+
+    @app.page(PATH)
+    class Sql(View):
+        async def post(self, request: Request) -> Response:
+            try:
+                status, document = await answer(request)
+            except Exception:
+                log.exception("the %s page failed", PATH)
+                status, document = 500, {"error": "internal error (see the worker's log)"}
+            payload = json.dumps(document, default=str).encode()
+            return self.bytes(payload, content_type="application/json", status=status)
+
+        async def get(self, request: Request) -> Response:
+            return self.json({"error": f'POST {{"query": "SELECT ..."}} to {PATH}'}, status=405)
+
+    async def answer(request: Request) -> tuple[int, dict[str, Any]]:
+        refused = refusal(request.headers, token, settings.worker_host, settings.worker_port)
+        if refused is not None:
+            return refused.status, {"error": refused.error}
+        try:
+            query = query_of(await request.read())
+        except ValueError as exc:
+            return 400, {"error": str(exc)}
+        try:
+            columns, rows = await runner.run(query)
+        except QueryBusyError as exc:
+            return 429, {"error": str(exc)}
+        except (QueryRefusedError, sqlsession.QueryFailedError) as exc:
+            return 400, {"error": str(exc)}
+        except CoalmineError as exc:
+            return 503, {"error": str(exc)}
+        return 200, {"columns": columns, "rows": rows}
+
+    @app.on_before_shutdown.connect
+    async def close_queries(
+        sender: faust.App, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
+    ) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, runner.close)
+        except Exception:
+            log.exception("closing the query session failed")

@@ -1,0 +1,26 @@
+"""What agent code imports: the :class:`Tracer` and the publishers that ship its spans.
+
+It imports pydantic and confluent-kafka, never the worker's Faust, chDB or scipy (a test
+checks): tracing an agent must not load the pipeline. Usage: ``from streams.sdk import
+KafkaPublisher, Tracer`` (see the README).
+"""
+
+from streams.sdk.publisher import (
+    CountingPublisher,
+    DeliveryListener,
+    KafkaPublisher,
+    Publisher,
+    PublisherStats,
+)
+from streams.sdk.tracer import OutcomeSpan, Span, Tracer
+
+__all__ = [
+    "CountingPublisher",
+    "DeliveryListener",
+    "KafkaPublisher",
+    "OutcomeSpan",
+    "Publisher",
+    "PublisherStats",
+    "Span",
+    "Tracer",
+]

@@ -1,0 +1,273 @@
+"""Where the SDK's spans go: the :class:`Publisher` interface and :class:`KafkaPublisher`.
+
+A publisher never raises from ``publish`` and never blocks in it: broker trouble is counted
+and logged (rate-limited), a full send queue drops the event and counts it. Every event
+handed to :class:`KafkaPublisher` ends up delivered, failed or dropped, and
+:class:`PublisherStats` says how many of each. Agent code normally imports these names from
+:mod:`streams.sdk`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from schemas.trace import MAX_EVENT_BYTES, SCHEMA_VERSION, TraceEvent
+from streams.kafka_security import security_config
+from streams.logs import RateLimitedLog
+from streams.settings import Settings
+
+logger = logging.getLogger("coalmine.sdk")
+
+DeliveryListener = Callable[[str, str | None], None]
+"""Called with ``(event_id, error)`` once per published event; ``error`` is None on success."""
+
+
+class Publisher(Protocol):
+    """Where finished spans go. Implementations must never raise from :meth:`publish` and
+    never block in it; tests use an in-memory list, production uses :class:`KafkaPublisher`."""
+
+    def publish(self, event: TraceEvent) -> None:
+        """Queue ``event`` for delivery and return at once."""
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for queued events; return how many are still queued."""
+
+    def close(self, timeout: float) -> None:
+        """Flush for up to ``timeout`` seconds and release resources; later publishes are
+        dropped (and counted)."""
+
+
+@dataclass(frozen=True)
+class PublisherStats:
+    """Counters since the publisher was created.
+
+    ``published`` counts events accepted into the send queue; each ends up ``delivered``
+    (acknowledged by all in-sync replicas) or ``failed``. After :meth:`KafkaPublisher.close`,
+    ``published == delivered + failed``. ``dropped`` events never entered the queue (queue
+    full, oversized, publisher closed) and are not part of ``published``.
+    """
+
+    published: int = 0
+    delivered: int = 0
+    failed: int = 0
+    dropped: int = 0
+
+    @property
+    def pending(self) -> int:
+        return self.published - self.delivered - self.failed
+
+
+class CountingPublisher(Publisher, Protocol):
+    """A publisher that reports how its events fared (what ``coalmine generate`` shows)."""
+
+    @property
+    def stats(self) -> PublisherStats: ...
+
+
+_HEADERS: list[tuple[str, str | bytes | None]] = [
+    ("content-type", b"application/json"),
+    ("schema_version", str(SCHEMA_VERSION).encode()),
+]
+
+
+class KafkaPublisher:
+    """Publishes spans to a Kafka topic through confluent-kafka's idempotent producer.
+
+    One message per span: key = ``trace_id`` (so a trace's spans stay in order on one
+    partition), value = the event's JSON. Memory is bounded by ``max_queue_messages`` and
+    ``max_queue_kbytes``; when the queue is full, new events are dropped and counted rather
+    than blocking the agent. A daemon thread serves delivery reports even while the agent is
+    idle, and the publisher flushes itself at interpreter exit.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        max_queue_messages: int = 100_000,
+        max_queue_kbytes: int = 65536,
+        on_delivery: DeliveryListener | None = None,
+        extra_config: Mapping[str, Any] | None = None,
+        close_timeout: float = 10.0,
+    ) -> None:
+        config: dict[str, Any] = {
+            "bootstrap.servers": bootstrap,
+            "client.id": "coalmine-sdk",
+            # Idempotence implies acks=all and bounded in-flight requests: retries after a
+            # lost ack never duplicate or reorder a trace's spans.
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": max_queue_messages,
+            "queue.buffering.max.kbytes": max_queue_kbytes,
+            "error_cb": self._on_client_error,
+            # librdkafka logs to stderr by default, a line per reconnect attempt while the
+            # broker is down; route them through logging, rate-limited.
+            "logger": RateLimitedLog(logging.getLogger("coalmine.sdk.librdkafka"), logging.WARNING),
+        }
+        config.update(extra_config or {})
+        self._producer = Producer(config)
+        self._topic = topic
+        self._on_delivery = on_delivery
+        self._close_timeout = close_timeout
+        self._lock = threading.Lock()
+        self._published = self._delivered = self._failed = self._dropped = 0
+        self._closed = False
+        self._warn_dropped = RateLimitedLog(logger, logging.WARNING)
+        self._warn_failed = RateLimitedLog(logger, logging.WARNING)
+        self._warn_client = RateLimitedLog(logger, logging.WARNING)
+        self._stop_polling = threading.Event()
+        self._poller = threading.Thread(
+            target=self._poll_loop, name="coalmine-publisher-poll", daemon=True
+        )
+        self._poller.start()
+        atexit.register(self._close_at_exit)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> KafkaPublisher:
+        """A publisher to ``<prefix>.traces`` on ``COALMINE_KAFKA_BOOTSTRAP``, with the
+        ``COALMINE_KAFKA_*`` security settings; ``kwargs`` go to the constructor, and an
+        ``extra_config`` of theirs is laid over the security settings."""
+        extra = {**security_config(settings), **(kwargs.pop("extra_config", None) or {})}
+        return cls(settings.kafka_bootstrap, settings.topic("traces"), extra_config=extra, **kwargs)
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    @property
+    def stats(self) -> PublisherStats:
+        with self._lock:
+            return PublisherStats(self._published, self._delivered, self._failed, self._dropped)
+
+    def publish(self, event: TraceEvent) -> None:
+        """Queue ``event``; never raises, never blocks."""
+        try:
+            value = event.model_dump_json().encode()
+        except Exception as exc:  # cannot happen for a validated event; never raise anyway
+            self._drop(f"cannot encode event: {type(exc).__name__}: {exc}")
+            return
+        # Ingest rejects bigger messages; sending one would only move the loss downstream.
+        if len(value) > MAX_EVENT_BYTES:
+            self._drop(f"event is {len(value)} bytes (limit {MAX_EVENT_BYTES})")
+            return
+        problem = self._produce(event, value)
+        if problem is not None:
+            self._drop(problem)
+            return
+        self._poll(0)
+
+    def _produce(self, event: TraceEvent, value: bytes) -> str | None:
+        """Hand the message to librdkafka; return why not, if it was not taken."""
+        # Under the lock so that close() cannot slip between the check and the produce and
+        # leave a message that is neither delivered nor failed. produce() runs no callbacks.
+        with self._lock:
+            if self._closed:
+                return "publisher is closed"
+            try:
+                self._producer.produce(
+                    self._topic,
+                    value=value,
+                    key=event.trace_id.encode(),
+                    headers=_HEADERS,
+                    on_delivery=functools.partial(self._delivery_report, str(event.event_id)),
+                )
+            except BufferError:
+                return "the send queue is full (is the broker reachable?)"
+            except Exception as exc:  # KafkaException (fatal producer state), anything else
+                return f"{type(exc).__name__}: {exc}"
+            self._published += 1
+            return None
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for outstanding deliveries; return how many remain."""
+        try:
+            return int(self._producer.flush(timeout))
+        except Exception as exc:  # a user's on_delivery raising is caught below; be safe anyway
+            logger.error("flush failed: %s", exc)
+            return len(self._producer)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush for up to ``timeout`` seconds (default ``close_timeout``), then give up on
+        the rest, counting them as failed. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        atexit.unregister(self._close_at_exit)
+        self._stop_polling.set()
+        self._poller.join()
+        remaining = self.flush(self._close_timeout if timeout is None else timeout)
+        if remaining:
+            logger.error(
+                "closing with %d event(s) undelivered to %s; they are counted as failed",
+                remaining,
+                self._topic,
+            )
+            # Purging makes librdkafka report every remaining message as failed, so the
+            # counters still add up: published == delivered + failed.
+            self._producer.purge()
+            self.flush(1.0)
+        self._producer.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- callbacks (run on whichever thread calls poll/flush) --
+
+    def _delivery_report(self, event_id: str, err: KafkaError | None, msg: Message) -> None:
+        error = None if err is None else err.str()
+        with self._lock:
+            if error is None:
+                self._delivered += 1
+            else:
+                self._failed += 1
+        if error is not None:
+            self._warn_failed("delivery to %s failed: %s", self._topic, error)
+        if self._on_delivery is not None:
+            try:
+                self._on_delivery(event_id, error)
+            except Exception:
+                # The listener is user code; an exception here would escape from poll() in
+                # the agent's thread.
+                logger.exception("on_delivery listener raised; ignored")
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        self._warn_client("Kafka client error: %s", err.str())
+
+    def _drop(self, reason: str) -> None:
+        with self._lock:
+            self._dropped += 1
+        self._warn_dropped("event dropped: %s", reason)
+
+    def _poll(self, timeout: float) -> None:
+        try:
+            self._producer.poll(timeout)
+        except Exception as exc:
+            logger.error("serving delivery reports failed: %s", exc)
+
+    def _poll_loop(self) -> None:
+        while not self._stop_polling.is_set():
+            self._poll(0.2)
+
+    def _close_at_exit(self) -> None:
+        self.close()

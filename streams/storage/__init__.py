@@ -1,0 +1,1 @@
+"""ClickHouse: the client, migrations, the span and window writers, read-only queries."""

@@ -1,0 +1,333 @@
+"""Map-side windows: what a window counts, when it is emitted, and exactness across crashes."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas.window_stats import LATENCY_BUCKET_COUNT, WindowStats, latency_histogram, log_cost
+from streams.ingest.aggregate import (
+    VERSION_STATS_COLUMNS,
+    WindowAccumulator,
+    WindowAggregator,
+    WindowKey,
+    WindowRow,
+    is_priced,
+    partitions_of,
+    version_stats_row,
+    window_start_of,
+)
+from streams.ingest.route import SPAN_COLUMNS
+
+EPOCH = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+T0 = EPOCH.timestamp()
+TOPIC = "coalmine.traces"
+
+
+def span(**values: Any) -> tuple[Any, ...]:
+    """A spans row with defaults for everything the test does not care about."""
+    row: dict[str, Any] = dict.fromkeys(SPAN_COLUMNS, "")
+    row.update(
+        event_id=uuid.uuid4(),
+        agent="bot",
+        version="v1",
+        kind="request",
+        end_time=EPOCH,
+        duration_ms=100.0,
+        status="ok",
+        input_tokens=0,
+        output_tokens=0,
+        cost_usd=0.0,
+        cost_source="price_table",
+        task_completed=None,
+        quality_score=None,
+    )
+    row.update(values)
+    return tuple(row[name] for name in SPAN_COLUMNS)
+
+
+def assert_same_stats(got: WindowStats, want: WindowStats) -> None:
+    """Counts and histogram exactly, float sums up to rounding."""
+    got_values, want_values = got.model_dump(), want.model_dump()
+    for name, value in want_values.items():
+        if isinstance(value, float):
+            assert got_values[name] == pytest.approx(value, rel=1e-9, abs=1e-9), name
+        else:
+            assert got_values[name] == value, name
+
+
+def test_window_start_is_the_floor_of_the_end_time() -> None:
+    assert window_start_of(EPOCH, 5) == T0
+    assert window_start_of(EPOCH + timedelta(seconds=4.999999), 5) == T0
+    assert window_start_of(EPOCH + timedelta(seconds=5), 5) == T0 + 5
+    assert window_start_of(EPOCH - timedelta(microseconds=1), 5) == T0 - 5
+
+
+def test_a_window_counts_requests_tools_llm_calls_tokens_cost_and_quality() -> None:
+    rows = [
+        span(duration_ms=120.0, task_completed=True, quality_score=0.5),
+        span(duration_ms=900.0, status="error", task_completed=False),
+        span(duration_ms=0.4),
+        span(kind="tool", status="error", duration_ms=5000.0),
+        span(kind="tool"),
+        span(kind="llm", input_tokens=1000, output_tokens=50, cost_usd=0.01),
+        span(kind="llm", cost_usd=0.02, cost_source="reported"),
+        span(kind="llm", input_tokens=7, cost_source="unpriced"),
+        span(kind="guardrail", status="error"),
+        span(kind="guardrail"),
+        span(kind="eval", quality_score=0.75),
+    ]
+    sums = WindowAccumulator()
+    for row in rows:
+        sums.add(row)
+    stats = sums.to_stats(("bot", "v1", int(T0)), 5, "s")
+    costs = [0.01, 0.02]
+    expected = WindowStats(
+        agent="bot",
+        version="v1",
+        window_start=EPOCH,
+        window_seconds=5,
+        source="s",
+        requests=3,
+        errors=1,
+        tasks_attempted=2,
+        tasks_completed=1,
+        tool_calls=2,
+        tool_errors=1,
+        llm_calls=3,
+        guardrail_blocks=1,
+        input_tokens=1007,
+        output_tokens=50,
+        cost_count=2,
+        cost_sum=sum(costs),
+        cost_sumsq=sum(c * c for c in costs),
+        log_cost_sum=sum(log_cost(c) for c in costs),
+        log_cost_sumsq=sum(log_cost(c) ** 2 for c in costs),
+        quality_count=2,
+        quality_sum=1.25,
+        quality_sumsq=0.25 + 0.5625,
+        latency_sum_ms=1020.4,
+        latency_buckets=latency_histogram([120.0, 900.0, 0.4]),
+    )
+    assert_same_stats(stats, expected)
+    assert len(stats.latency_buckets) == LATENCY_BUCKET_COUNT
+
+
+def test_priced_spans_have_a_reported_cost_or_tokens_to_price() -> None:
+    assert is_priced(span(cost_source="reported"))
+    assert is_priced(span(cost_source="price_table", output_tokens=1))
+    assert not is_priced(span(cost_source="price_table"))
+    assert not is_priced(span(cost_source="unpriced", input_tokens=5))
+
+
+def test_a_window_is_emitted_after_its_end_plus_the_allowed_lateness() -> None:
+    windows: WindowAggregator[int] = WindowAggregator(TOPIC, 5, 2.0)
+    windows.load_coverage(0, {})
+    assert windows.add(0, 10, span(end_time=EPOCH + timedelta(seconds=1)), 10, T0 + 1)
+    assert windows.add(0, 11, span(end_time=EPOCH + timedelta(seconds=6)), 11, T0 + 6)
+    assert windows.due(T0 + 6.999).rows == []
+    first = windows.due(T0 + 7)
+    assert [r.stats.window_start for r in first.rows] == [EPOCH]
+    assert first.tokens == [10]
+    (row,) = first.rows
+    assert (row.partition, row.offset_from, row.offset_until, row.late) == (0, 10, 11, False)
+    assert row.stats.source == f"{TOPIC}/0@10"
+    assert windows.open_windows == 1
+
+
+def test_a_span_for_an_emitted_window_goes_into_a_correction_row() -> None:
+    windows: WindowAggregator[int] = WindowAggregator(TOPIC, 5, 2.0)
+    windows.load_coverage(3, {})
+    windows.add(3, 0, span(), 0, T0 + 1)
+    assert len(windows.due(T0 + 8).rows) == 1
+    windows.add(3, 1, span(kind="tool"), 1, T0 + 9)
+    windows.add(3, 2, span(status="error"), 2, T0 + 11)
+    # Corrections gather until the next close time of any window: 10 s + 2 s lateness.
+    assert windows.due(T0 + 11.9).rows == []
+    correction = windows.due(T0 + 12)
+    (row,) = correction.rows
+    assert row.late and (row.offset_from, row.offset_until) == (1, 3)
+    assert (row.stats.requests, row.stats.errors, row.stats.tool_calls) == (1, 1, 1)
+    assert correction.tokens == [1, 2]
+
+
+def test_spans_below_the_stored_coverage_are_not_counted_again() -> None:
+    windows: WindowAggregator[int] = WindowAggregator(TOPIC, 5, 2.0)
+    key: WindowKey = ("bot", "v1", int(T0))
+    windows.load_coverage(1, {key: 8})
+    assert not windows.add(1, 7, span(), 7, T0 + 1)
+    assert windows.add(1, 8, span(), 8, T0 + 1)
+    assert windows.add(1, 5, span(version="v2"), 5, T0 + 1)  # another window: not covered
+
+
+def test_forget_drops_open_windows_and_coverage() -> None:
+    windows: WindowAggregator[int] = WindowAggregator(TOPIC, 5, 2.0)
+    windows.load_coverage(0, {})
+    windows.add(0, 0, span(), 0, T0)
+    windows.forget()
+    assert windows.open_windows == 0 and not windows.has_coverage(0)
+    assert windows.due(T0 + 100).rows == []
+
+
+def test_bad_window_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="window_seconds"):
+        WindowAggregator(TOPIC, 0, 1.0)
+    with pytest.raises(ValueError, match="allowed_lateness_s"):
+        WindowAggregator(TOPIC, 5, -1.0)
+
+
+def test_partitions_of_gives_the_lowest_offset_per_partition() -> None:
+    assert partitions_of([(0, 5), (1, 9), (0, 3), (1, 12)]) == {0: 3, 1: 9}
+
+
+def test_a_version_stats_row_follows_the_table_columns() -> None:
+    stats = WindowStats.from_arrays(
+        agent="bot",
+        version="v1",
+        window_start=EPOCH,
+        window_seconds=5,
+        source="s",
+        latency_ms=[10.0, 20.0],
+        error=[False, True],
+    )
+    row = WindowRow(stats, TOPIC, 2, 100, 140, True)
+    values = dict(zip(VERSION_STATS_COLUMNS, version_stats_row(row), strict=True))
+    assert (values["kafka_topic"], values["kafka_partition"]) == (TOPIC, 2)
+    assert (values["offset_from"], values["offset_until"], values["late"]) == (100, 140, True)
+    assert (values["requests"], values["errors"], values["window_start"]) == (2, 1, EPOCH)
+    assert values["latency_buckets"] == stats.latency_buckets
+
+
+# --- exactness across crashes: a model of the worker, the store and Kafka's commits -------
+
+
+@dataclass
+class Store:
+    """The version_stats table: rows that were stored."""
+
+    rows: list[WindowRow] = field(default_factory=list)
+
+    def coverage(self, partition: int, lowest: int) -> dict[WindowKey, int]:
+        """What ``VersionStatsWriter.coverage`` returns for one partition."""
+        covered: dict[WindowKey, int] = {}
+        for row in self.rows:
+            if row.partition == partition and row.offset_until > lowest:
+                start = int(row.stats.window_start.timestamp())
+                key = (row.stats.agent, row.stats.version, start)
+                covered[key] = max(covered.get(key, 0), row.offset_until)
+        return covered
+
+
+def totals(rows: Sequence[WindowRow]) -> dict[WindowKey, WindowStats]:
+    merged: dict[WindowKey, WindowStats] = {}
+    for row in rows:
+        s = row.stats
+        key = (s.agent, s.version, int(s.window_start.timestamp()))
+        neutral = WindowStats.empty(s.agent, s.version, s.window_start, s.window_seconds, "x")
+        merged[key] = merged.get(key, neutral).merge(s.model_copy(update={"source": "x"}))
+    return merged
+
+
+def truth(stream: Sequence[tuple[Any, ...]], window_seconds: int) -> dict[WindowKey, WindowStats]:
+    by_window: dict[WindowKey, WindowAccumulator] = {}
+    for row in stream:
+        key = (row[1], row[2], window_start_of(row[0], window_seconds))
+        by_window.setdefault(key, WindowAccumulator()).add(span(**row[3]))
+    return {key: acc.to_stats(key, window_seconds, "x") for key, acc in by_window.items()}
+
+
+def run_with_crashes(
+    stream: Sequence[tuple[Any, ...]], rng: random.Random, crash_rate: float
+) -> list[WindowRow]:
+    """Feed one partition's messages through workers that crash at random points: before a
+    flush is stored, after it is stored but before its messages are acknowledged, or between
+    batches. Returns every stored row."""
+    store = Store()
+    committed = 0  # Kafka's committed offset: every offset below it was acknowledged
+    acked: set[int] = set()
+    now = T0
+    while committed < len(stream):
+        windows: WindowAggregator[int] = WindowAggregator(TOPIC, 5, 1.0)
+        windows.load_coverage(0, store.coverage(0, committed))
+        crashed = False
+        offset = committed
+        while not crashed and offset < len(stream):
+            end, agent, version, values = stream[offset]
+            now = max(now, end.timestamp()) + rng.uniform(0.0, 0.3)
+            row = span(agent=agent, version=version, end_time=end, **values)
+            if not windows.add(0, offset, row, offset, now):
+                acked.add(offset)
+            offset += 1
+            if rng.random() < 0.2 or offset == len(stream):
+                flush = windows.due(now + (100.0 if offset == len(stream) else 0.0))
+                fate = rng.random()
+                if flush.rows and fate < crash_rate:
+                    crashed = True  # died before the insert landed
+                    continue
+                store.rows.extend(flush.rows)
+                if flush.rows and fate < 2 * crash_rate:
+                    crashed = True  # died after the insert, before acknowledging
+                    continue
+                acked.update(flush.tokens)
+            while committed in acked:
+                committed += 1
+            if rng.random() < crash_rate / 4:
+                crashed = True
+    return store.rows
+
+
+span_values = st.fixed_dictionaries(
+    {
+        "kind": st.sampled_from(["request", "request", "tool", "llm", "guardrail", "eval"]),
+        "status": st.sampled_from(["ok", "ok", "ok", "error"]),
+        "duration_ms": st.floats(0.0, 1e5, allow_nan=False),
+        "input_tokens": st.integers(0, 5000),
+        "output_tokens": st.integers(0, 500),
+        "cost_usd": st.floats(0.0, 2.0, allow_nan=False),
+        "task_completed": st.none() | st.booleans(),
+        "quality_score": st.none() | st.floats(0.0, 1.0),
+    }
+)
+messages = st.lists(
+    st.tuples(
+        # mostly in order, with stragglers up to 20 s behind the newest
+        st.floats(0.0, 20.0),
+        st.sampled_from(["bot", "helper"]),
+        st.sampled_from(["v1", "v2"]),
+        span_values,
+    ),
+    min_size=1,
+    max_size=120,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(messages, st.integers(0, 2**32 - 1), st.sampled_from([0.0, 0.1, 0.3]))
+def test_stored_rows_add_up_to_every_span_once_whatever_the_crashes(
+    drafts: list[tuple[float, str, str, dict[str, Any]]], seed: int, crash_rate: float
+) -> None:
+    stream = []
+    clock = 0.0
+    for behind, agent, version, values in drafts:
+        clock += 0.25
+        end = EPOCH + timedelta(seconds=max(0.0, clock - behind))
+        stream.append((end, agent, version, values))
+    stored = run_with_crashes(stream, random.Random(seed), crash_rate)
+    expected, got = truth(stream, 5), totals(stored)
+    assert got.keys() == expected.keys()
+    for key, stats in expected.items():
+        assert_same_stats(got[key], stats)
+    # A row re-made after a crash replaces one that was never stored, so identities stay
+    # unique: ReplacingMergeTree never folds two real rows into one.
+    identities = [
+        (r.stats.agent, r.stats.version, r.stats.window_start, r.offset_from) for r in stored
+    ]
+    assert len(identities) == len(set(identities))
