@@ -1,0 +1,33 @@
+"""What the layers import: a traced agent loads none of the worker's libraries, and the pure
+ingest code no Kafka or ClickHouse client. Each import runs in a fresh interpreter, since
+this one has loaded everything already."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+WORKER_LIBRARIES = ("faust", "mode", "aiokafka", "chdb", "clickhouse_connect", "numpy", "scipy")
+CLIENTS = ("faust", "mode", "aiokafka", "confluent_kafka", "chdb", "clickhouse_connect")
+
+
+def top_level_modules_after(statement: str) -> set[str]:
+    code = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return {name.split(".")[0] for name in json.loads(out.stdout)}
+
+
+@pytest.mark.parametrize(
+    ("statement", "forbidden"),
+    [
+        ("from streams.sdk import KafkaPublisher, Tracer", WORKER_LIBRARIES),
+        ("import streams.ingest.route, streams.ingest.aggregate, streams.ingest.pricing", CLIENTS),
+    ],
+)
+def test_a_layer_imports_none_of_what_it_must_not_need(
+    statement: str, forbidden: tuple[str, ...]
+) -> None:
+    assert top_level_modules_after(statement) & set(forbidden) == set()
