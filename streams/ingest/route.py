@@ -85,7 +85,12 @@ _DUPLICATE_KEYS = json.JSONDecoder(object_pairs_hook=_refuse_duplicates)
 def _check_no_duplicate_keys(value: bytes) -> None:
     """JSON parsers disagree on which of two equal keys wins (ours keeps the last one), so an
     object naming a field twice means different things to different readers: refused."""
-    _DUPLICATE_KEYS.decode(value.decode("utf-8"))
+    try:
+        _DUPLICATE_KEYS.decode(value.decode("utf-8"))
+    except InvalidEventError:
+        raise
+    except (ValueError, RecursionError) as exc:  # what pydantic took, Python's parser did not
+        raise InvalidEventError(f"JSON that not every parser reads alike: {exc}") from None
 
 
 _PATTERN_MEANINGS = {
