@@ -16,6 +16,11 @@ from streams.errors import CoalmineError
 from streams.settings import Range, Settings, SettingsError
 
 Handler = Callable[[argparse.Namespace, Settings], int]
+WORKER_EXTRA_MODULES = frozenset(
+    {"faust", "mode", "aiokafka", "uvloop", "clickhouse_connect", "chdb", "numpy", "scipy"}
+)
+"""What the ``worker`` extra installs (pyproject.toml); a subcommand that imports one of these
+on a base install, the SDK alone, asks for the extra instead of failing with a traceback."""
 BENCH_EVENTS = Range(1, 10_000_000)
 """Events of the ingest benchmark's backlog; all of them are held in memory first."""
 
@@ -200,6 +205,15 @@ def _run(args: argparse.Namespace) -> int:
         return handler(args, settings)
     except (CoalmineError, SettingsError) as exc:
         print(f"coalmine: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in WORKER_EXTRA_MODULES:
+            raise
+        print(
+            f"coalmine: error: `coalmine {args.command}` needs the worker extra (there is no "
+            f"module {exc.name!r}): pip install 'coalmine[worker]'",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -5,7 +5,8 @@ client configuration.
 the SDK's producer, the admin client that creates topics, the benchmark's producers and
 consumers. The Faust worker's aiokafka clients get the same settings through
 :func:`streams.runtime.faust_auth.broker_credentials`, which builds on :func:`tls_context` here.
-This module imports neither Faust nor aiokafka: the SDK uses it.
+It takes the SDK's settings (the worker's extend them) and imports neither Faust nor
+aiokafka: the SDK uses it.
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ import ssl
 from typing import Any
 
 from streams.errors import CoalmineError
-from streams.settings import SASL_PROTOCOLS, TLS_PROTOCOLS, Settings
+from streams.sdk.settings import SASL_PROTOCOLS, TLS_PROTOCOLS, SdkSettings
 
 
-def client_config(settings: Settings) -> dict[str, Any]:
+def client_config(settings: SdkSettings) -> dict[str, Any]:
     """``bootstrap.servers`` and :func:`security_config`: the base of a librdkafka client's
     configuration, to which callers add their own (``{**client_config(s), "linger.ms": 20}``)."""
     return {"bootstrap.servers": settings.kafka_bootstrap, **security_config(settings)}
 
 
-def security_config(settings: Settings) -> dict[str, str]:
+def security_config(settings: SdkSettings) -> dict[str, str]:
     """The librdkafka properties of the ``COALMINE_KAFKA_*`` security settings."""
     protocol = settings.kafka_security_protocol
     config = {"security.protocol": protocol.lower()}
@@ -43,7 +44,7 @@ def security_config(settings: Settings) -> dict[str, str]:
     return config
 
 
-def tls_context(settings: Settings) -> ssl.SSLContext:
+def tls_context(settings: SdkSettings) -> ssl.SSLContext:
     """A client TLS context that trusts ``COALMINE_KAFKA_CA_FILE`` (default: the system's
     CAs), checks the broker's host name, and presents the client certificate when one is set.
     Raises :class:`CoalmineError` when a file cannot be used."""

@@ -1,8 +1,9 @@
-"""What agent code imports: the :class:`Tracer` and the publishers that ship its spans.
+"""What agent code imports: the :class:`Tracer`, the publishers that ship its spans, and
+their :class:`SdkSettings`.
 
 It imports pydantic and confluent-kafka, never the worker's Faust, chDB or scipy (a test
 checks): tracing an agent must not load the pipeline. Usage: ``from streams.sdk import
-KafkaPublisher, Tracer`` (see the README).
+KafkaPublisher, SdkSettings, Tracer`` (see the README).
 """
 
 from streams.sdk.publisher import (
@@ -12,6 +13,7 @@ from streams.sdk.publisher import (
     Publisher,
     PublisherStats,
 )
+from streams.sdk.settings import SdkSettings, SettingsError
 from streams.sdk.tracer import OutcomeSpan, Span, Tracer
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "OutcomeSpan",
     "Publisher",
     "PublisherStats",
+    "SdkSettings",
+    "SettingsError",
     "Span",
     "Tracer",
 ]

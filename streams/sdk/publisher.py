@@ -23,7 +23,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from schemas.trace import MAX_EVENT_BYTES, SCHEMA_VERSION, TraceEvent
 from streams.kafka_security import security_config
 from streams.logs import RateLimitedLog
-from streams.settings import Settings
+from streams.sdk.settings import QUEUE_MAX_KBYTES, QUEUE_MAX_MESSAGES, SdkSettings
 
 logger = logging.getLogger("coalmine.sdk")
 
@@ -94,8 +94,8 @@ class KafkaPublisher:
         bootstrap: str,
         topic: str,
         *,
-        max_queue_messages: int = 100_000,
-        max_queue_kbytes: int = 65536,
+        max_queue_messages: int = QUEUE_MAX_MESSAGES,
+        max_queue_kbytes: int = QUEUE_MAX_KBYTES,
         on_delivery: DeliveryListener | None = None,
         extra_config: Mapping[str, Any] | None = None,
         close_timeout: float = 10.0,
@@ -135,11 +135,14 @@ class KafkaPublisher:
         atexit.register(self._close_at_exit)
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> KafkaPublisher:
+    def from_settings(cls, settings: SdkSettings, **kwargs: Any) -> KafkaPublisher:
         """A publisher to ``<prefix>.traces`` on ``COALMINE_KAFKA_BOOTSTRAP``, with the
-        ``COALMINE_KAFKA_*`` security settings; ``kwargs`` go to the constructor, and an
-        ``extra_config`` of theirs is laid over the security settings."""
+        ``COALMINE_KAFKA_*`` security settings and the ``COALMINE_SDK_QUEUE_*`` bounds;
+        ``kwargs`` go to the constructor, and an ``extra_config`` of theirs is laid over the
+        security settings."""
         extra = {**security_config(settings), **(kwargs.pop("extra_config", None) or {})}
+        kwargs.setdefault("max_queue_messages", settings.sdk_queue_max_messages)
+        kwargs.setdefault("max_queue_kbytes", settings.sdk_queue_max_kbytes)
         return cls(settings.kafka_bootstrap, settings.topic("traces"), extra_config=extra, **kwargs)
 
     @property

@@ -12,7 +12,7 @@ Two promises shape everything here:
 
 Usage::
 
-    publisher = KafkaPublisher.from_settings(Settings.from_env())
+    publisher = KafkaPublisher.from_settings(SdkSettings.from_env())
     tracer = Tracer("support-bot", "v12", publisher)
     with tracer.request("answer-question", tenant="acme") as req:
         with req.llm("draft", provider="openai", model="gpt-4o-mini") as llm:

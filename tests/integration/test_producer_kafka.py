@@ -15,7 +15,7 @@ from confluent_kafka.cimpl import NewTopic  # not re-exported by confluent_kafka
 
 from schemas.trace import MAX_ATTRIBUTE_VALUE_CHARS, MAX_EVENT_BYTES, TraceEvent
 from streams.devtools import generate
-from streams.sdk import KafkaPublisher
+from streams.sdk import KafkaPublisher, SdkSettings
 from streams.settings import Settings
 from tests.integration.harness import consume_all
 
@@ -134,6 +134,18 @@ def test_a_full_queue_drops_and_counts_instead_of_blocking() -> None:
     assert final.published == final.delivered + final.failed
     publisher.publish(events[0])  # after close: dropped and counted, never raised
     assert publisher.stats.dropped == len(events) - 4
+
+
+def test_the_queue_bound_of_the_settings_is_the_publishers() -> None:
+    settings = SdkSettings.from_env(
+        {"COALMINE_KAFKA_BOOTSTRAP": UNREACHABLE, "COALMINE_SDK_QUEUE_MAX_MESSAGES": "3"}
+    )
+    publisher = KafkaPublisher.from_settings(settings, extra_config={"message.timeout.ms": "1000"})
+    for event in _events(10)[:8]:
+        publisher.publish(event)
+    queued = publisher.stats
+    publisher.close(timeout=15)
+    assert (queued.published, queued.dropped) == (3, 5)
 
 
 def test_generate_run_delivers_everything_it_reports(kafka_settings: Settings) -> None:
