@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from schemas.topics import Topic
+
 MAX_WINDOW_SECONDS = 86_400
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -22,8 +24,8 @@ SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
 TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 MASK = "***"
-# Kafka's legal topic characters; the longest suffix added to the prefix is ".version-stats",
-# and a topic name may have 249 characters.
+# Kafka's legal topic characters; a topic name may have 249 characters, and every suffix of
+# the registry (schemas/topics.py) fits after 200 (tests/unit/test_topic_registry.py).
 _TOPIC_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,200}")
 _SECRET_QUERY_KEYS = re.compile(r"pass|secret|token|key", re.IGNORECASE)
 
@@ -292,9 +294,9 @@ class Settings:
     def consumer_group(self) -> str:
         return self.topic_prefix
 
-    def topic(self, name: str) -> str:
-        """Full topic name: ``topic("traces")`` → ``coalmine.traces``."""
-        return f"{self.topic_prefix}.{name}"
+    def topic(self, topic: Topic) -> str:
+        """Full topic name: ``topic(TRACES)`` → ``coalmine.traces``."""
+        return topic.full_name(self.topic_prefix)
 
     @property
     def aggregation_enabled(self) -> bool:

@@ -20,6 +20,7 @@ from typing import Any, Protocol, Self
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from schemas.topics import TRACES
 from schemas.trace import MAX_EVENT_BYTES, SCHEMA_VERSION, TraceEvent
 from streams.kafka_security import security_config
 from streams.logs import RateLimitedLog
@@ -140,7 +141,7 @@ class KafkaPublisher:
         ``COALMINE_KAFKA_*`` security settings; ``kwargs`` go to the constructor, and an
         ``extra_config`` of theirs is laid over the security settings."""
         extra = {**security_config(settings), **(kwargs.pop("extra_config", None) or {})}
-        return cls(settings.kafka_bootstrap, settings.topic("traces"), extra_config=extra, **kwargs)
+        return cls(settings.kafka_bootstrap, settings.topic(TRACES), extra_config=extra, **kwargs)
 
     @property
     def topic(self) -> str:
