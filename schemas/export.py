@@ -1,4 +1,5 @@
-"""JSON Schema files for every published event, generated from the pydantic models.
+"""JSON Schema files for every published event, generated from the pydantic models of the
+topics in :mod:`schemas.topics`.
 
 Run ``python -m schemas.export`` after changing a model; a test fails while the files under
 ``schemas/json/`` are stale.
@@ -12,13 +13,12 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas.trace import TraceEvent
-from schemas.window_stats import WindowStats
+from schemas.topics import TOPICS
 
 PUBLISHED: dict[str, type[BaseModel]] = {
-    "trace-event": TraceEvent,
-    "window-stats": WindowStats,
+    topic.value.schema: topic.value.load() for topic in TOPICS if topic.value is not None
 }
+"""Every model published on a topic, by the name of its schema file."""
 SCHEMA_DIR = Path(__file__).resolve().parent / "json"
 
 

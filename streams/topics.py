@@ -1,7 +1,9 @@
-"""The topics Coalmine owns, created up front with their configured partition counts.
+"""The topics Coalmine owns (:mod:`schemas.topics`), created up front with their configured
+partition counts and cleanup policies.
 
 Faust only declares its internal topics, and a topic auto-created by a producer gets the
-broker's default partition count; so the worker creates its topics before it subscribes.
+broker's default partition count and configuration; so the worker creates its topics before
+it subscribes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from schemas.topics import TOPICS, Topic
 from streams.errors import CoalmineError
 from streams.kafka_security import client_config
 from streams.settings import Settings
@@ -33,14 +36,14 @@ class TopicSpec:
     partitions: int
     config: tuple[tuple[str, str], ...] = ()
 
+    @classmethod
+    def of(cls, topic: Topic, settings: Settings) -> TopicSpec:
+        return cls(settings.topic(topic), topic.partitions(settings), tuple(topic.config.items()))
+
 
 def owned_topics(settings: Settings) -> list[TopicSpec]:
     """Every topic the pipeline reads or writes, with how it is laid out."""
-    return [
-        TopicSpec(settings.topic("traces"), settings.traces_partitions),
-        TopicSpec(settings.topic("traces.dlq"), settings.traces_partitions),
-        TopicSpec(settings.topic("version-stats"), settings.traces_partitions),
-    ]
+    return [TopicSpec.of(topic, settings) for topic in TOPICS]
 
 
 def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None) -> list[str]:

@@ -15,20 +15,21 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from schemas.topics import (
+    DLQ_ORIGINAL_KEY_BYTES,
+    DLQ_ORIGINAL_VALUE_BYTES,
+    DLQ_REASON,
+    DLQ_SOURCE_OFFSET,
+    DLQ_SOURCE_PARTITION,
+    DLQ_SOURCE_TOPIC,
+    DLQ_TRUNCATED,
+)
 from schemas.trace import MAX_EVENT_BYTES, PRINTABLE_NOT_BLANK, TraceEvent
 from streams.ingest.pricing import PriceTable
 
 Header = tuple[str, bytes]
 MAX_REASON_CHARS = 1000
 
-DLQ_REASON = "coalmine.dlq.reason"
-DLQ_SOURCE_TOPIC = "coalmine.dlq.source_topic"
-DLQ_SOURCE_PARTITION = "coalmine.dlq.source_partition"
-DLQ_SOURCE_OFFSET = "coalmine.dlq.source_offset"
-DLQ_TRUNCATED = "coalmine.dlq.truncated"
-"""On a dead letter cut to fit its topic: what was cut (``value``, ``headers``, ``key``)."""
-DLQ_ORIGINAL_KEY_BYTES = "coalmine.dlq.original_key_bytes"
-DLQ_ORIGINAL_VALUE_BYTES = "coalmine.dlq.original_value_bytes"
 DLQ_MAX_RECORD_BYTES = 900_000
 """Key, value and headers of a dead letter at most: under the producer's 1 MB request limit
 and the broker's default ``message.max.bytes``, with room for the record's framing."""

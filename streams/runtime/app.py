@@ -23,6 +23,7 @@ from faust.types import TP, EventT
 from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
+from schemas.topics import LATE_HEADER, TRACES, TRACES_DLQ, VERSION_STATS
 from streams.ingest.aggregate import WindowAggregator, WindowRow, partitions_of
 from streams.ingest.pricing import PriceTable
 from streams.ingest.route import SPAN_COLUMNS, Header, RawMessage, SpanWrite
@@ -44,8 +45,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 PROGRESS_INTERVAL_S = 10.0
 WINDOW_TICK_S = 0.25
-LATE_HEADER = "coalmine.window.late"
-"""Header of a ``coalmine.version-stats`` record: ``1`` on a correction row."""
 _PARTITION = SPAN_COLUMNS.index("kafka_partition")
 _OFFSET = SPAN_COLUMNS.index("kafka_offset")
 
@@ -115,9 +114,9 @@ class StreamWindows:
         self._app = app
         self._thread = thread
         self._retry = retry
-        self._topic = settings.topic("version-stats")
+        self._topic = settings.topic(VERSION_STATS)
         self._aggregator: WindowAggregator[EventT[bytes]] = WindowAggregator(
-            settings.topic("traces"), settings.window_seconds, settings.allowed_lateness_s
+            settings.topic(TRACES), settings.window_seconds, settings.allowed_lateness_s
         )
         self._lock = asyncio.Lock()
         self.epoch = 0
@@ -307,15 +306,15 @@ def create_app(
         stream_wait_empty=False,
     )
     traces = app.topic(
-        settings.topic("traces"),
+        settings.topic(TRACES),
         key_type=bytes,
         value_type=bytes,
-        partitions=settings.traces_partitions,
+        partitions=TRACES.partitions(settings),
         replicas=settings.replication_factor,
     )
     dead_letter_topic = app.topic(
-        settings.topic("traces.dlq"),
-        partitions=settings.traces_partitions,
+        settings.topic(TRACES_DLQ),
+        partitions=TRACES_DLQ.partitions(settings),
         replicas=settings.replication_factor,
     )
 

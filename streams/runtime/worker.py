@@ -8,6 +8,7 @@ import logging
 
 import faust
 
+from schemas.topics import TRACES
 from streams.ingest.pricing import load_prices
 from streams.logs import quiet_repeats
 from streams.runtime import kafka_records
@@ -35,7 +36,7 @@ def run(settings: Settings, spans: SpanSink | None = None) -> int:
         clickhouse.describe(settings),
         len(applied),
         len(prices),
-        settings.topic("traces"),
+        settings.topic(TRACES),
         settings.kafka_bootstrap,
     )
     thread = ClickHouseThread(client)

@@ -20,6 +20,7 @@ from typing import Any, Protocol, Self
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from schemas.topics import TRACES
 from schemas.trace import MAX_EVENT_BYTES, SCHEMA_VERSION, TraceEvent
 from streams.kafka_security import security_config
 from streams.logs import RateLimitedLog
@@ -143,7 +144,7 @@ class KafkaPublisher:
         extra = {**security_config(settings), **(kwargs.pop("extra_config", None) or {})}
         kwargs.setdefault("max_queue_messages", settings.sdk_queue_max_messages)
         kwargs.setdefault("max_queue_kbytes", settings.sdk_queue_max_kbytes)
-        return cls(settings.kafka_bootstrap, settings.topic("traces"), extra_config=extra, **kwargs)
+        return cls(settings.kafka_bootstrap, settings.topic(TRACES), extra_config=extra, **kwargs)
 
     @property
     def topic(self) -> str:

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Self
 
+from schemas.topics import Topic
+
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_PROTOCOLS = frozenset({"SASL_PLAINTEXT", "SASL_SSL"})
 TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 MASK = "***"
-# Kafka's legal topic characters; the longest suffix added to the prefix is ".version-stats",
-# and a topic name may have 249 characters.
+# Kafka's legal topic characters; a topic name may have 249 characters, and every suffix of
+# the registry (schemas/topics.py) fits after 200 (tests/unit/test_topic_registry.py).
 _TOPIC_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,200}")
 QUEUE_MAX_MESSAGES = 100_000
 QUEUE_MAX_KBYTES = 65_536
@@ -194,9 +196,9 @@ class SdkSettings:
                 return f"{name} must be one of {', '.join(choices)}, not {value!r}"
         return _naming_problem(self) or _kafka_security_problem(self)
 
-    def topic(self, name: str) -> str:
-        """Full topic name: ``topic("traces")`` → ``coalmine.traces``."""
-        return f"{self.topic_prefix}.{name}"
+    def topic(self, topic: Topic) -> str:
+        """Full topic name: ``topic(TRACES)`` → ``coalmine.traces``."""
+        return topic.full_name(self.topic_prefix)
 
     def as_env(self) -> dict[str, str]:
         """These settings as ``COALMINE_*`` variables, for a child process (secrets included)."""

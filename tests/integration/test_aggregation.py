@@ -15,10 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from schemas.topics import DLQ_REASON, LATE_HEADER, TRACES_DLQ, VERSION_STATS
 from schemas.window_stats import QUANTILE_MAX_RELATIVE_ERROR, WindowStats, latency_histogram
 from streams.devtools.worker_process import WorkerProcess
-from streams.ingest.route import DLQ_REASON
-from streams.runtime.app import LATE_HEADER
 from streams.sdk import KafkaPublisher, Tracer
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -270,7 +269,7 @@ def test_version_summary_equals_the_traffic_the_sdk_sent(windowed_worker: Worker
 
 
 def published_windows(settings: Settings, expected: int) -> list[tuple[WindowStats, bool]]:
-    records = consume_all(settings.kafka_bootstrap, settings.topic("version-stats"), expected)
+    records = consume_all(settings.kafka_bootstrap, settings.topic(VERSION_STATS), expected)
     return [
         (WindowStats.model_validate_json(r.value() or b""), headers_of(r)[LATE_HEADER] == b"1")
         for r in records
@@ -336,7 +335,7 @@ def test_a_span_from_beyond_the_clock_skew_bound_is_dead_lettered(
     tracer.request("answer", start_time=now - timedelta(seconds=1)).end(end_time=now)
     assert publisher.flush(10) == 0
 
-    (dead,) = consume_all(settings.kafka_bootstrap, settings.topic("traces.dlq"), 1)
+    (dead,) = consume_all(settings.kafka_bootstrap, settings.topic(TRACES_DLQ), 1)
     assert json.loads(dead.value() or b"")["end_time"].startswith(future.isoformat()[:19])
     assert b"beyond the allowed clock skew" in headers_of(dead)[DLQ_REASON]
     counted = "SELECT sum(requests) FROM coalmine.version_stats"

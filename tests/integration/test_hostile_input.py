@@ -16,15 +16,17 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from schemas.trace import MAX_EVENT_BYTES
-from streams.ingest.route import (
-    DLQ_MAX_RECORD_BYTES,
+from schemas.topics import (
     DLQ_ORIGINAL_VALUE_BYTES,
     DLQ_REASON,
     DLQ_SOURCE_OFFSET,
     DLQ_SOURCE_TOPIC,
     DLQ_TRUNCATED,
+    TRACES,
+    TRACES_DLQ,
 )
+from schemas.trace import MAX_EVENT_BYTES
+from streams.ingest.route import DLQ_MAX_RECORD_BYTES
 from streams.settings import Settings
 from streams.storage import clickhouse
 from tests.integration.harness import consume_all, headers_of, running_worker, wait_for
@@ -236,7 +238,7 @@ def test_no_message_stalls_or_crashes_the_pipeline(settings: Settings, tmp_path:
             "linger.ms": 50,
         }
     )
-    topic = settings.topic("traces")
+    topic = settings.topic(TRACES)
     neighbours: list[str] = []
 
     def produce_valid(value: bytes | None = None) -> None:
@@ -299,7 +301,7 @@ def assert_every_bad_message_was_dead_lettered(settings: Settings) -> None:
     dead_expected = {name for name, case in CASES.items() if case.reason is not None}
     dead_expected.add("conflicting duplicate")
     dead = consume_all(
-        settings.kafka_bootstrap, settings.topic("traces.dlq"), len(dead_expected), 120
+        settings.kafka_bootstrap, settings.topic(TRACES_DLQ), len(dead_expected), 120
     )
     by_name = {bytes(m.key() or b"").decode(errors="replace")[4:]: m for m in dead}
     by_name.pop(bytes(CASES["huge key with a bad value"].key or b"").decode()[4:], None)
@@ -328,7 +330,7 @@ def assert_dead_letter(message: Any, case: Case, settings: Settings) -> None:
     headers = headers_of(message)
     reason = headers[DLQ_REASON].decode()
     assert case.reason is not None and case.reason in reason, (case, reason)
-    assert headers[DLQ_SOURCE_TOPIC] == settings.topic("traces").encode()
+    assert headers[DLQ_SOURCE_TOPIC] == settings.topic(TRACES).encode()
     assert int(headers[DLQ_SOURCE_OFFSET]) >= 0
     if DLQ_TRUNCATED in headers:
         assert len(message.value() or b"") + len(message.key() or b"") <= DLQ_MAX_RECORD_BYTES
@@ -366,7 +368,7 @@ def test_a_write_no_retry_can_mend_stops_the_worker_and_keeps_the_batch(
     value = event()
     with running_worker(settings, log) as worker:
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
-        producer.produce(settings.topic("traces"), value)
+        producer.produce(settings.topic(TRACES), value)
         assert producer.flush(30) == 0
         assert worker.wait_exit(timeout_s=60) == 1
     assert "ClickHouse insert failed and retrying cannot help (bug)" in log.read_text()

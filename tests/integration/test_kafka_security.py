@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.topics import TOPICS, TRACES
 from streams.devtools.localkafka import SaslListener
 from streams.errors import CoalmineError
 from streams.kafka_security import tls_context
@@ -52,14 +53,12 @@ def test_sdk_admin_and_consumer_authenticate_with_each_mechanism(
     kafka_settings: Settings, sasl_listener: SaslListener, tmp_path: Path, mechanism: str
 ) -> None:
     settings = over_sasl(isolated_settings(kafka_settings, tmp_path), sasl_listener, mechanism)
-    assert ensure_topics(settings) == [
-        settings.topic(t) for t in ("traces", "traces.dlq", "version-stats")
-    ]
+    assert ensure_topics(settings) == [settings.topic(t) for t in TOPICS]
 
     publisher = publish_requests(settings, 3)
 
     assert (publisher.stats.delivered, publisher.stats.failed) == (3, 0)
-    messages = consume_all(settings, settings.topic("traces"), expected=3)
+    messages = consume_all(settings, settings.topic(TRACES), expected=3)
     assert [json.loads(m.value() or b"")["agent"] for m in messages] == ["secure-bot"] * 3
 
 

@@ -13,6 +13,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # not re-exported by confluent_kafka.admin
 
+from schemas.topics import TRACES
 from schemas.trace import MAX_ATTRIBUTE_VALUE_CHARS, MAX_EVENT_BYTES, TraceEvent
 from streams.devtools import generate
 from streams.sdk import KafkaPublisher, SdkSettings
@@ -160,7 +161,7 @@ def test_generate_run_delivers_everything_it_reports(kafka_settings: Settings) -
     assert final.requests == 300
     assert final.spans == final.delivered > 300
     assert (final.failed, final.dropped, final.invalid) == (0, 0, 0)
-    messages = consume_all(settings.kafka_bootstrap, settings.topic("traces"), final.delivered)
+    messages = consume_all(settings.kafka_bootstrap, settings.topic(TRACES), final.delivered)
     assert len(messages) == final.delivered
     events = [TraceEvent.model_validate_json(m.value() or b"") for m in messages]
     assert sum(e.kind == "request" for e in events) == 300

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.topics import TRACES
 from streams.settings import Settings
 from tests.integration.harness import consume_all, isolated_settings
 from tests.unit.test_readme_examples import python_block
@@ -24,7 +25,7 @@ def test_readme_sdk_example_publishes_its_spans(
         monkeypatch.setenv(name, value)
     exec(compile(python_block("Tracer("), str(README), "exec"), {"__name__": "readme_example"})
 
-    messages = consume_all(settings.kafka_bootstrap, settings.topic("traces"), expected=4)
+    messages = consume_all(settings.kafka_bootstrap, settings.topic(TRACES), expected=4)
     spans = {json.loads(m.value() or b"")["name"]: json.loads(m.value() or b"") for m in messages}
     assert set(spans) == {"answer-question", "kb", "draft", "lookup"}
     request = spans["answer-question"]

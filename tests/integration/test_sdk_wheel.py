@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
+from schemas.topics import TRACES
 from streams.cli import WORKER_EXTRA_MODULES
 from streams.settings import Settings
 from tests.integration.harness import consume_all, isolated_settings
@@ -96,7 +97,7 @@ def test_an_agent_with_the_sdk_alone_publishes_and_loads_nothing_of_the_worker(
     assert {"confluent-kafka", "pydantic"} <= installed
     assert worker_extra() & installed == set()
     assert report["stats"] == {"published": 1, "delivered": 1, "failed": 0, "dropped": 0}
-    (message,) = consume_all(settings.kafka_bootstrap, settings.topic("traces"), expected=1)
+    (message,) = consume_all(settings.kafka_bootstrap, settings.topic(TRACES), expected=1)
     span = json.loads(message.value() or b"")
     assert (span["agent"], span["name"], span["tenant"]) == (
         "wheel-agent",

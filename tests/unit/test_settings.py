@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.topics import TRACES
 from streams.settings import Settings, SettingsError, environment_reference, mask_url
 
 
@@ -14,7 +15,7 @@ def test_defaults_are_embedded_and_local(tmp_path: Path) -> None:
     assert settings.clickhouse_url == f"chdb://{tmp_path.resolve()}/chdb"
     assert settings.is_embedded_clickhouse
     assert settings.chdb_path == tmp_path.resolve() / "chdb"
-    assert settings.topic("traces") == "coalmine.traces"
+    assert settings.topic(TRACES) == "coalmine.traces"
     assert settings.worker_host == "127.0.0.1"
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Consumer, Message, Producer
 
+from schemas.topics import LATE_HEADER, TRACES, VERSION_STATS
 from schemas.trace import TraceEvent
 from schemas.window_stats import WindowStats
 from streams.devtools import localkafka
@@ -47,7 +48,6 @@ from streams.devtools.worker_process import WorkerProcess
 from streams.ingest.aggregate import window_start_of
 from streams.ingest.route import SPAN_COLUMNS, content_hash
 from streams.kafka_security import client_config
-from streams.runtime.app import LATE_HEADER
 from streams.settings import Settings
 from streams.storage import clickhouse
 from streams.topics import ensure_topics
@@ -128,7 +128,7 @@ def events(plan: TrafficPlan, count: int) -> list[TraceEvent]:
 
 def produce_backlog(settings: Settings, plan: TrafficPlan, count: int) -> None:
     producer = Producer({**client_config(settings), "linger.ms": 20})
-    topic = settings.topic("traces")
+    topic = settings.topic(TRACES)
     for i, event in enumerate(events(plan, count)):
         _produce(producer, topic, event.model_dump_json().encode(), str(i))
     producer.flush(60)
@@ -139,7 +139,7 @@ def produce_live(settings: Settings, plan: TrafficPlan, duration_s: float) -> li
     marked with the attribute ``bench=live``."""
     pool = events(replace(plan, seed=plan.seed + 1), int(plan.rate * duration_s))
     producer = Producer({**client_config(settings), "linger.ms": 5})
-    topic = settings.topic("traces")
+    topic = settings.topic(TRACES)
     began = time.monotonic()
     sent: list[LiveEvent] = []
     while len(sent) < len(pool):
@@ -197,7 +197,7 @@ def _worker_after_backlog(
 def window_lag(settings: Settings, live: list[LiveEvent]) -> tuple[float, float]:
     """p50/p99 ms from each live event's end to its window's record on the topic."""
     emitted: dict[tuple[str, str, int], float] = {}
-    for message in _read_all(settings, settings.topic("version-stats")):
+    for message in _read_all(settings, settings.topic(VERSION_STATS)):
         if dict(message.headers() or []).get(LATE_HEADER) == b"1":
             continue
         stats = WindowStats.model_validate_json(message.value() or b"")
@@ -294,7 +294,7 @@ def raw_loop(settings: Settings, client: Any, stop: threading.Event) -> None:
             "enable.auto.commit": False,
         }
     )
-    consumer.subscribe([settings.topic("traces")])
+    consumer.subscribe([settings.topic(TRACES)])
     try:
         while not stop.is_set():
             messages = consumer.consume(RAW_BATCH, timeout=settings.batch_max_seconds)

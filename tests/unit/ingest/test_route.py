@@ -9,9 +9,7 @@ from typing import Any
 
 import pytest
 
-from schemas.trace import MAX_EVENT_BYTES, TraceEvent
-from streams.ingest.pricing import ModelPrice, PriceEntry, PriceTable
-from streams.ingest.route import (
+from schemas.topics import (
     DLQ_ORIGINAL_KEY_BYTES,
     DLQ_ORIGINAL_VALUE_BYTES,
     DLQ_REASON,
@@ -19,6 +17,10 @@ from streams.ingest.route import (
     DLQ_SOURCE_PARTITION,
     DLQ_SOURCE_TOPIC,
     DLQ_TRUNCATED,
+)
+from schemas.trace import MAX_EVENT_BYTES, TraceEvent
+from streams.ingest.pricing import ModelPrice, PriceEntry, PriceTable
+from streams.ingest.route import (
     EPOCH,
     SPAN_COLUMNS,
     InvalidEventError,

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from schemas.topics import DLQ_REASON
 from streams.ingest.pricing import builtin_prices
-from streams.ingest.route import DLQ_REASON, SPAN_COLUMNS, Header, RawMessage, SpanWrite, position
+from streams.ingest.route import SPAN_COLUMNS, Header, RawMessage, SpanWrite, position
 from streams.runtime.processor import IngestProcessor, PipelineBugError, RetryPolicy
 from tests.unit.ingest.test_route import START, encoded
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.topics import TRACES
 from streams.sdk import SdkSettings, SettingsError
 from streams.settings import Settings
 
@@ -40,7 +41,7 @@ def test_the_sdk_reads_its_variables_and_ignores_the_workers() -> None:
         "b1:9096,b2:9096",
         "SASL_SSL",
     )
-    assert settings.topic("traces") == "prod.traces"
+    assert settings.topic(TRACES) == "prod.traces"
     assert (settings.sdk_queue_max_messages, settings.sdk_queue_max_kbytes) == (500, 1024)
 
 

@@ -1,0 +1,138 @@
+"""The one registry of the topics Coalmine reads and writes: name, key, value, headers,
+partitions and cleanup policy, each declared once.
+
+Topic creation (:mod:`streams.topics`), the worker, the SDK, the command line, the
+benchmarks and the tests take names and headers from here. This module imports only the
+standard library, and value models are named by import path and loaded on demand: the SDK
+imports the registry, and the window stats model needs numpy, which an agent does not install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal, Protocol
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+
+class TopicSettings(Protocol):
+    """What a topic's full name and layout depend on (:class:`streams.settings.Settings`)."""
+
+    @property
+    def topic_prefix(self) -> str: ...
+
+    @property
+    def traces_partitions(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Header:
+    name: str
+    doc: str
+
+
+@dataclass(frozen=True)
+class ValueModel:
+    """A pydantic model published on a topic, as ``module:Class``."""
+
+    path: str
+    schema: str
+    """Its JSON Schema file: ``schemas/json/<schema>.schema.json``."""
+
+    @property
+    def class_name(self) -> str:
+        return self.path.partition(":")[2]
+
+    @property
+    def schema_file(self) -> str:
+        return f"schemas/json/{self.schema}.schema.json"
+
+    def load(self) -> type[BaseModel]:
+        module, _, name = self.path.partition(":")
+        model: type[BaseModel] = getattr(importlib.import_module(module), name)
+        return model
+
+
+def _traces_partitions(settings: TopicSettings) -> int:
+    return settings.traces_partitions
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    """Relative to ``COALMINE_TOPIC_PREFIX``: ``traces`` is ``coalmine.traces``."""
+    key: str
+    value: ValueModel | None
+    """None: bytes as they arrived, not necessarily valid."""
+    value_doc: str
+    headers: tuple[Header, ...] = ()
+    cleanup_policy: Literal["delete", "compact"] = "delete"
+    """``compact`` keeps the latest record per key for good: a topic holding state."""
+    partitions: Callable[[TopicSettings], int] = _traces_partitions
+
+    def full_name(self, prefix: str) -> str:
+        return f"{prefix}.{self.name}"
+
+    @property
+    def config(self) -> dict[str, str]:
+        """Topic-level configuration applied when the topic is created."""
+        return {"cleanup.policy": self.cleanup_policy}
+
+
+LATE_HEADER: Final = "coalmine.window.late"
+DLQ_REASON: Final = "coalmine.dlq.reason"
+DLQ_SOURCE_TOPIC: Final = "coalmine.dlq.source_topic"
+DLQ_SOURCE_PARTITION: Final = "coalmine.dlq.source_partition"
+DLQ_SOURCE_OFFSET: Final = "coalmine.dlq.source_offset"
+DLQ_TRUNCATED: Final = "coalmine.dlq.truncated"
+DLQ_ORIGINAL_KEY_BYTES: Final = "coalmine.dlq.original_key_bytes"
+DLQ_ORIGINAL_VALUE_BYTES: Final = "coalmine.dlq.original_value_bytes"
+
+TRACES: Final = Topic(
+    "traces",
+    key="`trace_id`",
+    value=ValueModel("schemas.trace:TraceEvent", "trace-event"),
+    value_doc="one span",
+)
+TRACES_DLQ: Final = Topic(
+    "traces.dlq",
+    key="the original key",
+    value=None,
+    value_doc="the original value, as it arrived (its original headers kept too)",
+    headers=(
+        Header(DLQ_REASON, "why it was refused"),
+        Header(DLQ_SOURCE_TOPIC, "the topic it came from"),
+        Header(DLQ_SOURCE_PARTITION, "its partition there"),
+        Header(DLQ_SOURCE_OFFSET, "its offset there"),
+        Header(DLQ_TRUNCATED, "on a record cut to fit: what was cut, `value,headers,key`"),
+        Header(DLQ_ORIGINAL_KEY_BYTES, "on a cut record: size before the cut"),
+        Header(DLQ_ORIGINAL_VALUE_BYTES, "on a cut record: size before the cut"),
+    ),
+)
+VERSION_STATS: Final = Topic(
+    "version-stats",
+    key="`agent`",
+    value=ValueModel("schemas.window_stats:WindowStats", "window-stats"),
+    value_doc="one partial window",
+    headers=(Header(LATE_HEADER, "`1` on a correction row, else `0`"),),
+)
+
+TOPICS: Final = (TRACES, TRACES_DLQ, VERSION_STATS)
+"""Every topic, in the order the data flows."""
+
+
+def topic_reference(prefix: str) -> str:
+    """A markdown table of every topic; a test keeps the README's table equal to it."""
+    rows = ["| topic | key | value | headers | config |", "|---|---|---|---|---|"]
+    for topic in TOPICS:
+        value = topic.value_doc
+        if topic.value is not None:
+            value = f"[{topic.value.class_name}]({topic.value.schema_file}): {value}"
+        headers = ", ".join(f"`{h.name}` ({h.doc})" for h in topic.headers) or "none"
+        config = ", ".join(f"`{k}={v}`" for k, v in topic.config.items())
+        name = topic.full_name(prefix)
+        rows.append(f"| `{name}` | {topic.key} | {value} | {headers} | {config} |")
+    return "\n".join(rows)

@@ -1,0 +1,62 @@
+"""The registry of topics: every value model loads and has its JSON Schema file, names and
+headers are unique and fit Kafka's limits, and topic creation and the README follow it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from schemas.export import PUBLISHED
+from schemas.topics import TOPICS, TRACES, Topic, topic_reference
+from streams.settings import Settings
+from streams.topics import TopicSpec, owned_topics
+
+ROOT = Path(__file__).resolve().parents[2]
+KAFKA_MAX_TOPIC_CHARS = 249
+
+
+def test_every_value_model_loads_and_has_its_published_schema() -> None:
+    for topic in TOPICS:
+        if topic.value is None:
+            continue
+        model = topic.value.load()
+        assert issubclass(model, BaseModel)
+        assert model.__name__ == topic.value.class_name
+        assert PUBLISHED[topic.value.schema] is model
+        assert (ROOT / topic.value.schema_file).is_file()
+
+
+def test_names_and_headers_are_unique_and_fit_kafka() -> None:
+    assert len({t.name for t in TOPICS}) == len(TOPICS)
+    longest_prefix = Settings.from_env({"COALMINE_TOPIC_PREFIX": "p" * 200})
+    for topic in TOPICS:
+        assert len(longest_prefix.topic(topic)) <= KAFKA_MAX_TOPIC_CHARS
+        names = [h.name for h in topic.headers]
+        assert len(set(names)) == len(names)
+        assert all(name.startswith("coalmine.") for name in names)
+
+
+def test_topic_creation_takes_partitions_and_config_from_the_registry() -> None:
+    # The README says every topic has COALMINE_TRACES_PARTITIONS partitions.
+    for partitions in (1, 7):
+        settings = replace(Settings(), topic_prefix="x", traces_partitions=partitions)
+        assert owned_topics(settings) == [
+            TopicSpec(f"x.{t.name}", partitions, (("cleanup.policy", "delete"),)) for t in TOPICS
+        ]
+
+
+def test_a_compacted_topic_is_created_compacted() -> None:
+    versions = Topic("versions", key="`agent/version`", value=None, value_doc="a version")
+    compacted = replace(versions, cleanup_policy="compact")
+    spec = TopicSpec.of(compacted, replace(Settings(), traces_partitions=3))
+    assert (spec.name, spec.partitions) == ("coalmine.versions", 3)
+    assert dict(spec.config) == {"cleanup.policy": "compact"}
+
+
+def test_the_readme_topic_table_is_the_registry() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = topic_reference(Settings().topic_prefix)
+    assert table in readme, f"README's topic table is stale; it should read:\n{table}"
+    assert f"`{Settings().topic(TRACES)}`" in table
