@@ -18,7 +18,7 @@ import pytest
 from schemas.window_stats import QUANTILE_MAX_RELATIVE_ERROR, WindowStats, latency_histogram
 from streams.devtools.worker_process import WorkerProcess
 from streams.ingest.route import DLQ_REASON
-from streams.runtime.app import LATE_HEADER
+from streams.runtime.windows import LATE_HEADER
 from streams.sdk import KafkaPublisher, Tracer
 from streams.settings import Settings
 from streams.topics import ensure_topics
