@@ -32,7 +32,7 @@ replaces.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -43,26 +43,12 @@ from schemas.window_stats import (
     WindowStats,
     latency_bucket_index,
 )
-from streams.ingest.route import SPAN_COLUMNS
+from streams.ingest.route import SpanRow
 
 T = TypeVar("T")
 
 WindowKey = tuple[str, str, int]
 """(agent, version, window start in epoch seconds)."""
-
-_COLUMN = {name: index for index, name in enumerate(SPAN_COLUMNS)}
-_AGENT = _COLUMN["agent"]
-_VERSION = _COLUMN["version"]
-_KIND = _COLUMN["kind"]
-_END = _COLUMN["end_time"]
-_DURATION = _COLUMN["duration_ms"]
-_STATUS = _COLUMN["status"]
-_INPUT_TOKENS = _COLUMN["input_tokens"]
-_OUTPUT_TOKENS = _COLUMN["output_tokens"]
-_COST = _COLUMN["cost_usd"]
-_COST_SOURCE = _COLUMN["cost_source"]
-_TASK = _COLUMN["task_completed"]
-_QUALITY = _COLUMN["quality_score"]
 
 
 def window_start_of(end_time: datetime, window_seconds: int) -> int:
@@ -70,12 +56,12 @@ def window_start_of(end_time: datetime, window_seconds: int) -> int:
     return math.floor(end_time.timestamp() / window_seconds) * window_seconds
 
 
-def is_priced(row: Sequence[Any]) -> bool:
+def is_priced(row: SpanRow) -> bool:
     """Whether a span row's cost is a real figure: reported, or computed from its tokens."""
-    source = row[_COST_SOURCE]
+    source = row.cost_source
     if source == "reported":
         return True
-    return source == "price_table" and bool(row[_INPUT_TOKENS] or row[_OUTPUT_TOKENS])
+    return source == "price_table" and bool(row.input_tokens or row.output_tokens)
 
 
 @dataclass(slots=True)
@@ -103,17 +89,17 @@ class WindowAccumulator:
     latency_sum_ms: float = 0.0
     latency_buckets: list[int] = field(default_factory=lambda: [0] * LATENCY_BUCKET_COUNT)
 
-    def add(self, row: Sequence[Any]) -> None:
-        """Count one span row (a ``coalmine.spans`` row in ``SPAN_COLUMNS`` order)."""
-        kind = row[_KIND]
-        failed = row[_STATUS] == "error"
+    def add(self, row: SpanRow) -> None:
+        """Count one span row."""
+        kind = row.kind
+        failed = row.status == "error"
         if kind == "request":
             self.requests += 1
             self.errors += failed
-            duration = float(row[_DURATION])
+            duration = float(row.duration_ms)
             self.latency_sum_ms += duration
             self.latency_buckets[latency_bucket_index(duration)] += 1
-            task = row[_TASK]
+            task = row.task_completed
             if task is not None:
                 self.tasks_attempted += 1
                 self.tasks_completed += bool(task)
@@ -124,17 +110,17 @@ class WindowAccumulator:
             self.llm_calls += 1
         elif kind == "guardrail":
             self.guardrail_blocks += failed
-        self.input_tokens += row[_INPUT_TOKENS]
-        self.output_tokens += row[_OUTPUT_TOKENS]
+        self.input_tokens += row.input_tokens
+        self.output_tokens += row.output_tokens
         if is_priced(row):
-            cost = float(row[_COST])
+            cost = float(row.cost_usd)
             log_cost = math.log(cost + LOG_COST_EPSILON_USD)
             self.cost_count += 1
             self.cost_sum += cost
             self.cost_sumsq += cost * cost
             self.log_cost_sum += log_cost
             self.log_cost_sumsq += log_cost * log_cost
-        quality = row[_QUALITY]
+        quality = row.quality_score
         if quality is not None:
             score = float(quality)
             self.quality_count += 1
@@ -264,14 +250,14 @@ class WindowAggregator(Generic[T]):
         """Per window, one past the last offset the partition's stored rows count."""
         self._coverage[partition] = dict(stored_until)
 
-    def add(self, partition: int, offset: int, row: Sequence[Any], token: T, now: float) -> bool:
+    def add(self, partition: int, offset: int, row: SpanRow, token: T, now: float) -> bool:
         """Count a stored span row; returns whether ``token`` is held until its row is stored.
 
         A span at or below its window's stored coverage was counted before a crash and is
         not held. Messages of a partition must come in offset order; coverage must be loaded
         for the partition first.
         """
-        key = (row[_AGENT], row[_VERSION], window_start_of(row[_END], self.window_seconds))
+        key = (row.agent, row.version, window_start_of(row.end_time, self.window_seconds))
         if offset < self._coverage[partition].get(key, 0):
             return False
         windows = self._pending.setdefault(partition, {})

@@ -11,7 +11,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
+from uuid import UUID
 
 from pydantic import ValidationError
 
@@ -111,39 +112,41 @@ def describe_validation_error(exc: ValidationError) -> str:
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
 
 
-SPAN_COLUMNS: tuple[str, ...] = (
-    "event_id",
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "agent",
-    "version",
-    "environment",
-    "tenant",
-    "kind",
-    "name",
-    "start_time",
-    "end_time",
-    "duration_ms",
-    "status",
-    "error_type",
-    "error_message",
-    "provider",
-    "model",
-    "input_tokens",
-    "output_tokens",
-    "cached_input_tokens",
-    "reasoning_tokens",
-    "cost_usd",
-    "cost_source",
-    "tool_name",
-    "task_completed",
-    "quality_score",
-    "attributes",
-    "content_hash",
-    "kafka_partition",
-    "kafka_offset",
-)
+class SpanRow(NamedTuple):
+    """A ``coalmine.spans`` row, read by name. Being a tuple, it goes to the insert as it is
+    (:data:`streams.storage.clickhouse.SPAN_COLUMNS` names the table's columns in this order)."""
+
+    event_id: UUID
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    agent: str
+    version: str
+    environment: str
+    tenant: str
+    kind: str
+    name: str
+    start_time: datetime
+    end_time: datetime
+    duration_ms: float
+    status: str
+    error_type: str
+    error_message: str
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int
+    reasoning_tokens: int
+    cost_usd: float
+    cost_source: str
+    tool_name: str
+    task_completed: bool | None
+    quality_score: float | None
+    attributes: dict[str, str]
+    content_hash: int
+    kafka_partition: int
+    kafka_offset: int
 
 
 def content_hash(value: bytes) -> int:
@@ -154,8 +157,8 @@ def content_hash(value: bytes) -> int:
 
 def to_row(
     event: TraceEvent, prices: PriceTable, partition: int, offset: int, value_hash: int = 0
-) -> tuple[Any, ...]:
-    """The ``coalmine.spans`` row of an event, in :data:`SPAN_COLUMNS` order."""
+) -> SpanRow:
+    """The ``coalmine.spans`` row of an event."""
     cost, source = prices.price(
         event.cost_usd,
         event.provider,
@@ -166,38 +169,43 @@ def to_row(
         cached_input_tokens=event.cached_input_tokens,
         reasoning_tokens=event.reasoning_tokens,
     )
-    return (
-        event.event_id,
-        event.trace_id,
-        event.span_id,
-        event.parent_span_id or "",
-        event.agent,
-        event.version,
-        event.environment,
-        event.tenant or "",
-        event.kind.value,
-        event.name,
-        event.start_time,
-        event.end_time,
-        event.duration_ms,
-        event.status.value,
-        event.error_type or "",
-        event.error_message or "",
-        event.provider or "",
-        event.model or "",
-        event.input_tokens,
-        event.output_tokens,
-        event.cached_input_tokens,
-        event.reasoning_tokens,
-        cost,
-        source.value,
-        event.tool_name or "",
-        event.task_completed,
-        event.quality_score,
-        {key: _attribute_text(value) for key, value in event.attributes.items()},
-        value_hash,
-        partition,
-        offset,
+    # tuple.__new__ skips the keyword-capable constructor NamedTuple generates (a Python
+    # call with 31 arguments, +0.7 us per event); the values are in field order.
+    return tuple.__new__(
+        SpanRow,
+        (
+            event.event_id,
+            event.trace_id,
+            event.span_id,
+            event.parent_span_id or "",
+            event.agent,
+            event.version,
+            event.environment,
+            event.tenant or "",
+            event.kind.value,
+            event.name,
+            event.start_time,
+            event.end_time,
+            event.duration_ms,
+            event.status.value,
+            event.error_type or "",
+            event.error_message or "",
+            event.provider or "",
+            event.model or "",
+            event.input_tokens,
+            event.output_tokens,
+            event.cached_input_tokens,
+            event.reasoning_tokens,
+            cost,
+            source.value,
+            event.tool_name or "",
+            event.task_completed,
+            event.quality_score,
+            {key: _attribute_text(value) for key, value in event.attributes.items()},
+            value_hash,
+            partition,
+            offset,
+        ),
     )
 
 
@@ -207,7 +215,7 @@ def _attribute_text(value: str | bool | int | float) -> str:
 
 @dataclass
 class RoutedBatch:
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    rows: list[SpanRow] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
 
 
@@ -271,11 +279,6 @@ Owner = tuple[int, int]
 """(Kafka partition, offset) of the message a stored span came from."""
 
 
-_EVENT_ID = SPAN_COLUMNS.index("event_id")
-_PARTITION = SPAN_COLUMNS.index("kafka_partition")
-_OFFSET = SPAN_COLUMNS.index("kafka_offset")
-
-
 @dataclass(frozen=True)
 class SpanWrite:
     """What a span sink did with a batch: how many rows were new, and for every event id of
@@ -288,24 +291,24 @@ class SpanWrite:
     event id, or values ClickHouse rejected. They go to the dead-letter topic."""
 
     @classmethod
-    def all_new(cls, rows: Sequence[Sequence[Any]]) -> SpanWrite:
+    def all_new(cls, rows: Sequence[SpanRow]) -> SpanWrite:
         """Every row inserted, each owned by its own message (sinks that keep nothing)."""
-        return cls(len(rows), {row[_EVENT_ID]: position(row) for row in rows})
+        return cls(len(rows), {row.event_id: position(row) for row in rows})
 
 
-def position(row: Sequence[Any]) -> Owner:
+def position(row: SpanRow) -> Owner:
     """The (partition, offset) of the message a span row came from."""
-    return (row[_PARTITION], row[_OFFSET])
+    return (row.kafka_partition, row.kafka_offset)
 
 
-def owned_rows(rows: Sequence[Sequence[Any]], owners: Mapping[Any, Owner]) -> list[Sequence[Any]]:
+def owned_rows(rows: Sequence[SpanRow], owners: Mapping[Any, Owner]) -> list[SpanRow]:
     """The rows whose message is the one their stored span came from.
 
     A message re-delivered after a crash owns its span; a second message carrying an event id
     already stored from another message (a duplicate sent twice) does not, so aggregates
     count each stored span once.
     """
-    return [row for row in rows if owners.get(row[_EVENT_ID]) == position(row)]
+    return [row for row in rows if owners.get(row.event_id) == position(row)]
 
 
 def dead_letter_headers(rejection: Rejection) -> list[Header]:

@@ -1,8 +1,8 @@
 """The Faust application: topics, the ingest agent and web pages. Wiring only.
 
-Business logic lives in :mod:`streams.ingest`, :mod:`streams.runtime.processor` and
-:mod:`streams.storage.clickhouse`; the agents here hand batches to it and acknowledge them
-once they are stored.
+Business logic lives in :mod:`streams.ingest`, :mod:`streams.runtime.processor`,
+:mod:`streams.runtime.windows` and :mod:`streams.storage.clickhouse`; the agents here hand
+batches to it and acknowledge them once they are stored.
 """
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import faust
@@ -23,10 +22,10 @@ from faust.types import TP, EventT
 from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
-from schemas.topics import LATE_HEADER, TRACES, TRACES_DLQ, VERSION_STATS
-from streams.ingest.aggregate import WindowAggregator, WindowRow, partitions_of
+from schemas.topics import TRACES, TRACES_DLQ, VERSION_STATS
+from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
 from streams.ingest.pricing import PriceTable
-from streams.ingest.route import SPAN_COLUMNS, Header, RawMessage, SpanWrite
+from streams.ingest.route import Header, RawMessage, SpanRow, SpanWrite
 from streams.runtime import faust_auth, sqlpage
 from streams.runtime.health import HealthState, PartitionPosition, assess, next_offsets
 from streams.runtime.processor import (
@@ -37,6 +36,7 @@ from streams.runtime.processor import (
     RetryPolicy,
     SpanSink,
 )
+from streams.runtime.windows import StreamWindows
 from streams.settings import Settings
 from streams.storage import clickhouse
 
@@ -45,8 +45,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 PROGRESS_INTERVAL_S = 10.0
 WINDOW_TICK_S = 0.25
-_PARTITION = SPAN_COLUMNS.index("kafka_partition")
-_OFFSET = SPAN_COLUMNS.index("kafka_offset")
 
 
 class ClickHouseThread:
@@ -81,124 +79,31 @@ class AsyncSpanWriter:
     def __init__(self, thread: ClickHouseThread) -> None:
         self._thread = thread
 
-    async def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
-        return await self._thread.run(
-            lambda client: clickhouse.SpanWriter(client, SPAN_COLUMNS).write(rows)
-        )
+    async def write(self, rows: Sequence[SpanRow]) -> SpanWrite:
+        return await self._thread.run(lambda client: clickhouse.SpanWriter(client).write(rows))
 
 
-@dataclass
-class WindowCounters:
-    rows_emitted: int = 0
-    late_rows_emitted: int = 0
-    open_windows: int = 0
+class AsyncVersionStats:
+    """The window store (:class:`streams.runtime.windows.WindowStore`): version stats written
+    and read on the ClickHouse thread."""
 
-
-class StreamWindows:
-    """Adapter between the ingest agent and :class:`~streams.ingest.aggregate.WindowAggregator`.
-
-    Stored spans go into their windows; a message is acknowledged once every window row
-    counting it is on ``coalmine.version-stats`` and in ClickHouse (topic first: a crash in
-    between re-emits a row with the same identity rather than losing it on the topic).
-    ``epoch`` moves when partitions are revoked: batches begun before that are not counted,
-    since Faust delivers their messages again from the committed offsets.
-    """
-
-    def __init__(
-        self,
-        app: faust.App,
-        settings: Settings,
-        thread: ClickHouseThread,
-        retry: Retrier,
-    ) -> None:
-        self._app = app
+    def __init__(self, thread: ClickHouseThread) -> None:
         self._thread = thread
-        self._retry = retry
-        self._topic = settings.topic(VERSION_STATS)
-        self._aggregator: WindowAggregator[EventT[bytes]] = WindowAggregator(
-            settings.topic(TRACES), settings.window_seconds, settings.allowed_lateness_s
-        )
-        self._lock = asyncio.Lock()
-        self.epoch = 0
-        self.counters = WindowCounters()
 
-    async def add(
-        self, rows: Sequence[Sequence[Any]], events: Sequence[EventT[bytes]], epoch: int
-    ) -> list[EventT[bytes]] | None:
-        """Count the owned ``rows`` of a stored batch; returns the events to acknowledge now
-        (the others wait for their window), or ``None`` when the batch must not be counted."""
-        aggregator = self._aggregator
-        by_position = {(e.message.partition, e.message.offset): e for e in events}
-        unloaded = {
-            p: o for p, o in partitions_of(by_position).items() if not aggregator.has_coverage(p)
-        }
-        if unloaded:
-            covered = await self._retry(
-                "reading window coverage",
-                lambda: self._thread.run(
-                    lambda c: clickhouse.VersionStatsWriter(c).coverage(
-                        aggregator.topic, aggregator.window_seconds, unloaded
-                    )
-                ),
-            )
-            if covered is None:
-                return None
-            if epoch == self.epoch:
-                for partition, stored_until in covered.items():
-                    aggregator.load_coverage(partition, stored_until)
-        if epoch != self.epoch:
-            return None
-        now = time.time()
-        held: set[tuple[int, int]] = set()
-        for row in rows:
-            position = (row[_PARTITION], row[_OFFSET])
-            if aggregator.add(position[0], position[1], row, by_position[position], now):
-                held.add(position)
-        self.counters.open_windows = aggregator.open_windows
-        return [event for position, event in by_position.items() if position not in held]
-
-    async def flush_due(self, ack: Callable[[EventT[bytes]], Awaitable[bool]]) -> bool:
-        """Emit the windows that closed; returns ``False`` when stopping interrupted it."""
-        async with self._lock:
-            flush = self._aggregator.due(time.time())
-            self.counters.open_windows = self._aggregator.open_windows
-            if not flush.rows:
-                return True
-            if await self._retry("emitting window rows", lambda: self._emit(flush.rows)) is None:
-                return False
-            for event in flush.tokens:
-                await ack(event)
-            self.counters.rows_emitted += len(flush.rows)
-            self.counters.late_rows_emitted += sum(row.late for row in flush.rows)
-            return True
-
-    async def forget(self) -> None:
-        """Partitions were revoked: drop every open window once an emission in progress ends."""
-        async with self._lock:
-            self.epoch += 1
-            self._aggregator.forget()
-            self.counters.open_windows = 0
-
-    async def _emit(self, rows: Sequence[WindowRow]) -> bool:
-        await asyncio.gather(
-            *(
-                self._app.producer.send_and_wait(
-                    self._topic,
-                    row.stats.agent.encode(),
-                    row.stats.model_dump_json().encode(),
-                    partition=None,
-                    timestamp=None,
-                    headers=[(LATE_HEADER, b"1" if row.late else b"0")],
-                )
-                for row in rows
-            )
-        )
+    async def write(self, rows: Sequence[WindowRow]) -> None:
         await self._thread.run(lambda c: clickhouse.VersionStatsWriter(c).write(rows))
-        return True
+
+    async def coverage(
+        self, topic: str, window_seconds: int, lowest: Mapping[int, int]
+    ) -> dict[int, dict[WindowKey, int]]:
+        return await self._thread.run(
+            lambda c: clickhouse.VersionStatsWriter(c).coverage(topic, window_seconds, lowest)
+        )
 
 
-class FaustDeadLetters:
-    """Dead-letter records sent through the app's producer, waiting for the broker's ack."""
+class FaustTopicWriter:
+    """Records to one topic through the app's producer, each awaited until the broker has
+    acknowledged it (``producer_acks=-1``: every in-sync replica)."""
 
     def __init__(self, app: faust.App, topic: str) -> None:
         self._app = app
@@ -217,6 +122,10 @@ def _event_batches(
     declares it on the concrete ``Stream``; at run time it yields the events themselves."""
     batches = cast(Stream[bytes], stream).noack_take(max_events, within=within_s)
     return cast(AsyncIterator[Sequence[EventT[bytes]]], batches)
+
+
+def _by_position(events: Sequence[EventT[bytes]]) -> dict[tuple[int, int], EventT[bytes]]:
+    return {(e.message.partition, e.message.offset): e for e in events}
 
 
 def _raw_message(event: EventT[bytes]) -> RawMessage:
@@ -324,7 +233,7 @@ def create_app(
     health = HealthState(time.monotonic)
     processor = IngestProcessor(
         spans=spans or AsyncSpanWriter(thread),
-        dead_letters=FaustDeadLetters(app, dead_letter_topic.get_topic_name()),
+        dead_letters=FaustTopicWriter(app, dead_letter_topic.get_topic_name()),
         prices=prices,
         stopping=stopping,
         max_clock_skew_s=settings.max_clock_skew_s,
@@ -332,7 +241,15 @@ def create_app(
         health=health,
     )
     windows = (
-        StreamWindows(app, settings, thread, Retrier(stopping, RetryPolicy(), health))
+        StreamWindows[EventT[bytes]](
+            WindowAggregator(
+                settings.topic(TRACES), settings.window_seconds, settings.allowed_lateness_s
+            ),
+            FaustTopicWriter(app, settings.topic(VERSION_STATS)),
+            AsyncVersionStats(thread),
+            Retrier(stopping, RetryPolicy(), health),
+            time.time,
+        )
         if settings.aggregation_enabled
         else None
     )
@@ -359,7 +276,7 @@ def create_app(
                 if owned is None:
                     return False
                 health.stored(next_offsets((e.message.partition, e.message.offset) for e in events))
-                ready = await windows.add(owned, events, epoch) if windows else events
+                ready = await windows.add(owned, _by_position(events), epoch) if windows else events
             except Exception as exc:
                 await stop_worker("storing a batch", exc)
                 return False

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from streams.errors import CoalmineError
 from streams.failures import Failure, classify, one_line
@@ -23,6 +23,7 @@ from streams.ingest.route import (
     Header,
     RawMessage,
     Rejection,
+    SpanRow,
     SpanWrite,
     TimeBounds,
     dead_letter,
@@ -35,13 +36,16 @@ from streams.runtime.health import HealthState
 log = logging.getLogger(__name__)
 
 
-class DeadLetterSink(Protocol):
+class TopicWriter(Protocol):
+    """Writes records to one Kafka topic: dead letters here, window rows in
+    :mod:`streams.runtime.windows`."""
+
     async def send(self, key: bytes | None, value: bytes | None, headers: list[Header]) -> None:
         """Return once the broker has durably accepted the record."""
 
 
 class SpanSink(Protocol):
-    async def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
+    async def write(self, rows: Sequence[SpanRow]) -> SpanWrite:
         """Store rows idempotently (by event_id); rows that can never be stored are reported
         in :attr:`SpanWrite.refused`, any other failure raised."""
 
@@ -127,7 +131,7 @@ class IngestProcessor:
     def __init__(
         self,
         spans: SpanSink,
-        dead_letters: DeadLetterSink,
+        dead_letters: TopicWriter,
         prices: PriceTable,
         stopping: Callable[[], bool],
         *,
@@ -149,7 +153,7 @@ class IngestProcessor:
         self._warn_rejected = RateLimitedLog(log, logging.WARNING, interval_s=5.0)
         self.counters = IngestCounters()
 
-    async def process(self, messages: Sequence[RawMessage]) -> list[Sequence[Any]] | None:
+    async def process(self, messages: Sequence[RawMessage]) -> list[SpanRow] | None:
         """Store a batch; returns the rows whose span this batch's messages own (see
         :func:`owned_rows`), or ``None`` when the worker stopped before it was stored."""
         now = datetime.fromtimestamp(self._clock(), UTC)

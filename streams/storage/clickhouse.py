@@ -29,7 +29,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from streams.errors import ClickHouseUnavailableError
 from streams.failures import Failure, classify, one_line
 from streams.ingest.aggregate import VERSION_STATS_COLUMNS, WindowKey, WindowRow, version_stats_row
-from streams.ingest.route import Owner, SpanWrite, position
+from streams.ingest.route import Owner, SpanRow, SpanWrite, position
 from streams.settings import Settings, mask_url
 
 log = logging.getLogger(__name__)
@@ -241,6 +241,9 @@ def set_spans_retention(client: Client, ttl_days: int) -> None:
 
 # --- the span sink ------------------------------------------------------------------------
 
+SPAN_COLUMNS: tuple[str, ...] = SpanRow._fields
+"""The columns of ``coalmine.spans`` a worker inserts, in the order of a row's values."""
+
 
 class SpanWriter:
     """Inserts span rows exactly once per ``event_id``.
@@ -254,15 +257,11 @@ class SpanWriter:
     rows whose values ClickHouse rejects are isolated by halving the insert and refused.
     """
 
-    def __init__(self, client: Client, columns: Sequence[str], table: str = "spans") -> None:
+    def __init__(self, client: Client, table: str = "spans") -> None:
         self._client = client
-        self._columns = list(columns)
         self._table = f"{DATABASE}.{table}"
-        self._id_index = self._columns.index("event_id")
-        self._time_index = self._columns.index("start_time")
-        self._hash_index = self._columns.index("content_hash")
 
-    def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
+    def write(self, rows: Sequence[SpanRow]) -> SpanWrite:
         """Insert the rows whose event_id is not stored yet.
 
         Raises the client's error when ClickHouse fails for a reason other than the rows'
@@ -276,40 +275,38 @@ class SpanWriter:
         owners = {event_id: owner for event_id, (owner, _) in stored.items()}
         new_rows = []
         for row in fresh:
-            found = stored.get(row[self._id_index])
+            found = stored.get(row.event_id)
             if found is None:
                 new_rows.append(row)
-            elif found[1] not in (0, row[self._hash_index]):
-                refused[position(row)] = _conflict(row[self._id_index], found[0])
-        for chunk in chunks_by_day(new_rows, lambda row: row[self._time_index]):
+            elif found[1] not in (0, row.content_hash):
+                refused[position(row)] = _conflict(row.event_id, found[0])
+        for chunk in chunks_by_day(new_rows, lambda row: row.start_time):
             refused.update(isolate_refused_rows(chunk, self._insert))
         inserted = [row for row in new_rows if position(row) not in refused]
         for row in inserted:
-            owners[row[self._id_index]] = position(row)
+            owners[row.event_id] = position(row)
         return SpanWrite(len(inserted), owners, refused)
 
-    def _insert(self, rows: Sequence[Sequence[Any]]) -> None:
+    def _insert(self, rows: Sequence[SpanRow]) -> None:
         try:
-            self._client.insert(self._table, rows, column_names=self._columns)
+            self._client.insert(self._table, rows, column_names=SPAN_COLUMNS)
         except Exception:
             drain_after_failure(self._client)  # the halves of a refused insert come next
             raise
 
-    def _unique(
-        self, rows: Sequence[Sequence[Any]]
-    ) -> tuple[list[Sequence[Any]], dict[Owner, str]]:
+    def _unique(self, rows: Sequence[SpanRow]) -> tuple[list[SpanRow], dict[Owner, str]]:
         """The first row of each event id, and the later ones with other content, refused."""
-        seen: dict[Any, Sequence[Any]] = {}
+        seen: dict[Any, SpanRow] = {}
         refused: dict[Owner, str] = {}
         for row in rows:
-            first = seen.setdefault(row[self._id_index], row)
-            if first[self._hash_index] != row[self._hash_index]:
-                refused[position(row)] = _conflict(row[self._id_index], position(first))
+            first = seen.setdefault(row.event_id, row)
+            if first.content_hash != row.content_hash:
+                refused[position(row)] = _conflict(row.event_id, position(first))
         return list(seen.values()), refused
 
-    def _stored(self, rows: Sequence[Sequence[Any]]) -> dict[Any, tuple[Owner, int]]:
+    def _stored(self, rows: Sequence[SpanRow]) -> dict[Any, tuple[Owner, int]]:
         """Per stored event id of ``rows``: the message it came from and its content hash."""
-        times: list[datetime] = [row[self._time_index] for row in rows]
+        times = [row.start_time for row in rows]
         # min(): a rebalance race may have stored an id twice until the merge folds it.
         result = self._client.query(
             "SELECT event_id, min((kafka_partition, kafka_offset)), "
@@ -319,7 +316,7 @@ class SpanWriter:
             parameters={
                 "lo": min(times),
                 "hi": max(times),
-                "ids": [row[self._id_index] for row in rows],
+                "ids": [row.event_id for row in rows],
             },
         )
         return {
@@ -358,7 +355,7 @@ def chunks_by_day(
 
 
 def isolate_refused_rows(
-    rows: Sequence[Sequence[Any]], insert: Callable[[Sequence[Sequence[Any]]], None]
+    rows: Sequence[SpanRow], insert: Callable[[Sequence[SpanRow]], None]
 ) -> dict[Owner, str]:
     """Insert ``rows``; when ClickHouse refuses their values, halve until the rows at fault
     are alone, and return those with the reason (the others are inserted). Any other failure

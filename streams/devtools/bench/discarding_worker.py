@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
 
-from streams.ingest.route import SpanWrite
+from streams.ingest.route import SpanRow, SpanWrite
 from streams.runtime import worker
 from streams.settings import Settings
 
 
 class DiscardingSpans:
-    async def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
+    async def write(self, rows: Sequence[SpanRow]) -> SpanWrite:
         return SpanWrite.all_new(rows)
 
 

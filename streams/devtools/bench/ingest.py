@@ -46,7 +46,7 @@ from streams.devtools.localkafka import process
 from streams.devtools.localkafka.config import local_address
 from streams.devtools.worker_process import WorkerProcess
 from streams.ingest.aggregate import window_start_of
-from streams.ingest.route import SPAN_COLUMNS, content_hash
+from streams.ingest.route import content_hash
 from streams.kafka_security import client_config
 from streams.settings import Settings
 from streams.storage import clickhouse
@@ -300,7 +300,7 @@ def raw_loop(settings: Settings, client: Any, stop: threading.Event) -> None:
             messages = consumer.consume(RAW_BATCH, timeout=settings.batch_max_seconds)
             rows = [_raw_row(m) for m in messages if not m.error()]
             if rows:
-                client.insert("coalmine.spans", rows, column_names=SPAN_COLUMNS)
+                client.insert("coalmine.spans", rows, column_names=clickhouse.SPAN_COLUMNS)
                 consumer.commit(asynchronous=False)
     finally:
         consumer.close()

@@ -25,16 +25,16 @@ from streams.ingest.aggregate import (
     version_stats_row,
     window_start_of,
 )
-from streams.ingest.route import SPAN_COLUMNS
+from streams.ingest.route import SpanRow
 
 EPOCH = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 T0 = EPOCH.timestamp()
 TOPIC = "coalmine.traces"
 
 
-def span(**values: Any) -> tuple[Any, ...]:
+def span(**values: Any) -> SpanRow:
     """A spans row with defaults for everything the test does not care about."""
-    row: dict[str, Any] = dict.fromkeys(SPAN_COLUMNS, "")
+    row: dict[str, Any] = dict.fromkeys(SpanRow._fields, "")
     row.update(
         event_id=uuid.uuid4(),
         agent="bot",
@@ -51,7 +51,7 @@ def span(**values: Any) -> tuple[Any, ...]:
         quality_score=None,
     )
     row.update(values)
-    return tuple(row[name] for name in SPAN_COLUMNS)
+    return SpanRow(**row)
 
 
 def assert_same_stats(got: WindowStats, want: WindowStats) -> None:

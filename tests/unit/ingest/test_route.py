@@ -22,10 +22,10 @@ from schemas.trace import MAX_EVENT_BYTES, TraceEvent
 from streams.ingest.pricing import ModelPrice, PriceEntry, PriceTable
 from streams.ingest.route import (
     EPOCH,
-    SPAN_COLUMNS,
     InvalidEventError,
     RawMessage,
     Rejection,
+    SpanRow,
     TimeBounds,
     content_hash,
     dead_letter,
@@ -35,6 +35,7 @@ from streams.ingest.route import (
     route,
     to_row,
 )
+from streams.storage.clickhouse import SPAN_COLUMNS
 
 START = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 LATEST_END = START + timedelta(minutes=1)
@@ -151,7 +152,7 @@ def test_times_are_normalised_to_utc() -> None:
 
 
 def test_row_prices_from_the_table_when_cost_is_absent() -> None:
-    row = dict(zip(SPAN_COLUMNS, to_row(decode(encoded()), PRICES, 3, 42), strict=True))
+    row = to_row(decode(encoded()), PRICES, 3, 42)._asdict()
     assert row["cost_usd"] == pytest.approx((1000 * 2.5 + 100 * 10.0) / 1e6)
     assert row["cost_source"] == "price_table"
     assert (row["kafka_partition"], row["kafka_offset"]) == (3, 42)
@@ -167,7 +168,7 @@ def test_row_carries_cached_and_reasoning_tokens_and_prices_them_when_the_event_
             cached_input_tokens=800,
             reasoning_tokens=40,
         )
-        return dict(zip(SPAN_COLUMNS, to_row(decode(source), PRICES, 0, 0), strict=True))
+        return to_row(decode(source), PRICES, 0, 0)._asdict()
 
     row = row_of(START)
     assert (row["cached_input_tokens"], row["reasoning_tokens"]) == (800, 40)
@@ -180,13 +181,9 @@ def test_row_carries_cached_and_reasoning_tokens_and_prices_them_when_the_event_
 
 
 def test_row_keeps_a_reported_cost_and_flags_unknown_models() -> None:
-    reported = dict(
-        zip(SPAN_COLUMNS, to_row(decode(encoded(cost_usd=0.5)), PRICES, 0, 0), strict=True)
-    )
+    reported = to_row(decode(encoded(cost_usd=0.5)), PRICES, 0, 0)._asdict()
     assert (reported["cost_usd"], reported["cost_source"]) == (0.5, "reported")
-    unknown = dict(
-        zip(SPAN_COLUMNS, to_row(decode(encoded(model="mystery")), PRICES, 0, 0), strict=True)
-    )
+    unknown = to_row(decode(encoded(model="mystery")), PRICES, 0, 0)._asdict()
     assert (unknown["cost_usd"], unknown["cost_source"]) == (0.0, "unpriced")
 
 
@@ -204,7 +201,9 @@ def test_row_maps_every_field() -> None:
             attributes={"region": "eu", "retries": 2, "cached": True},
         )
     )
-    row = dict(zip(SPAN_COLUMNS, to_row(source, PRICES, 1, 7), strict=True))
+    values = to_row(source, PRICES, 1, 7)
+    assert len(values) == len(SpanRow._fields)  # built positionally: one value per field
+    row = values._asdict()
     assert row["event_id"] == uuid.UUID(int=1)
     assert (row["status"], row["error_type"], row["error_message"]) == (
         "error",
@@ -223,7 +222,7 @@ def test_route_keeps_good_events_when_neighbours_are_bad() -> None:
         for i, value in enumerate([encoded(), b"garbage", encoded(event_id=str(uuid.uuid4()))])
     ]
     routed = route(messages, PRICES, BOUNDS)
-    assert [row[SPAN_COLUMNS.index("kafka_offset")] for row in routed.rows] == [0, 2]
+    assert [row.kafka_offset for row in routed.rows] == [0, 2]
     assert [r.message.offset for r in routed.rejected] == [1]
 
 
@@ -248,7 +247,7 @@ def test_a_span_ending_beyond_the_clock_skew_bound_is_rejected_with_the_distance
         RawMessage("coalmine.traces", 0, i, b"k", v) for i, v in enumerate([on_the_bound, beyond])
     ]
     routed = route(messages, PRICES, BOUNDS)
-    assert [row[SPAN_COLUMNS.index("kafka_offset")] for row in routed.rows] == [0]
+    assert [row.kafka_offset for row in routed.rows] == [0]
     (rejection,) = routed.rejected
     assert "90.000s beyond the allowed clock skew" in rejection.reason
     assert "check the producer's clock" in rejection.reason
@@ -266,7 +265,7 @@ def test_owned_rows_are_those_whose_message_stored_the_span() -> None:
         uuid.UUID(int=3): (1, 500),  # a duplicate of a span stored from another message
     }
     kept = owned_rows(rows, owners)
-    assert [row[SPAN_COLUMNS.index("kafka_offset")] for row in kept] == [10, 11]
+    assert [row.kafka_offset for row in kept] == [10, 11]
 
 
 def test_names_may_hold_any_printable_text() -> None:
@@ -284,7 +283,7 @@ def test_a_span_older_than_retention_or_the_epoch_is_rejected_at_the_door() -> N
     values = [encoded(), encoded(start_time=stale), encoded(start_time=ancient)]
     messages = [RawMessage("coalmine.traces", 0, i, None, v) for i, v in enumerate(values)]
     routed = route(messages, PRICES, bounds)
-    assert [row[SPAN_COLUMNS.index("kafka_offset")] for row in routed.rows] == [0]
+    assert [row.kafka_offset for row in routed.rows] == [0]
     assert [("retention" in r.reason, r.message.offset) for r in routed.rejected] == [
         (True, 1),
         (True, 2),
@@ -298,8 +297,9 @@ def test_a_row_carries_the_hash_of_its_message_bytes() -> None:
     (row_a,), (row_b,) = (
         route([RawMessage("t", 0, 0, None, v)], PRICES, BOUNDS).rows for v in (first, reformatted)
     )
-    column = SPAN_COLUMNS.index("content_hash")
-    assert row_a[column] == content_hash(first) != row_b[column] == content_hash(reformatted)
+    assert (
+        row_a.content_hash == content_hash(first) != row_b.content_hash == content_hash(reformatted)
+    )
 
 
 def test_a_dead_letter_that_fits_is_the_original_plus_the_reason() -> None:

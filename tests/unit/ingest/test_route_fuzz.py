@@ -13,11 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas.trace import UNPRINTABLE as UNPRINTABLE_CHARS
-from streams.ingest.route import SPAN_COLUMNS, RawMessage, route
+from streams.ingest.route import RawMessage, SpanRow, route
 from tests.unit.ingest.test_route import BOUNDS, PRICES, event
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-COLUMN = {name: index for index, name in enumerate(SPAN_COLUMNS)}
 UNPRINTABLE = re.compile(f"[{UNPRINTABLE_CHARS}]")
 IDENTIFIERS = ("agent", "version", "environment", "tenant", "name", "provider", "model")
 
@@ -34,21 +33,21 @@ json_values = st.recursive(
 )
 
 
-def route_one(value: bytes | None) -> tuple[list[Any], list[Any]]:
+def route_one(value: bytes | None) -> tuple[list[SpanRow], list[Any]]:
     routed = route([RawMessage("coalmine.traces", 0, 7, b"k", value)], PRICES, BOUNDS)
     assert len(routed.rows) + len(routed.rejected) == 1
     return routed.rows, routed.rejected
 
 
-def assert_storable(row: Any) -> None:
-    assert BOUNDS.earliest_start <= row[COLUMN["start_time"]] <= row[COLUMN["end_time"]]
-    assert row[COLUMN["end_time"]] <= BOUNDS.latest_end
+def assert_storable(row: SpanRow) -> None:
+    assert BOUNDS.earliest_start <= row.start_time <= row.end_time
+    assert row.end_time <= BOUNDS.latest_end
     for name in IDENTIFIERS:
-        text = row[COLUMN[name]]
+        text = getattr(row, name)
         assert not UNPRINTABLE.search(text), (name, text)
-    event_id = row[COLUMN["event_id"]]
+    event_id = row.event_id
     assert isinstance(event_id, uuid.UUID) and event_id.int != 0
-    assert 0 <= row[COLUMN["cached_input_tokens"]] <= row[COLUMN["input_tokens"]] <= 10**8
+    assert 0 <= row.cached_input_tokens <= row.input_tokens <= 10**8
 
 
 @FUZZ

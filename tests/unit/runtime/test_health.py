@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
 
 from streams.ingest.pricing import builtin_prices
-from streams.ingest.route import SpanWrite
+from streams.ingest.route import SpanRow, SpanWrite
 from streams.runtime.health import (
     HealthLimits,
     HealthSnapshot,
@@ -161,7 +160,7 @@ class SpansSeeingHealth:
         self.inner = FlakySpans(failures)
         self.seen: list[tuple[str, ...]] = []
 
-    async def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
+    async def write(self, rows: Sequence[SpanRow]) -> SpanWrite:
         self.seen.append(tuple(r.what for r in self.state.snapshot(0.0, []).retrying))
         return await self.inner.write(rows)
 

@@ -6,18 +6,16 @@ import asyncio
 import json
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 
 from schemas.topics import DLQ_REASON
 from streams.ingest.pricing import builtin_prices
-from streams.ingest.route import SPAN_COLUMNS, Header, RawMessage, SpanWrite, position
+from streams.ingest.route import Header, RawMessage, SpanRow, SpanWrite, position
 from streams.runtime.processor import IngestProcessor, PipelineBugError, RetryPolicy
 from tests.unit.ingest.test_route import START, encoded
 
 NO_WAIT = RetryPolicy(first_delay_s=0.0, max_delay_s=0.0)
-OFFSET = SPAN_COLUMNS.index("kafka_offset")
 
 
 class FlakySpans:
@@ -25,9 +23,9 @@ class FlakySpans:
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
-        self.batches: list[list[Sequence[Any]]] = []
+        self.batches: list[list[SpanRow]] = []
 
-    async def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
+    async def write(self, rows: Sequence[SpanRow]) -> SpanWrite:
         if self.failures > 0:
             self.failures -= 1
             raise ConnectionError("ClickHouse went away")
@@ -56,7 +54,7 @@ def test_a_failing_sink_is_retried_until_the_batch_is_stored() -> None:
     )
     owned = asyncio.run(processor.process(batch()))
     assert owned is not None
-    assert [row[OFFSET] for row in owned] == [0, 2, 4]
+    assert [row.kafka_offset for row in owned] == [0, 2, 4]
     assert [len(b) for b in spans.batches] == [3]
     assert [value for _, value, _ in dead.sent] == [b"{broken", b'{"kind": "llm"}']
     assert all(dict(headers)[DLQ_REASON] for _, _, headers in dead.sent)
@@ -85,8 +83,8 @@ class RefusingSpans:
     def __init__(self, refused_offsets: set[int]) -> None:
         self.refused_offsets = refused_offsets
 
-    async def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
-        kept = [row for row in rows if row[OFFSET] not in self.refused_offsets]
+    async def write(self, rows: Sequence[SpanRow]) -> SpanWrite:
+        kept = [row for row in rows if row.kafka_offset not in self.refused_offsets]
         refused = {position(r): "event_id conflict" for r in rows if r not in kept}
         return SpanWrite(len(kept), SpanWrite.all_new(kept).owners, refused)
 
@@ -99,7 +97,7 @@ def test_rows_the_sink_refuses_are_dead_lettered_and_not_counted() -> None:
     messages = batch()
     owned = asyncio.run(processor.process(messages))
     assert owned is not None
-    assert [row[OFFSET] for row in owned] == [0, 4]
+    assert [row.kafka_offset for row in owned] == [0, 4]
     reasons = [dict(headers)[DLQ_REASON] for _, _, headers in dead.sent]
     assert reasons[-1] == b"event_id conflict"
     assert dead.sent[-1][1] == messages[2].value
@@ -112,7 +110,7 @@ def test_rows_the_sink_refuses_are_dead_lettered_and_not_counted() -> None:
 
 
 class BrokenSpans:
-    async def write(self, rows: Sequence[Sequence[Any]]) -> SpanWrite:
+    async def write(self, rows: Sequence[SpanRow]) -> SpanWrite:
         raise KeyError("a bug in the sink")
 
 

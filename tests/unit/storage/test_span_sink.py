@@ -10,18 +10,16 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
-from streams.ingest.route import SPAN_COLUMNS
+from streams.ingest.route import SpanRow
 from streams.storage.clickhouse import chunks_by_day, isolate_refused_rows
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
-_OFFSET = SPAN_COLUMNS.index("kafka_offset")
-_PARTITION = SPAN_COLUMNS.index("kafka_partition")
 
 
-def row(offset: int) -> list[Any]:
-    values: list[Any] = [None] * len(SPAN_COLUMNS)
-    values[_PARTITION], values[_OFFSET] = 0, offset
-    return values
+def row(offset: int) -> SpanRow:
+    values: dict[str, Any] = dict.fromkeys(SpanRow._fields)
+    values.update(kafka_partition=0, kafka_offset=offset)
+    return SpanRow(**values)
 
 
 class RefusingInsert:
@@ -32,11 +30,11 @@ class RefusingInsert:
         self.stored: list[int] = []
         self.calls = 0
 
-    def __call__(self, rows: Sequence[Sequence[Any]]) -> None:
+    def __call__(self, rows: Sequence[SpanRow]) -> None:
         self.calls += 1
-        if any(r[_OFFSET] in self.bad for r in rows):
+        if any(r.kafka_offset in self.bad for r in rows):
             raise self.error
-        self.stored.extend(r[_OFFSET] for r in rows)
+        self.stored.extend(r.kafka_offset for r in rows)
 
 
 def test_rows_with_refused_values_are_isolated_and_the_rest_stored() -> None:
