@@ -18,7 +18,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from schemas.topics import TOPICS, Topic
 from streams.errors import CoalmineError
-from streams.kafka_security import client_config
+from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 
 import faust
 
-from streams.kafka_security import tls_context
+from streams.sdk.kafka_security import tls_context
 from streams.settings import SASL_PROTOCOLS, TLS_PROTOCOLS, Settings
 
 

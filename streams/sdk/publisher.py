@@ -22,8 +22,8 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from schemas.topics import TRACES
 from schemas.trace import MAX_EVENT_BYTES, SCHEMA_VERSION, TraceEvent
-from streams.kafka_security import security_config
 from streams.logs import RateLimitedLog
+from streams.sdk.kafka_security import security_config
 from streams.sdk.settings import QUEUE_MAX_KBYTES, QUEUE_MAX_MESSAGES, SdkSettings
 
 logger = logging.getLogger("coalmine.sdk")

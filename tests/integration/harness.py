@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, Message
 
 from streams.devtools import localkafka
 from streams.devtools.worker_process import WorkerProcess
-from streams.kafka_security import client_config
+from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
 

@@ -16,8 +16,8 @@ import pytest
 from schemas.topics import TOPICS, TRACES
 from streams.devtools.localkafka import SaslListener
 from streams.errors import CoalmineError
-from streams.kafka_security import tls_context
 from streams.sdk import KafkaPublisher, Tracer
+from streams.sdk.kafka_security import tls_context
 from streams.settings import SASL_MECHANISMS, Settings
 from streams.topics import ensure_topics
 from tests.integration.harness import consume_all, isolated_settings, running_worker, wait_for

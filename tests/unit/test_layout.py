@@ -36,3 +36,23 @@ def test_a_layer_imports_none_of_what_it_must_not_need(
     statement: str, forbidden: Collection[str]
 ) -> None:
     assert top_level_modules_after(statement) & set(forbidden) == set()
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "streams.cli",
+        "streams.runtime.app",
+        "streams.runtime.worker",
+        "streams.devtools.bench.discarding_worker",
+        "streams.sdk.kafka_security",
+        "schemas.topics",
+    ],
+)
+def test_an_entry_point_imports_first_in_a_fresh_interpreter(module: str) -> None:
+    """What `python -m` or a first import loads must not meet an import cycle (one did: the
+    benchmark's worker imported the Kafka security module before the SDK package)."""
+    run = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], check=False, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr

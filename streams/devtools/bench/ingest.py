@@ -47,7 +47,7 @@ from streams.devtools.localkafka.config import local_address
 from streams.devtools.worker_process import WorkerProcess
 from streams.ingest.aggregate import window_start_of
 from streams.ingest.route import content_hash
-from streams.kafka_security import client_config
+from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
 from streams.storage import clickhouse
 from streams.topics import ensure_topics

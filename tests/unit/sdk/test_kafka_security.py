@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from streams.kafka_security import client_config, security_config
 from streams.runtime.faust_auth import broker_credentials
+from streams.sdk.kafka_security import client_config, security_config
 from streams.settings import SASL_MECHANISMS, Settings
 
 SASL: dict[str, Any] = {"kafka_username": "svc", "kafka_password": "s3cret"}
