@@ -60,6 +60,11 @@ def _traces_partitions(settings: TopicSettings) -> int:
     return settings.traces_partitions
 
 
+def _one_partition(_: TopicSettings) -> int:
+    """Control topics: one ordered log of every agent's deployment history, one owner."""
+    return 1
+
+
 @dataclass(frozen=True)
 class Topic:
     name: str
@@ -120,7 +125,54 @@ VERSION_STATS: Final = Topic(
     headers=(Header(LATE_HEADER, "`1` on a correction row, else `0`"),),
 )
 
-TOPICS: Final = (TRACES, TRACES_DLQ, VERSION_STATS)
+VERSIONS: Final = Topic(
+    "versions",
+    key="`agent/version`",
+    value=ValueModel("schemas.version:AgentVersion", "agent-version"),
+    value_doc="one immutable agent version",
+    cleanup_policy="compact",
+    partitions=_one_partition,
+)
+COMMANDS: Final = Topic(
+    "commands",
+    key="`agent`",
+    value=ValueModel("schemas.command:Command", "command"),
+    value_doc="an operator's (or CI's) request to the controller",
+    partitions=_one_partition,
+)
+ROLLBACKS: Final = Topic(
+    "rollbacks",
+    key="`agent`",
+    value=ValueModel("schemas.rollback:RollbackCommand", "rollback-command"),
+    value_doc="take a canary out of traffic (from the detector or anyone)",
+    partitions=_one_partition,
+)
+COMMAND_OUTCOMES: Final = Topic(
+    "command-outcomes",
+    key="`agent`",
+    value=ValueModel("schemas.command:CommandOutcome", "command-outcome"),
+    value_doc="the controller's answer to a command: applied (with the state) or rejected",
+    partitions=_one_partition,
+)
+DEPLOYMENTS: Final = Topic(
+    "deployments",
+    key="`agent`",
+    value=ValueModel("schemas.deployment:DeploymentState", "deployment-state"),
+    value_doc="who gets an agent's traffic now; the controller is the single writer",
+    cleanup_policy="compact",
+    partitions=_one_partition,
+)
+
+TOPICS: Final = (
+    TRACES,
+    TRACES_DLQ,
+    VERSION_STATS,
+    VERSIONS,
+    COMMANDS,
+    ROLLBACKS,
+    COMMAND_OUTCOMES,
+    DEPLOYMENTS,
+)
 """Every topic, in the order the data flows."""
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from schemas.export import PUBLISHED
-from schemas.topics import TOPICS, TRACES, Topic, topic_reference
+from schemas.topics import TOPICS, TRACES, VERSIONS, topic_reference
 from streams.settings import Settings
 from streams.topics import TopicSpec, owned_topics
 
@@ -39,19 +39,27 @@ def test_names_and_headers_are_unique_and_fit_kafka() -> None:
 
 
 def test_topic_creation_takes_partitions_and_config_from_the_registry() -> None:
-    # The README says every topic has COALMINE_TRACES_PARTITIONS partitions.
+    # The README says data topics have COALMINE_TRACES_PARTITIONS partitions, control one.
     for partitions in (1, 7):
         settings = replace(Settings(), topic_prefix="x", traces_partitions=partitions)
-        assert owned_topics(settings) == [
-            TopicSpec(f"x.{t.name}", partitions, (("cleanup.policy", "delete"),)) for t in TOPICS
-        ]
+        layout = {
+            spec.name: (spec.partitions, dict(spec.config)) for spec in owned_topics(settings)
+        }
+        assert layout == {
+            "x.traces": (partitions, {"cleanup.policy": "delete"}),
+            "x.traces.dlq": (partitions, {"cleanup.policy": "delete"}),
+            "x.version-stats": (partitions, {"cleanup.policy": "delete"}),
+            "x.versions": (1, {"cleanup.policy": "compact"}),
+            "x.commands": (1, {"cleanup.policy": "delete"}),
+            "x.rollbacks": (1, {"cleanup.policy": "delete"}),
+            "x.command-outcomes": (1, {"cleanup.policy": "delete"}),
+            "x.deployments": (1, {"cleanup.policy": "compact"}),
+        }
 
 
 def test_a_compacted_topic_is_created_compacted() -> None:
-    versions = Topic("versions", key="`agent/version`", value=None, value_doc="a version")
-    compacted = replace(versions, cleanup_policy="compact")
-    spec = TopicSpec.of(compacted, replace(Settings(), traces_partitions=3))
-    assert (spec.name, spec.partitions) == ("coalmine.versions", 3)
+    spec = TopicSpec.of(VERSIONS, replace(Settings(), traces_partitions=3))
+    assert (spec.name, spec.partitions) == ("coalmine.versions", 1)
     assert dict(spec.config) == {"cleanup.policy": "compact"}
 
 

@@ -1,0 +1,67 @@
+"""Deployment state: who gets an agent's traffic (``coalmine.deployments``, compacted, key =
+agent). The controller is its single writer; SDK routers read it from the beginning and follow
+it. ``canary_weight`` is the canary's share of traffic *now*: zero whenever the canary must
+not serve (gated, rolled back, promoted, idle).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from schemas.plan import RolloutPlan
+from schemas.trace import Identifier
+from schemas.version import Digest
+
+
+class Phase(StrEnum):
+    IDLE = "idle"
+    """Only a stable version (or nothing yet)."""
+    GATED = "gated"
+    """A canary waits for its offline evaluation figures; no traffic moves."""
+    CANARY = "canary"
+    PAUSED = "paused"
+    AWAITING_APPROVAL = "awaiting_approval"
+    ROLLED_BACK = "rolled_back"
+    PROMOTED = "promoted"
+
+
+class GateFigures(BaseModel):
+    """What the evaluation gate saw of the canary's eval spans."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    cases: Annotated[int, Field(ge=0)]
+    quality: float | None
+    error_rate: float | None
+    passed: bool
+
+
+class DeploymentState(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    agent: Identifier
+    phase: Phase = Phase.IDLE
+    stable_version: Identifier | None = None
+    stable_digest: Digest | None = None
+    canary_version: Identifier | None = None
+    canary_digest: Digest | None = None
+    canary_weight: Annotated[float, Field(ge=0, le=1)] = 0.0
+    rollout_id: str | None = Field(
+        default=None,
+        description="The deploy command's id: routers hash it with the routing key, so a new "
+        "deployment reshuffles who is in the canary while its steps only add keys.",
+    )
+    plan: RolloutPlan | None = None
+    step_index: Annotated[int, Field(ge=0)] | None = None
+    step_started_at: AwareDatetime | None = None
+    gate: GateFigures | None = None
+    previous_stables: tuple[Identifier, ...] = Field(
+        default=(), description="Versions that were stable before, newest first."
+    )
+    generation: Annotated[int, Field(ge=0)] = 0
+    updated_at: AwareDatetime | None = None
+    last_command_id: str | None = None
+    last_reason: str = ""

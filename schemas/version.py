@@ -1,0 +1,111 @@
+"""An agent version: the immutable bundle of everything that shapes an agent's behaviour —
+prompts, model and parameters, tools with their input schemas, guardrails and knowledge-base
+references — as published on the compacted ``coalmine.versions`` (key ``agent/version``).
+
+The ``digest`` is the sha256 of the bundle's canonical JSON (:func:`bundle_digest`): two
+registrations of one label are the same version exactly when their digests are equal, so a
+label is never given other content, and registering the same content again changes nothing.
+Descriptive metadata (description, who, when) is outside the digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Final
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from schemas.trace import PRINTABLE_NOT_BLANK, Identifier
+
+MAX_BUNDLE_BYTES: Final = 256 * 1024
+"""Largest canonical bundle accepted: prompts and tool schemas, not knowledge bases."""
+MAX_PROMPT_CHARS: Final = 100_000
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=PRINTABLE_NOT_BLANK)]
+Text = Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS)]
+Scalar = str | bool | int | float | None
+"""A model parameter or config value: what YAML and JSON agree on without nesting."""
+DIGEST_PATTERN: Final = r"^sha256:[0-9a-f]{64}$"
+Digest = Annotated[str, StringConstraints(pattern=DIGEST_PATTERN)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class ModelSpec(_Strict):
+    provider: Identifier
+    model: Identifier
+    parameters: dict[Name, Scalar] = Field(
+        default_factory=dict, description="temperature, max_tokens, top_p, …"
+    )
+
+
+class ToolSpec(_Strict):
+    name: Identifier
+    description: Text = ""
+    input_schema: dict[str, Any] = Field(
+        default_factory=dict, description="JSON Schema of the tool's input."
+    )
+
+
+class GuardrailSpec(_Strict):
+    name: Identifier
+    kind: Identifier
+    config: dict[Name, Scalar] = Field(default_factory=dict)
+
+
+class KnowledgeBaseRef(_Strict):
+    name: Identifier
+    uri: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+    revision: Name | None = None
+
+
+class AgentBundle(_Strict):
+    """The content of a version: what the digest covers and what the router hands an agent."""
+
+    prompts: dict[Name, Text] = Field(
+        default_factory=dict, description="Prompt name → template text."
+    )
+    model: ModelSpec
+    tools: tuple[ToolSpec, ...] = ()
+    guardrails: tuple[GuardrailSpec, ...] = ()
+    knowledge_bases: tuple[KnowledgeBaseRef, ...] = ()
+    extra: dict[Name, Scalar] = Field(default_factory=dict, description="A small free map.")
+
+
+class AgentVersion(_Strict):
+    """One registered version, as published on ``coalmine.versions``."""
+
+    agent: Identifier
+    version: Identifier
+    digest: Digest
+    created_at: AwareDatetime
+    created_by: Identifier
+    description: Annotated[str, StringConstraints(max_length=2048)] = ""
+    bundle: AgentBundle
+
+    @property
+    def key(self) -> str:
+        return version_key(self.agent, self.version)
+
+
+def version_key(agent: str, version: str) -> str:
+    """The record key on ``coalmine.versions``."""
+    return f"{agent}/{version}"
+
+
+def canonical_json(bundle: AgentBundle) -> bytes:
+    """Sorted keys, no whitespace, UTF-8: equal content gives equal bytes."""
+    return json.dumps(
+        bundle.model_dump(mode="json"),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    ).encode()
+
+
+def bundle_digest(bundle: AgentBundle) -> str:
+    return "sha256:" + hashlib.sha256(canonical_json(bundle)).hexdigest()
