@@ -39,6 +39,25 @@ class GateFigures(BaseModel):
     passed: bool
 
 
+class DeploymentChange(BaseModel):
+    """Why the state is what it is: the audit row of this generation
+    (``coalmine.deployment_events``) is this record."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    from_phase: Phase
+    cause: Identifier = Field(
+        description="A command action (`deploy`, `rollback`, …), `step` (a step's time passed), "
+        "`gate` (evaluation figures), `judgement`."
+    )
+    command_id: str | None = None
+    issued_by: Identifier | None = None
+    reason: str = ""
+    evidence: dict[str, str | float | int | bool | None] = Field(
+        default_factory=dict, description="Gate figures, the verdict and its metric, …"
+    )
+
+
 class DeploymentState(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -65,3 +84,6 @@ class DeploymentState(BaseModel):
     updated_at: AwareDatetime | None = None
     last_command_id: str | None = None
     last_reason: str = ""
+    change: DeploymentChange | None = Field(
+        default=None, description="What made this generation; None only before the first."
+    )
