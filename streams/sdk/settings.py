@@ -30,6 +30,8 @@ _TOPIC_PREFIX = re.compile(r"[A-Za-z0-9._-]{1,200}")
 QUEUE_MAX_MESSAGES = 100_000
 QUEUE_MAX_KBYTES = 65_536
 """The bounds of the publisher's send queue unless set."""
+ROUTER_STARTUP_WAIT_S = 5.0
+ROUTER_FETCH_WAIT_MS = 100
 # librdkafka's upper bound of both queue.buffering.max.messages and .kbytes.
 _LIBRDKAFKA_INT_MAX = 2_147_483_647
 
@@ -155,6 +157,24 @@ class SdkSettings:
             "env": "COALMINE_SDK_QUEUE_MAX_KBYTES",
             "doc": "Kilobytes of spans an agent's publisher holds unsent before it drops new ones.",
             "range": Range(1, _LIBRDKAFKA_INT_MAX),
+        },
+    )
+
+    sdk_router_startup_wait_s: float = field(
+        default=ROUTER_STARTUP_WAIT_S,
+        metadata={
+            "env": "COALMINE_SDK_ROUTER_STARTUP_WAIT_S",
+            "doc": "Seconds a new router's first routes wait for the deployment state before "
+            "they fall back to the caller's default version.",
+            "range": Range(0, 300),
+        },
+    )
+    sdk_router_fetch_wait_ms: int = field(
+        default=ROUTER_FETCH_WAIT_MS,
+        metadata={
+            "env": "COALMINE_SDK_ROUTER_FETCH_WAIT_MS",
+            "doc": "Longest a router's idle fetch waits at the broker (fetch.wait.max.ms).",
+            "range": Range(1, 60_000),
         },
     )
 

@@ -1,0 +1,105 @@
+"""Deployment states and agent versions produced by hand, for tests and benchmarks that need
+routers to follow something before (or without) the controller.
+
+:func:`example_version` makes a registrable version of a simulated agent; :class:`ControlWriter`
+produces versions and deployment states to their compacted topics, key as the registry says.
+The controller is the single writer of ``coalmine.deployments`` in production; these records
+stand in for its output where a test wants to set a state directly.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Self
+
+from confluent_kafka import Producer
+
+from schemas.deployment import DeploymentChange, DeploymentState, Phase
+from schemas.topics import DEPLOYMENTS, VERSIONS
+from schemas.version import AgentBundle, AgentVersion, ModelSpec, bundle_digest
+from streams.errors import CoalmineError
+from streams.sdk.kafka_security import client_config
+from streams.sdk.settings import SdkSettings
+
+FLUSH_TIMEOUT_S = 15.0
+
+
+def example_version(agent: str, version: str) -> AgentVersion:
+    """A small version of ``agent`` whose prompt names it (so bundles tell versions apart)."""
+    bundle = AgentBundle(
+        prompts={"system": f"You are {agent}, version {version}. Answer briefly."},
+        model=ModelSpec(provider="openai", model="gpt-4o-mini", parameters={"temperature": 0.2}),
+    )
+    return AgentVersion(
+        agent=agent,
+        version=version,
+        digest=bundle_digest(bundle),
+        created_at=datetime.now(UTC),
+        created_by="coalmine-devtools",
+        bundle=bundle,
+    )
+
+
+def rollout_state(
+    stable: AgentVersion,
+    canary: AgentVersion | None,
+    *,
+    weight: float,
+    rollout_id: str,
+    generation: int,
+    phase: Phase = Phase.CANARY,
+    reason: str = "set by hand",
+) -> DeploymentState:
+    """The state of ``stable``'s agent with ``canary`` at ``weight`` (0 without a canary)."""
+    return DeploymentState(
+        agent=stable.agent,
+        phase=phase,
+        stable_version=stable.version,
+        stable_digest=stable.digest,
+        canary_version=None if canary is None else canary.version,
+        canary_digest=None if canary is None else canary.digest,
+        canary_weight=weight,
+        rollout_id=rollout_id,
+        generation=generation,
+        updated_at=datetime.now(UTC),
+        last_reason=reason,
+        change=DeploymentChange(from_phase=phase, cause="manual", reason=reason),
+    )
+
+
+class ControlWriter:
+    """Produces versions and deployment states; :meth:`flush` waits until the broker has them."""
+
+    def __init__(self, settings: SdkSettings) -> None:
+        self._settings = settings
+        self._producer = Producer({**client_config(settings), "linger.ms": 0, "acks": "all"})
+
+    def version(self, version: AgentVersion) -> None:
+        self._produce(self._settings.topic(VERSIONS), version.key, version.model_dump_json())
+
+    def state(self, state: DeploymentState) -> None:
+        self._produce(self._settings.topic(DEPLOYMENTS), state.agent, state.model_dump_json())
+
+    def flush(self) -> None:
+        if self._producer.flush(FLUSH_TIMEOUT_S):
+            raise CoalmineError(
+                f"Kafka at {self._settings.kafka_bootstrap} did not take the records "
+                f"within {FLUSH_TIMEOUT_S:.0f} s"
+            )
+
+    def _produce(self, topic: str, key: str, value: str) -> None:
+        self._producer.produce(topic, value.encode(), key.encode())
+        self._producer.poll(0)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.flush()
