@@ -1,5 +1,5 @@
-"""What agent code imports: the :class:`Tracer`, the publishers that ship its spans, and
-their :class:`SdkSettings`.
+"""What agent code imports: the :class:`Tracer`, the publishers that ship its spans, the
+:class:`Router` that picks the version of each request, and their :class:`SdkSettings`.
 
 It imports pydantic and confluent-kafka, never the worker's Faust, chDB or scipy (a test
 checks): tracing an agent must not load the pipeline. Usage: ``from streams.sdk import
@@ -13,8 +13,9 @@ from streams.sdk.publisher import (
     Publisher,
     PublisherStats,
 )
+from streams.sdk.router import Route, Router, RouterStats, RoutingTable
 from streams.sdk.settings import SdkSettings, SettingsError
-from streams.sdk.tracer import OutcomeSpan, Span, Tracer
+from streams.sdk.tracer import OutcomeSpan, RequestSpan, Span, Tracer
 
 __all__ = [
     "CountingPublisher",
@@ -23,6 +24,11 @@ __all__ = [
     "OutcomeSpan",
     "Publisher",
     "PublisherStats",
+    "RequestSpan",
+    "Route",
+    "Router",
+    "RouterStats",
+    "RoutingTable",
     "SdkSettings",
     "SettingsError",
     "Span",

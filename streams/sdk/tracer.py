@@ -21,6 +21,13 @@ Usage::
             ...
         req.set_outcome(task_completed=True, quality_score=0.8)
     publisher.close()
+
+With a :class:`~streams.sdk.router.Router`, each request runs the version the agent's
+deployment gives its routing key, and every span of the request carries that version::
+
+    tracer = Tracer("support-bot", "v12", publisher, router=Router(settings))
+    with tracer.request("answer-question", route_key=user_id) as req:
+        prompt = req.bundle.prompts["system"] if req.bundle else DEFAULT_PROMPT
 """
 
 from __future__ import annotations
@@ -47,8 +54,10 @@ from schemas.trace import (
     SpanStatus,
     TraceEvent,
 )
+from schemas.version import AgentBundle
 from streams.logs import RateLimitedLog
 from streams.sdk.publisher import Publisher
+from streams.sdk.router import Route, RoutingTable
 
 logger = logging.getLogger("coalmine.sdk")
 
@@ -87,6 +96,7 @@ class Span:
         parent_span_id: str | None,
         tenant: str | None,
         start_time: datetime | None,
+        version: str,
         provider: str | None = None,
         model: str | None = None,
         tool_name: str | None = None,
@@ -98,6 +108,8 @@ class Span:
         self.span_id = tracer.new_span_id()
         self.parent_span_id = parent_span_id
         self.tenant = tenant
+        self.version = version
+        """The agent version the span's request runs (every span of a request has it)."""
         self.start_time = tracer.now() if start_time is None else start_time
         self._fields: dict[str, Any] = {
             "provider": provider,
@@ -155,6 +167,7 @@ class Span:
             parent_span_id=self.span_id,
             tenant=self.tenant,
             start_time=start_time,
+            version=self.version,
             **fields,
         )
 
@@ -257,6 +270,7 @@ class Span:
             "span_id": self.span_id,
             "parent_span_id": self.parent_span_id,
             "tenant": self.tenant,
+            "version": self.version,
             "kind": self.kind,
             "name": self.name,
             "start_time": self.start_time,
@@ -283,6 +297,26 @@ class OutcomeSpan(Span):
             self._fields["quality_score"] = quality_score
 
 
+class RequestSpan(OutcomeSpan):
+    """The root span of one agent task, with the version that serves it: ``route`` (from the
+    tracer's router, or the tracer's own version without one) says which version, and hands
+    over what the agent must act with (``bundle``: prompts, model, tools)."""
+
+    def __init__(self, tracer: Tracer, name: str, route: Route, **kwargs: Any) -> None:
+        super().__init__(tracer, SpanKind.REQUEST, name, version=route.version, **kwargs)
+        self.route = route
+
+    @property
+    def bundle(self) -> AgentBundle | None:
+        """The version's prompts, model and tools; None when no router has read them."""
+        return self.route.bundle
+
+    @property
+    def generation(self) -> int | None:
+        """The deployment state's generation that chose the version; None without one."""
+        return self.route.generation
+
+
 def _as_int(value: int) -> int:
     # numpy integers are Integral but not int, and the schema is strict; floats are left
     # alone so that 12.5 tokens is reported as invalid rather than silently rounded.
@@ -305,7 +339,11 @@ def _attribute_problem(key: str, value: object) -> str | None:
 
 
 class Tracer:
-    """Makes spans for one agent version and publishes them.
+    """Makes spans for one agent and publishes them.
+
+    Every request runs one version of the agent: ``version`` when there is no ``router``, else
+    the one the router picks for the request's routing key (``version`` being the fallback
+    while the agent has no deployment, see :class:`~streams.sdk.router.RoutingTable`).
 
     ``clock`` returns aware UTC datetimes and ``id_factory`` returns UUIDs; inject both for
     deterministic tests and simulations. Thread-safe: spans of different requests can be
@@ -318,12 +356,14 @@ class Tracer:
         version: str,
         publisher: Publisher,
         *,
+        router: RoutingTable | None = None,
         environment: str = "production",
         clock: Callable[[], datetime] = _utc_now,
         id_factory: Callable[[], UUID] = uuid4,
     ) -> None:
         self.agent = agent
         self.version = version
+        self.router = router
         self.environment = environment
         self.publisher = publisher
         self._clock = clock
@@ -343,13 +383,23 @@ class Tracer:
         tenant: str | None = None,
         start_time: datetime | None = None,
         trace_id: str | None = None,
-    ) -> OutcomeSpan:
-        """The root span of one agent task; ``trace_id`` continues an existing trace."""
-        return OutcomeSpan(
+        route_key: str | None = None,
+    ) -> RequestSpan:
+        """The root span of one agent task; ``trace_id`` continues an existing trace.
+
+        With a router, ``route_key`` (a user or session id) picks the version, the same one for
+        the same key while the deployment stays; without a key each request is drawn alone
+        (its trace id is the key). Read the choice from ``req.version`` / ``req.bundle``."""
+        trace_id = trace_id or self.new_trace_id()
+        if self.router is None:
+            route = Route(self.agent, self.version, None, None, None)
+        else:
+            route = self.router.route(self.agent, route_key or trace_id, self.version)
+        return RequestSpan(
             self,
-            SpanKind.REQUEST,
             name,
-            trace_id=trace_id or self.new_trace_id(),
+            route,
+            trace_id=trace_id,
             parent_span_id=None,
             tenant=tenant,
             start_time=start_time,
@@ -392,9 +442,7 @@ class Tracer:
 
     def _emit(self, fields: dict[str, Any]) -> None:
         try:
-            event = TraceEvent(
-                agent=self.agent, version=self.version, environment=self.environment, **fields
-            )
+            event = TraceEvent(agent=self.agent, environment=self.environment, **fields)
         except ValidationError as exc:
             with self._lock:
                 self._invalid_spans += 1
@@ -405,7 +453,7 @@ class Tracer:
                 "span %r of %s %s dropped, invalid: %s",
                 fields.get("name"),
                 self.agent,
-                self.version,
+                fields.get("version"),
                 problems,
             )
             return

@@ -20,7 +20,9 @@ from schemas.trace import (
     SpanStatus,
     TraceEvent,
 )
-from streams.sdk import OutcomeSpan, Publisher, Tracer
+from streams.devtools.control_records import example_version, rollout_state
+from streams.sdk import OutcomeSpan, Publisher, RoutingTable, Tracer
+from streams.sdk.follow import Record
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -418,3 +420,44 @@ def test_span_ids_use_all_their_bits(publisher: ListPublisher) -> None:
     span_ids = [e.span_id for e in publisher.events]
     # Without folding, a UUID4's variant bits would pin the first digit to 8-b.
     assert len({s[0] for s in span_ids}) > 8
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def routed_tracer(publisher: ListPublisher, weight: float) -> Tracer:
+    v12, v13 = example_version("support-bot", "v12"), example_version("support-bot", "v13")
+    routing = RoutingTable(deployments_topic="d", versions_topic="v", startup_wait_s=0)
+    state = rollout_state(v12, v13, weight=weight, rollout_id="r", generation=4)
+    routing.apply(
+        [Record("v", v.key.encode(), v.model_dump_json().encode()) for v in (v12, v13)]
+        + [Record("d", b"support-bot", state.model_dump_json().encode())]
+    )
+    return Tracer("support-bot", "v11", publisher, router=routing)
+
+
+def test_a_routed_request_stamps_its_version_on_every_span_and_hands_over_the_bundle(
+    publisher: ListPublisher,
+) -> None:
+    tracer = routed_tracer(publisher, weight=1.0)
+    with (
+        tracer.request("answer", route_key="user-1") as req,
+        req.llm("draft", provider="openai", model="gpt-4o-mini") as llm,
+        llm.tool("search"),
+    ):
+        pass
+    assert (req.version, req.generation) == ("v13", 4)
+    assert req.bundle is not None and "v13" in req.bundle.prompts["system"]
+    assert {e.version for e in publisher.events} == {"v13"} and len(publisher.events) == 3
+
+
+def test_routed_requests_of_one_key_stick_to_one_version(publisher: ListPublisher) -> None:
+    tracer = routed_tracer(publisher, weight=0.5)
+    versions = {k: tracer.request("answer", route_key=f"user-{k}").version for k in range(200)}
+    again = {k: tracer.request("answer", route_key=f"user-{k}").version for k in range(200)}
+    assert versions == again and set(versions.values()) == {"v12", "v13"}
+
+
+def test_without_a_router_every_request_runs_the_tracers_version(tracer: Tracer) -> None:
+    req = tracer.request("answer", route_key="user-1")
+    assert (req.version, req.bundle, req.generation) == ("v12", None, None)
