@@ -15,14 +15,31 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from schemas.trace import SpanKind, TraceEvent
 from streams.cliargs import DURATION_S, RATE, float_in, int_in
-from streams.devtools.traffic import MAX_AGENTS, RequestDraw, RequestDrawer, StepDraw, TrafficPlan
-from streams.sdk import CountingPublisher, KafkaPublisher, PublisherStats, Span, Tracer
+from streams.devtools.traffic import (
+    MAX_AGENTS,
+    AgentProfile,
+    RequestDraw,
+    RequestDrawer,
+    StepDraw,
+    TrafficPlan,
+    VersionChooser,
+)
+from streams.sdk import (
+    CountingPublisher,
+    KafkaPublisher,
+    PublisherStats,
+    Router,
+    RoutingTable,
+    Span,
+    Tracer,
+)
 from streams.settings import Range, Settings
 from streams.topics import ensure_topics
 
@@ -68,7 +85,8 @@ def add_traffic_arguments(parser: argparse.ArgumentParser) -> None:
         "--canary-share",
         type=_PROBABILITY,
         default=0.1,
-        help="share of requests on the canary (default %(default)s)",
+        help="share of requests on the canary, for agents without a deployment on "
+        "coalmine.deployments (default %(default)s)",
     )
     parser.add_argument(
         "--error-rate",
@@ -143,9 +161,12 @@ def _child(req: Span, step: StepDraw, start: datetime) -> Span:
 class _Simulation:
     """Draws requests and records them through one tracer per (agent, version)."""
 
-    def __init__(self, plan: TrafficPlan, publisher: CountingPublisher) -> None:
+    def __init__(
+        self, plan: TrafficPlan, publisher: CountingPublisher, router: RoutingTable | None = None
+    ) -> None:
         self.plan = plan
-        self.drawer = RequestDrawer(plan, random.Random(plan.seed))
+        choose = None if router is None else _deployed_version(router)
+        self.drawer = RequestDrawer(plan, random.Random(plan.seed), choose)
         # Ids come from their own stream so that traffic does not change if id use does.
         ids = random.Random(f"{plan.seed}:ids")
         self.id_factory = lambda: UUID(int=ids.getrandbits(128), version=4)
@@ -168,6 +189,19 @@ class _Simulation:
     @property
     def invalid_spans(self) -> int:
         return sum(t.invalid_spans + t.publish_errors for t in self.tracers.values())
+
+
+def _deployed_version(router: RoutingTable) -> VersionChooser:
+    """Versions as the agent's deployment routes them; None (the plan's canary share) for an
+    agent with no deployment."""
+
+    def choose(agent: AgentProfile, user: str) -> tuple[str, bool] | None:
+        if router.deployment(agent.name) is None:
+            return None
+        route = router.route(agent.name, user, agent.stable_version)
+        return route.version, route.canary
+
+    return choose
 
 
 class _Buffer:
@@ -241,19 +275,43 @@ def run(
     progress: Callable[[GeneratorProgress], None] | None = None,
     stop: threading.Event | None = None,
     publisher: CountingPublisher | None = None,
+    router: RoutingTable | None = None,
 ) -> int:
     """Send ``plan``'s traffic in real time through ``publisher`` (default: Kafka from
     ``settings``): requests paced at ``plan.rate``, each ending "now". Stops after the plan's
     duration or request count, or when ``stop`` is set; flushes; reports progress to
     ``progress`` (default: a line on stdout every few seconds) and returns 0, or 1 if any
-    event was not delivered."""
-    if publisher is None:
-        # Created up front with the configured partitions (an auto-created topic would get
-        # the broker's default); this also fails in one clear line if Kafka is not there.
-        ensure_topics(settings)
-        publisher = KafkaPublisher.from_settings(settings)
+    event was not delivered.
+
+    Versions follow ``router``: an agent with a deployment gets the deployment's split by
+    simulated user; one without, the plan's versions and canary share. With Kafka (no
+    ``publisher`` given) a :class:`Router` of the plan's agents follows the cluster's
+    deployments."""
+    with ExitStack() as cleanup:
+        if publisher is None:
+            # Created up front with the configured partitions (an auto-created topic would
+            # get the broker's default); this also fails in one clear line if Kafka is not there.
+            ensure_topics(settings)
+            publisher = KafkaPublisher.from_settings(settings)
+            if router is None:
+                router = cleanup.enter_context(
+                    Router(settings, agents=[a.name for a in plan.agents], name="coalmine-generate")
+                )
+                router.wait_ready()
+        return _send(plan, publisher, router, progress, stop)
+
+
+def _send(
+    plan: TrafficPlan,
+    publisher: CountingPublisher,
+    router: RoutingTable | None,
+    progress: Callable[[GeneratorProgress], None] | None,
+    stop: threading.Event | None,
+) -> int:
     report = progress or (lambda p: print(p.line(), flush=True))
-    pacer = _Pacer(_Simulation(plan, publisher), publisher)
+    if progress is None and router is not None:
+        _print_routing(plan, router)
+    pacer = _Pacer(_Simulation(plan, publisher, router), publisher)
     try:
         pacer.run(stop or threading.Event(), report)
     except BaseException:
@@ -309,6 +367,20 @@ class _Pacer:
             invalid=self.sim.invalid_spans,
             done=done,
         )
+
+
+def _print_routing(plan: TrafficPlan, router: RoutingTable) -> None:
+    for agent in plan.agents:
+        state = router.deployment(agent.name)
+        if state is None:
+            versions = f"{agent.stable_version}, {agent.canary_version}"
+            how = f"no deployment: {versions} at {plan.canary_share:.0%}"
+        else:
+            versions = str(state.stable_version)
+            if state.canary_version is not None:
+                versions += f", {state.canary_version} at {state.canary_weight:.0%}"
+            how = f"deployment generation {state.generation} ({state.phase}): {versions}"
+        print(f"generate: {agent.name}: {how}")
 
 
 def _print_summary(

@@ -6,6 +6,8 @@ what one request of theirs looks like, drawn as plain data from a seeded generat
 errors). Nothing here does I/O or reads a clock, so the same seed gives the same traffic.
 Canary versions differ from their stable versions only by the plan's canary knobs (error
 rate, latency factor, quality delta), so a detector can be checked against a known truth.
+Which version serves a request is the plan's canary share, or, given a version chooser (a
+router following the agent's deployment), the deployment's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from schemas.trace import SpanKind
@@ -106,6 +109,8 @@ def agent_profiles(count: int) -> tuple[AgentProfile, ...]:
     return tuple(profiles)
 
 
+USERS = 10_000
+"""Simulated users per plan: a request's routing key is one of them."""
 TENANTS = tuple(f"tenant-{n:02d}" for n in range(1, 13))
 CHANNELS = ("chat", "email", "api")
 LLM_ERRORS = ("RateLimitError", "APITimeoutError", "ContextWindowExceededError")
@@ -220,6 +225,8 @@ class RequestDraw:
     agent: AgentProfile
     version: str
     canary: bool
+    user: str
+    """The routing key."""
     tenant: str
     channel: str
     steps: tuple[StepDraw, ...]
@@ -242,17 +249,34 @@ def _clip(value: float, low: float, high: float) -> float:
     return min(high, max(low, value))
 
 
-class RequestDrawer:
-    """Draws requests from a plan; all randomness comes from one seeded generator."""
+VersionChooser = Callable[[AgentProfile, str], "tuple[str, bool] | None"]
+"""Given an agent and a request's routing key (a simulated user), the version that serves it
+and whether that is the canary; None leaves the choice to the plan's canary share."""
 
-    def __init__(self, plan: TrafficPlan, rng: random.Random) -> None:
+
+class RequestDrawer:
+    """Draws requests from a plan; all randomness comes from one seeded generator (and the
+    users, the routing keys, from a second one, so that routing does not change the rest).
+    ``choose`` (a router) picks versions; the plan's canary share picks where it does not."""
+
+    def __init__(
+        self, plan: TrafficPlan, rng: random.Random, choose: VersionChooser | None = None
+    ) -> None:
         self.plan = plan
         self.rng = rng
+        self.users = random.Random(f"{plan.seed}:users")
+        self.choose = choose
 
     def request(self) -> RequestDraw:
         rng, plan = self.rng, self.plan
         agent = rng.choice(plan.agents)
-        canary = rng.random() < plan.canary_share
+        user = f"user-{self.users.randrange(USERS)}"
+        chosen = None if self.choose is None else self.choose(agent, user)
+        if chosen is None:
+            canary = rng.random() < plan.canary_share
+            version = agent.canary_version if canary else agent.stable_version
+        else:
+            version, canary = chosen
         error_rate = plan.effective_canary_error_rate if canary else plan.error_rate
         latency = plan.canary_latency_factor if canary else 1.0
         delta = plan.canary_quality_delta if canary else 0.0
@@ -264,8 +288,9 @@ class RequestDrawer:
         completed = not failed and rng.random() < _clip(TASK_COMPLETION_RATE + delta, 0, 1)
         return RequestDraw(
             agent=agent,
-            version=agent.canary_version if canary else agent.stable_version,
+            version=version,
             canary=canary,
+            user=user,
             tenant=rng.choice(TENANTS),
             channel=rng.choice(CHANNELS),
             steps=steps,

@@ -18,11 +18,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from schemas.deployment import Phase
 from schemas.trace import SpanKind, SpanStatus, TraceEvent
 from streams.devtools import generate, traffic
+from streams.devtools.control_records import example_version, rollout_state
 from streams.devtools.generate import GeneratorProgress, TrafficPlan, simulate
 from streams.devtools.traffic import MODELS
-from streams.sdk import PublisherStats
+from streams.sdk import PublisherStats, RoutingTable
+from streams.sdk.follow import Record
 from streams.settings import Settings
 from tests.unit.sdk.test_tracer import ListPublisher
 
@@ -347,3 +350,37 @@ def test_an_interrupted_run_closes_its_publisher_quickly_and_reraises() -> None:
     with pytest.raises(KeyboardInterrupt):
         generate.run(Settings(), TrafficPlan(), progress=lambda p: None, publisher=publisher)
     assert publisher.close_timeout == generate.INTERRUPTED_CLOSE_TIMEOUT_S
+
+
+def routing_table(state_weight: float, phase: Phase = Phase.CANARY) -> RoutingTable:
+    v12, v13 = example_version("support-bot", "v12"), example_version("support-bot", "v13")
+    state = rollout_state(v12, v13, weight=state_weight, rollout_id="r", generation=3, phase=phase)
+    table = RoutingTable(deployments_topic="d", versions_topic="v", startup_wait_s=0)
+    table.apply([Record("d", b"support-bot", state.model_dump_json().encode())])
+    table.mark_ready()
+    return table
+
+
+def versions_of_requests(router: RoutingTable, requests: int) -> Counter[tuple[str, str]]:
+    publisher = CountingListPublisher()
+    plan = TrafficPlan(rate=1e6, duration_s=None, requests=requests, canary_share=0.1, seed=5)
+    assert (
+        generate.run(Settings(), plan, progress=lambda p: None, publisher=publisher, router=router)
+        == 0
+    )
+    return Counter((e.agent, e.version) for e in publisher.events if e.kind is SpanKind.REQUEST)
+
+
+def test_generated_traffic_follows_a_deployment_and_the_canary_share_elsewhere() -> None:
+    counts = versions_of_requests(routing_table(0.5), 3000)
+    bot = counts[("support-bot", "v12")] + counts[("support-bot", "v13")]
+    # 10,000 simulated users split by the router: half of the bot's requests, give or take
+    # five standard deviations of a binomial draw (√(n/4)).
+    assert abs(counts[("support-bot", "v13")] - bot / 2) <= 5 * (bot / 4) ** 0.5
+    other = counts[("research-agent", "v7")] + counts[("research-agent", "v8")]
+    assert abs(counts[("research-agent", "v8")] - other * 0.1) <= 5 * (other * 0.09) ** 0.5
+
+
+def test_generated_traffic_after_a_rollback_runs_only_the_stable_version() -> None:
+    counts = versions_of_requests(routing_table(0.5, Phase.ROLLED_BACK), 600)
+    assert counts[("support-bot", "v13")] == 0 and counts[("support-bot", "v12")] > 0
