@@ -117,6 +117,18 @@ def _bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return ingest.run(settings, events=args.events)
 
 
+def _bench_router(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.devtools.bench import router
+
+    return router.run(
+        settings,
+        changes=args.changes,
+        processes=args.processes,
+        routers=args.routers,
+        fetch_wait_ms=args.fetch_wait_ms,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coalmine",
@@ -178,6 +190,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="events in the backlog (default %(default)s)",
     )
     ing.set_defaults(handler=_bench_ingest)
+    rtr = bench_commands.add_parser(
+        "router", help="route() cost and how fast a deployment change reaches every router"
+    )
+    rtr.add_argument(
+        "--changes", type=int_in(Range(1, 10_000)), default=50, help="default %(default)s"
+    )
+    rtr.add_argument(
+        "--processes", type=int_in(Range(1, 64)), default=4, help="default %(default)s"
+    )
+    rtr.add_argument(
+        "--routers",
+        type=int_in(Range(1, 100)),
+        default=5,
+        help="routers per process (default %(default)s)",
+    )
+    rtr.add_argument(
+        "--fetch-wait-ms",
+        type=int_in(Range(1, 60_000)),
+        help="the routers' fetch.wait.max.ms (default: COALMINE_SDK_ROUTER_FETCH_WAIT_MS)",
+    )
+    rtr.set_defaults(handler=_bench_router)
     return parser
 
 

@@ -33,7 +33,7 @@ logger = logging.getLogger("coalmine.sdk.follow")
 BATCH_MAX = 500
 """Records handed over at once: the owner rebuilds its state once per batch, not per record."""
 POLL_TIMEOUT_S = 0.1
-"""How long one poll waits for records; also how soon :meth:`TopicFollower.close` is seen."""
+"""How long one poll waits for a record; also how soon :meth:`TopicFollower.close` is seen."""
 METADATA_TIMEOUT_S = 5.0
 REDISCOVER_S = 5.0
 """How often topics that did not exist yet (or whose metadata failed) are looked up again."""
@@ -117,7 +117,7 @@ class TopicFollower:
                 unassigned -= found.keys()
                 at_end.update({(t, p): False for t, parts in found.items() for p in parts})
             if at_end:
-                records = self._records(consumer.consume(BATCH_MAX, POLL_TIMEOUT_S), at_end)
+                records = self._records(_next_batch(consumer), at_end)
                 if records:
                     self._hand_over(records)
             else:
@@ -173,3 +173,13 @@ class TopicFollower:
             self._on_records(records)
         except Exception:
             logger.exception("records of %s not applied", ", ".join(self._topics))
+
+
+def _next_batch(consumer: Consumer) -> list[Message]:
+    """The next record (waiting up to :data:`POLL_TIMEOUT_S`) and whatever else is already
+    fetched. ``consume(n, timeout)`` alone would wait out its timeout for n records, adding
+    the timeout to every change's latency."""
+    first = consumer.poll(POLL_TIMEOUT_S)
+    if first is None:
+        return []
+    return [first, *consumer.consume(BATCH_MAX - 1, 0)]

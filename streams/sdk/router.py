@@ -65,12 +65,20 @@ def rollout_salt(rollout_id: str) -> bytes:
     return len(raw).to_bytes(4, "big") + raw
 
 
-def bucket(salt: bytes, key: str) -> int:
-    """A key's place in [0, BUCKETS) in one rollout: uniform, and independent between
-    rollouts (``zlib.crc32`` is faster but linear: two rollouts' buckets differ by a fixed
-    XOR, so at weight 0.5 a new rollout keeps the same canary or its exact complement)."""
-    digest = hashlib.blake2b(salt + key.encode(errors="surrogatepass"), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+def rollout_hasher(rollout_id: str) -> hashlib.blake2b:
+    """blake2b (8 bytes) that has hashed the rollout's salt: :func:`bucket` copies it per key,
+    four times cheaper than hashing salt and key anew (``coalmine bench router``)."""
+    return hashlib.blake2b(rollout_salt(rollout_id), digest_size=8)
+
+
+def bucket(rollout: hashlib.blake2b, key: str) -> int:
+    """A key's place in [0, BUCKETS) in one rollout, ``blake2b(salt + key)``: uniform, and
+    independent between rollouts (``zlib.crc32`` is faster but linear: two rollouts' buckets
+    differ by a fixed XOR, so at weight 0.5 a new rollout keeps the same canary or its exact
+    complement). ``rollout`` is only copied, so threads may share it."""
+    hasher = rollout.copy()
+    hasher.update(key.encode(errors="surrogatepass"))
+    return int.from_bytes(hasher.digest(), "big")
 
 
 def canary_threshold(weight: float) -> int:
@@ -104,10 +112,10 @@ class AgentRoutes:
     stable: Route | None
     canary: Route | None
     threshold: int
-    salt: bytes
+    rollout: hashlib.blake2b
 
     def choose(self, key: str) -> Route | None:
-        if self.threshold and bucket(self.salt, key) < self.threshold:
+        if self.threshold and bucket(self.rollout, key) < self.threshold:
             return self.canary
         return self.stable
 
@@ -130,7 +138,7 @@ def compile_routes(state: DeploymentState, versions: Mapping[str, AgentVersion])
         stable=route(state.stable_version, state.stable_digest, False),
         canary=canary,
         threshold=canary_threshold(weight),
-        salt=rollout_salt(state.rollout_id or ""),
+        rollout=rollout_hasher(state.rollout_id or ""),
     )
 
 

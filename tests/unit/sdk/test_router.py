@@ -23,6 +23,7 @@ from streams.sdk.router import (
     bucket,
     canary_threshold,
     compile_routes,
+    rollout_hasher,
     rollout_salt,
 )
 
@@ -69,20 +70,20 @@ def test_thresholds_cover_nothing_at_zero_everything_at_one() -> None:
 def test_salts_do_not_let_two_pairs_collide() -> None:
     # "ab" + "c" must not hash like "a" + "bc".
     assert rollout_salt("ab") + b"c" != rollout_salt("a") + b"bc"
-    assert bucket(rollout_salt("ab"), "c") != bucket(rollout_salt("a"), "bc")
+    assert bucket(rollout_hasher("ab"), "c") != bucket(rollout_hasher("a"), "bc")
 
 
 def test_buckets_are_uniform_enough_for_binomial_checks() -> None:
-    n, salt = 20_000, rollout_salt("deploy-1")
+    n, rollout = 20_000, rollout_hasher("deploy-1")
     deciles = [0] * 10
     for i in range(n):
-        deciles[bucket(salt, f"user-{i}") * 10 // BUCKETS] += 1
+        deciles[bucket(rollout, f"user-{i}") * 10 // BUCKETS] += 1
     chi2 = sum((c - n / 10) ** 2 / (n / 10) for c in deciles)
     assert chi2 < 27.9  # the 0.999 quantile of chi-square with 9 degrees of freedom
 
 
 def test_a_surrogate_in_a_key_is_hashed_not_refused() -> None:
-    assert 0 <= bucket(rollout_salt("r"), "\ud800") < BUCKETS
+    assert 0 <= bucket(rollout_hasher("r"), "\ud800") < BUCKETS
 
 
 # --------------------------------------------------------------------------- properties

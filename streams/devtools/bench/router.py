@@ -1,0 +1,257 @@
+"""``coalmine bench router``: what a route costs, and how fast a deployment change reaches
+every router.
+
+* **cost**: ``route()`` per call in µs over a list of keys, next to a plain ``dict.get`` of the
+  same keys in the same run: with a canary serving (one hash per call), with the stable
+  version only (no hash), and for an agent with no deployment (the fallback path). Beside
+  them, the hashes a router could use: cost per call, and how independent two rollouts'
+  canaries are (at weight 0.5 independent halves share a quarter of the keys; ``crc32``
+  shares none or all of them, being linear).
+* **propagation**: ``routers`` routers in each of ``processes`` probe processes
+  (:mod:`streams.devtools.router_probe`) follow one agent; each of ``changes`` deployment
+  changes is made by a :data:`Trigger`, and its latency is the time from just before the
+  trigger to the moment the *last* router applied it (``time.time()`` in every process, one
+  machine). Printed as p50 / p99 / max over the changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import statistics
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import replace
+
+from schemas.deployment import DeploymentState, Phase
+from schemas.version import AgentVersion
+from streams.devtools import localkafka
+from streams.devtools.control_records import ControlWriter, example_version, rollout_state
+from streams.devtools.localkafka import process
+from streams.devtools.localkafka.config import local_address
+from streams.devtools.router_probe import RouterProbe
+from streams.errors import CoalmineError
+from streams.sdk.follow import Record
+from streams.sdk.router import BUCKETS, RoutingTable, bucket, rollout_hasher, rollout_salt
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+AGENT = "bench-bot"
+COST_KEYS = 200_000
+SEEN_TIMEOUT_S = 30.0
+PAUSE_BETWEEN_CHANGES_S = 0.2
+
+Trigger = Callable[[int], int]
+"""Makes deployment change number ``n`` (0, 1, ...) happen and returns the generation every
+router must reach. The one place the benchmark changes a deployment."""
+
+
+def run(
+    settings: Settings,
+    *,
+    changes: int = 50,
+    processes: int = 4,
+    routers: int = 5,
+    fetch_wait_ms: int | None = None,
+) -> int:
+    say("route() cost, µs per call (same run, same keys):")
+    for name, micros in measure_cost():
+        say(f"  {name:<50}{micros:>8.3f}")
+    say("hash candidates: µs per call, and keys in both of two rollouts' 50% canaries:")
+    for name, micros, overlap in measure_hashes():
+        say(f"  {name:<50}{micros:>8.3f}   overlap {overlap:.3f} (independent: 0.250)")
+    if fetch_wait_ms is not None:
+        settings = replace(settings, sdk_router_fetch_wait_ms=fetch_wait_ms)
+    with ExitStack() as cleanup:
+        local = local_address(settings)
+        if local is not None and not process.answers(*local):
+            cleanup.enter_context(localkafka.LocalKafka(settings))
+        settings = replace(settings, topic_prefix=f"bench-router-{uuid.uuid4().hex[:8]}")
+        ensure_topics(settings)
+        writer = ControlWriter(settings)
+        trigger = produce_state_trigger(writer)
+        trigger(-1)  # the first state, before any router starts
+        say(
+            f"propagation: {processes} processes x {routers} routers, {changes} changes, "
+            f"fetch.wait.max.ms={settings.sdk_router_fetch_wait_ms}"
+        )
+        probes = [
+            cleanup.enter_context(RouterProbe(settings, AGENT, routers=routers))
+            for _ in range(processes)
+        ]
+        if not all(ready for probe in probes for ready in probe.ready):
+            raise CoalmineError("a router did not get ready")
+        latencies = measure_propagation(probes, trigger, changes)
+    slowest = [max(per_router) for per_router in latencies]
+    every = [t for per_router in latencies for t in per_router]
+    say(f"  slowest router per change, ms: {_percentiles(slowest)}")
+    say(f"  every router and change, ms:   {_percentiles(every)}")
+    return 0
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def _timed_per_call(work: Callable[[], None], calls: int) -> float:
+    best = float("inf")
+    for _ in range(3):  # best of three: a busy neighbour slows some runs, never speeds one
+        began = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - began)
+    return best / calls * 1e6
+
+
+def _table_with(weight: float) -> RoutingTable:
+    v1, v2 = example_version(AGENT, "v1"), example_version(AGENT, "v2")
+    state = rollout_state(v1, v2, weight=weight, rollout_id="bench", generation=2)
+    table = RoutingTable(deployments_topic="d", versions_topic="v", startup_wait_s=0)
+    table.apply(
+        [Record("v", v.key.encode(), v.model_dump_json().encode()) for v in (v1, v2)]
+        + [Record("d", AGENT.encode(), state.model_dump_json().encode())]
+    )
+    table.mark_ready()
+    return table
+
+
+def measure_cost(calls: int = COST_KEYS) -> list[tuple[str, float]]:
+    keys = [f"user-{i}" for i in range(calls)]
+    plain = dict.fromkeys(keys, "v1")
+    canary, stable, empty = _table_with(0.25), _table_with(0.0), _table_with(0.0)
+    empty.apply([Record("d", AGENT.encode(), None)])
+    # The fallback's warning (once per ten seconds) is part of its cost, not of the output.
+    logging.getLogger("coalmine.sdk.router").setLevel(logging.ERROR)
+
+    def lookups() -> None:
+        get = plain.get
+        for key in keys:
+            get(key)
+
+    def routes(table: RoutingTable) -> Callable[[], None]:
+        def work() -> None:
+            route = table.route
+            for key in keys:
+                route(AGENT, key, "v0")
+
+        return work
+
+    return [
+        ("dict.get (baseline)", _timed_per_call(lookups, calls)),
+        ("route(), a 25% canary serving (one hash)", _timed_per_call(routes(canary), calls)),
+        ("route(), stable only (no hash)", _timed_per_call(routes(stable), calls)),
+        ("route(), no deployment (fallback, logged)", _timed_per_call(routes(empty), calls)),
+    ]
+
+
+def _blake2b_anew(rollout: str) -> Callable[[str], int]:
+    salt = rollout_salt(rollout)
+    return lambda key: int.from_bytes(
+        hashlib.blake2b(salt + key.encode(), digest_size=8).digest(), "big"
+    )
+
+
+def _sha256(rollout: str) -> Callable[[str], int]:
+    salt = rollout_salt(rollout)
+    return lambda key: int.from_bytes(hashlib.sha256(salt + key.encode()).digest()[:8], "big")
+
+
+def _crc32(rollout: str) -> Callable[[str], int]:
+    start = zlib.crc32(rollout_salt(rollout))
+    return lambda key: zlib.crc32(key.encode(), start) << 32
+
+
+def _blake2b(rollout: str) -> Callable[[str], int]:
+    hasher = rollout_hasher(rollout)
+    return lambda key: bucket(hasher, key)
+
+
+HASHES: dict[str, Callable[[str], Callable[[str], int]]] = {
+    "blake2b, salt hashed once, copied (the router's)": _blake2b,
+    "blake2b(salt + key) hashed anew per key": _blake2b_anew,
+    "sha256(salt + key), first 8 bytes": _sha256,
+    "zlib.crc32(key, crc32(salt))": _crc32,
+}
+
+
+def measure_hashes(calls: int = 100_000) -> list[tuple[str, float, float]]:
+    keys = [f"user-{i}" for i in range(calls)]
+    rows = []
+    for name, make in HASHES.items():
+        first, second = make("rollout-a"), make("rollout-b")
+
+        def work(hashed: Callable[[str], int] = first) -> None:
+            for key in keys:
+                hashed(key)
+
+        half = BUCKETS // 2
+        both = sum(first(k) < half and second(k) < half for k in keys)
+        rows.append((name, _timed_per_call(work, calls), both / calls))
+    return rows
+
+
+# --------------------------------------------------------------------------- propagation
+
+
+def produce_state_trigger(writer: ControlWriter) -> Trigger:
+    """Today's trigger: produce the next deployment state by hand, alternating a 10% canary
+    and its rollback (the controller will produce these in answer to commands)."""
+    stable, canary = example_version(AGENT, "v1"), example_version(AGENT, "v2")
+    for version in (stable, canary):
+        writer.version(version)
+
+    def change(n: int) -> int:
+        generation = n + 2
+        writer.state(_alternating_state(stable, canary, generation))
+        writer.flush()
+        return generation
+
+    return change
+
+
+def _alternating_state(
+    stable: AgentVersion, canary: AgentVersion, generation: int
+) -> DeploymentState:
+    rolled_back = generation % 2 == 1
+    return rollout_state(
+        stable,
+        canary,
+        weight=0.0 if rolled_back else 0.1,
+        rollout_id=f"bench-{generation // 2}",
+        generation=generation,
+        phase=Phase.ROLLED_BACK if rolled_back else Phase.CANARY,
+    )
+
+
+def measure_propagation(
+    probes: Sequence[RouterProbe], trigger: Trigger, changes: int
+) -> list[list[float]]:
+    """Per change, the milliseconds until each router had applied it."""
+    latencies = []
+    for n in range(changes):
+        time.sleep(PAUSE_BETWEEN_CHANGES_S)
+        began = time.time()
+        generation = trigger(n)
+        seen = [
+            t
+            for probe in probes
+            for t in probe.ask(op="await", generation=generation, timeout=SEEN_TIMEOUT_S)["seen"]
+        ]
+        if None in seen:
+            raise CoalmineError(f"a router did not see generation {generation} within 30 s")
+        latencies.append([(t - began) * 1000 for t in seen])
+    return latencies
+
+
+def _percentiles(values: list[float]) -> str:
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return (
+        f"p50 {statistics.median(ordered):7.1f}   p99 {p99:7.1f}   max {ordered[-1]:7.1f}"
+        f"   (n={len(ordered)})"
+    )
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
