@@ -9,16 +9,18 @@ stand in for its output where a test wants to set a state directly.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Self
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from schemas.deployment import DeploymentChange, DeploymentState, Phase
 from schemas.topics import DEPLOYMENTS, VERSIONS
 from schemas.version import AgentBundle, AgentVersion, ModelSpec, bundle_digest
 from streams.errors import CoalmineError
+from streams.logs import RateLimitedLog
 from streams.sdk.kafka_security import client_config
 from streams.sdk.settings import SdkSettings
 
@@ -73,7 +75,17 @@ class ControlWriter:
 
     def __init__(self, settings: SdkSettings) -> None:
         self._settings = settings
-        self._producer = Producer({**client_config(settings), "linger.ms": 0, "acks": "all"})
+        self._producer = Producer(
+            {
+                **client_config(settings),
+                "linger.ms": 0,
+                "acks": "all",
+                # A benchmark stops its broker while this producer still exists: its farewell
+                # lines go through logging, not straight to stderr.
+                "logger": RateLimitedLog(logging.getLogger("coalmine.devtools"), logging.WARNING),
+            }
+        )
+        self._failures: list[str] = []
 
     def version(self, version: AgentVersion) -> None:
         self._produce(self._settings.topic(VERSIONS), version.key, version.model_dump_json())
@@ -82,15 +94,23 @@ class ControlWriter:
         self._produce(self._settings.topic(DEPLOYMENTS), state.agent, state.model_dump_json())
 
     def flush(self) -> None:
+        """Wait until the broker has every record produced; raise if one failed."""
         if self._producer.flush(FLUSH_TIMEOUT_S):
             raise CoalmineError(
                 f"Kafka at {self._settings.kafka_bootstrap} did not take the records "
                 f"within {FLUSH_TIMEOUT_S:.0f} s"
             )
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise CoalmineError(f"{len(failures)} record(s) not written: {failures[0]}")
 
     def _produce(self, topic: str, key: str, value: str) -> None:
-        self._producer.produce(topic, value.encode(), key.encode())
+        self._producer.produce(topic, value.encode(), key.encode(), on_delivery=self._delivered)
         self._producer.poll(0)
+
+    def _delivered(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._failures.append(f"{message.topic()}: {error.str()}")
 
     def __enter__(self) -> Self:
         return self

@@ -168,7 +168,7 @@ def apply_records(
     problems: list[str] = []
     for record in records:
         key = (record.key or b"").decode(errors="replace")
-        agent = key.partition("/")[0]
+        agent = key if record.topic == deployments_topic else key.partition("/")[0]
         if agents is not None and agent not in agents:
             continue
         try:

@@ -1,4 +1,5 @@
-"""The README's SDK example runs as written and its spans reach Kafka, so the docs cannot drift."""
+"""The README's SDK and routing examples run as written and their spans reach Kafka, so the
+docs cannot drift."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from schemas.topics import TRACES
+from streams.devtools.control_records import ControlWriter, example_version, rollout_state
 from streams.settings import Settings
+from streams.topics import ensure_topics
 from tests.integration.harness import consume_all, isolated_settings
 from tests.unit.test_readme_examples import python_block
 
@@ -23,7 +26,9 @@ def test_readme_sdk_example_publishes_its_spans(
     settings = isolated_settings(kafka_settings, tmp_path)
     for name, value in settings.as_env().items():
         monkeypatch.setenv(name, value)
-    exec(compile(python_block("Tracer("), str(README), "exec"), {"__name__": "readme_example"})
+    exec(
+        compile(python_block('tenant="acme"'), str(README), "exec"), {"__name__": "readme_example"}
+    )
 
     messages = consume_all(settings.kafka_bootstrap, settings.topic(TRACES), expected=4)
     spans = {json.loads(m.value() or b"")["name"]: json.loads(m.value() or b"") for m in messages}
@@ -37,3 +42,26 @@ def test_readme_sdk_example_publishes_its_spans(
     assert (request["task_completed"], request["quality_score"]) == (True, 0.8)
     assert spans["draft"]["parent_span_id"] == request["span_id"]
     assert spans["lookup"]["attributes"] == {"order.found": True}
+
+
+def test_readme_routing_example_runs_the_deployed_version_with_its_bundle(
+    kafka_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = isolated_settings(kafka_settings, tmp_path)
+    ensure_topics(settings)
+    v12, v13 = example_version("support-bot", "v12"), example_version("support-bot", "v13")
+    with ControlWriter(settings) as writer:
+        writer.version(v12)
+        writer.version(v13)
+        writer.state(rollout_state(v12, v13, weight=1.0, rollout_id="d1", generation=2))
+    for name, value in settings.as_env().items():
+        monkeypatch.setenv(name, value)
+    exec(compile(python_block("Router("), str(README), "exec"), {"__name__": "readme_example"})
+
+    messages = consume_all(settings.kafka_bootstrap, settings.topic(TRACES), expected=4)
+    spans = [json.loads(m.value() or b"") for m in messages]
+    assert {(s["name"], s["version"]) for s in spans} == {
+        ("answer-question", "v13"),
+        ("draft", "v13"),
+    }
+    assert {s["model"] for s in spans if s["name"] == "draft"} == {v13.bundle.model.model}
