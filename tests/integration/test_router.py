@@ -140,6 +140,25 @@ def test_an_agent_without_deployment_gets_its_default_with_the_registered_bundle
     assert route.fallback and route.bundle == v7.bundle and route.digest == v7.digest
 
 
+def test_a_router_started_before_the_topics_exist_follows_them_once_they_do(
+    kafka_settings: Settings,
+) -> None:
+    settings = replace(kafka_settings, topic_prefix=f"t{uuid.uuid4().hex[:10]}")
+    with Router(settings) as router:
+        assert router.wait_ready(SEEN_TIMEOUT_S)  # no topics yet: nothing to read, ready
+        assert router.route(AGENT, "user-1", "v0").fallback
+        ensure_topics(settings)
+        v1 = example_version(AGENT, "v1")
+        register(settings, v1)
+        apply_deployment(
+            settings,
+            rollout_state(v1, None, weight=0, rollout_id="d", generation=1, phase=Phase.IDLE),
+        )
+        assert wait_until(lambda: generation_of(router) == 1, timeout_s=60)
+        route = router.route(AGENT, "user-1", "v0")
+    assert (route.version, route.bundle) == ("v1", v1.bundle)
+
+
 @pytest.fixture(scope="module")
 def own_broker(
     kafka_settings: Settings, tmp_path_factory: pytest.TempPathFactory

@@ -64,6 +64,18 @@ def test_the_workers_settings_are_the_sdks_plus_its_own() -> None:
             {"COALMINE_SDK_QUEUE_MAX_KBYTES": "lots"},
             "COALMINE_SDK_QUEUE_MAX_KBYTES must be an integer",
         ),
+        (
+            {"COALMINE_SDK_ROUTER_STARTUP_WAIT_S": "-1"},
+            "COALMINE_SDK_ROUTER_STARTUP_WAIT_S must be between 0 and 300, not -1.0",
+        ),
+        (
+            {"COALMINE_SDK_ROUTER_STARTUP_WAIT_S": "nan"},
+            "COALMINE_SDK_ROUTER_STARTUP_WAIT_S must be a finite number",
+        ),
+        (
+            {"COALMINE_SDK_ROUTER_FETCH_WAIT_MS": "0"},
+            "COALMINE_SDK_ROUTER_FETCH_WAIT_MS must be between 1 and 60,000",
+        ),
         ({"COALMINE_KAFKA_SECURITY_PROTOCOL": "TLS"}, "must be one of PLAINTEXT, SSL"),
         ({"COALMINE_TOPIC_PREFIX": "my topics"}, "COALMINE_TOPIC_PREFIX must be 1 to 200"),
         ({**SASL, "COALMINE_KAFKA_PASSWORD": ""}, "SASL_SSL needs COALMINE_KAFKA_USERNAME"),
