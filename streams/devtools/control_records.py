@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Self
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -21,6 +19,7 @@ from schemas.topics import DEPLOYMENTS, VERSIONS
 from schemas.version import AgentBundle, AgentVersion, ModelSpec, bundle_digest
 from streams.errors import CoalmineError
 from streams.logs import RateLimitedLog
+from streams.sdk.closing import ClosedOnExit
 from streams.sdk.kafka_security import client_config
 from streams.sdk.settings import SdkSettings
 
@@ -70,8 +69,9 @@ def rollout_state(
     )
 
 
-class ControlWriter:
-    """Produces versions and deployment states; :meth:`flush` waits until the broker has them."""
+class ControlWriter(ClosedOnExit):
+    """Produces versions and deployment states; :meth:`flush` (and :meth:`close`, at the end
+    of a ``with`` block) waits until the broker has them."""
 
     def __init__(self, settings: SdkSettings) -> None:
         self._settings = settings
@@ -104,6 +104,9 @@ class ControlWriter:
             failures, self._failures = self._failures, []
             raise CoalmineError(f"{len(failures)} record(s) not written: {failures[0]}")
 
+    def close(self) -> None:
+        self.flush()
+
     def _produce(self, topic: str, key: str, value: str) -> None:
         self._producer.produce(topic, value.encode(), key.encode(), on_delivery=self._delivered)
         self._producer.poll(0)
@@ -111,15 +114,3 @@ class ControlWriter:
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:
             self._failures.append(f"{message.topic()}: {error.str()}")
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            self.flush()

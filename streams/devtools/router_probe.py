@@ -28,10 +28,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import IO, Any
 
 from streams.errors import CoalmineError
+from streams.sdk.closing import ClosedOnExit
 from streams.sdk.router import Route, Router
 from streams.sdk.settings import SdkSettings
 
@@ -112,7 +112,7 @@ def main() -> None:
             w.router.close()
 
 
-class RouterProbe:
+class RouterProbe(ClosedOnExit):
     """A probe process with ``routers`` routers of ``agent``, on ``settings``' cluster."""
 
     def __init__(self, settings: SdkSettings, agent: str, *, routers: int = 1) -> None:
@@ -160,17 +160,6 @@ class RouterProbe:
     def _pipe(stream: IO[str] | None) -> IO[str]:
         assert stream is not None  # both pipes are requested in __init__
         return stream
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType, TracebackType
-from typing import Final, Self
+from types import MappingProxyType
+from typing import Final, TypeVar
 
 from pydantic import ValidationError
 
@@ -44,6 +44,7 @@ from schemas.deployment import DeploymentState, Phase
 from schemas.topics import DEPLOYMENTS, VERSIONS
 from schemas.version import AgentBundle, AgentVersion
 from streams.logs import RateLimitedLog
+from streams.sdk.closing import ClosedOnExit
 from streams.sdk.follow import Record, TopicFollower
 from streams.sdk.settings import SdkSettings
 
@@ -173,9 +174,9 @@ def apply_records(
             continue
         try:
             if record.topic == deployments_topic:
-                _apply_state(states, key, record.value)
+                _apply(states, key, record.value, DeploymentState)
             elif record.topic == versions_topic:
-                _apply_version(versions, key, record.value)
+                _apply(versions, key, record.value, AgentVersion)
         except (ValidationError, ValueError) as exc:
             problems.append(f"{record.topic} record {key!r} skipped: {_first_line(exc)}")
     # A version that arrived may be the bundle of a state read before it: then recompile all.
@@ -197,24 +198,20 @@ def apply_records(
     )
 
 
-def _apply_state(states: dict[str, DeploymentState], key: str, value: bytes | None) -> None:
-    if value is None:
-        states.pop(key, None)
-        return
-    state = DeploymentState.model_validate_json(value)
-    if state.agent != key:
-        raise ValueError(f"the key is not the state's agent {state.agent!r}")
-    states[key] = state
+_Keyed = TypeVar("_Keyed", DeploymentState, AgentVersion)
 
 
-def _apply_version(versions: dict[str, AgentVersion], key: str, value: bytes | None) -> None:
+def _apply(store: dict[str, _Keyed], key: str, value: bytes | None, model: type[_Keyed]) -> None:
+    """Put the record's value in ``store`` (a tombstone deletes the key); the key must be
+    the one the value's own fields give (``agent``, ``agent/version``)."""
     if value is None:
-        versions.pop(key, None)
+        store.pop(key, None)
         return
-    version = AgentVersion.model_validate_json(value)
-    if version.key != key:
-        raise ValueError(f"the key is not the version's {version.key!r}")
-    versions[key] = version
+    parsed = model.model_validate_json(value)
+    own_key = parsed.agent if isinstance(parsed, DeploymentState) else parsed.key
+    if own_key != key:
+        raise ValueError(f"the key is not the value's own {own_key!r}")
+    store[key] = parsed
 
 
 def _first_line(exc: Exception) -> str:
@@ -375,7 +372,7 @@ class RoutingTable:
 # --------------------------------------------------------------------------- the router
 
 
-class Router(RoutingTable):
+class Router(RoutingTable, ClosedOnExit):
     """A :class:`RoutingTable` that follows the deployments and versions topics of
     ``settings`` in a daemon thread, from their beginning. Close it (or use it as a context
     manager) to stop the thread::
@@ -411,14 +408,3 @@ class Router(RoutingTable):
     def close(self) -> None:
         """Stop following; routes go on answering from the last state read."""
         self._follower.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

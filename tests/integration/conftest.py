@@ -59,3 +59,16 @@ def kafka_settings(
 def kafka_bootstrap(kafka_settings: Settings) -> str:
     """``127.0.0.1:<port>`` of the session's broker."""
     return kafka_settings.kafka_bootstrap
+
+
+@pytest.fixture(scope="module")
+def own_broker(
+    kafka_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Settings]:
+    """A broker of the test module's own, so a test can stop and start it without hurting
+    others."""
+    home = tmp_path_factory.mktemp("own-broker")
+    port = localkafka.free_loopback_port()
+    settings = replace(kafka_settings, home=home, kafka_bootstrap=f"127.0.0.1:{port}")
+    with localkafka.LocalKafka(settings):
+        yield settings

@@ -93,18 +93,6 @@ def wait_until_stored(worker: WorkerProcess) -> None:
 # --- the broker goes away and comes back ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def own_broker(
-    kafka_settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Settings]:
-    """A broker of this module's own, so a test can stop and start it without hurting others."""
-    home = tmp_path_factory.mktemp("own-broker")
-    port = localkafka.free_loopback_port()
-    settings = replace(kafka_settings, home=home, kafka_bootstrap=f"127.0.0.1:{port}")
-    with localkafka.LocalKafka(settings):
-        yield settings
-
-
 def test_a_broker_restart_mid_stream_loses_nothing_and_shows_in_health(
     own_broker: Settings, tmp_path: Path
 ) -> None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-
-import pytest
 
 from schemas.deployment import DeploymentState, Phase
 from schemas.version import AgentVersion
@@ -157,18 +155,6 @@ def test_a_router_started_before_the_topics_exist_follows_them_once_they_do(
         assert wait_until(lambda: generation_of(router) == 1, timeout_s=60)
         route = router.route(AGENT, "user-1", "v0")
     assert (route.version, route.bundle) == ("v1", v1.bundle)
-
-
-@pytest.fixture(scope="module")
-def own_broker(
-    kafka_settings: Settings, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Settings]:
-    """A broker of this module's own, so a test can stop and start it without hurting others."""
-    home = tmp_path_factory.mktemp("router-broker")
-    port = localkafka.free_loopback_port()
-    settings = replace(kafka_settings, home=home, kafka_bootstrap=f"127.0.0.1:{port}")
-    with localkafka.LocalKafka(settings):
-        yield settings
 
 
 def test_a_router_keeps_the_last_state_while_the_broker_is_down_and_follows_it_after(
