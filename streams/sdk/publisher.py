@@ -15,14 +15,14 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
 
 from schemas.topics import TRACES
 from schemas.trace import MAX_EVENT_BYTES, SCHEMA_VERSION, TraceEvent
 from streams.logs import RateLimitedLog
+from streams.sdk.closing import ClosedOnExit
 from streams.sdk.kafka_security import security_config
 from streams.sdk.settings import QUEUE_MAX_KBYTES, QUEUE_MAX_MESSAGES, SdkSettings
 
@@ -80,7 +80,7 @@ _HEADERS: list[tuple[str, str | bytes | None]] = [
 ]
 
 
-class KafkaPublisher:
+class KafkaPublisher(ClosedOnExit):
     """Publishes spans to a Kafka topic through confluent-kafka's idempotent producer.
 
     One message per span: key = ``trace_id`` (so a trace's spans stay in order on one
@@ -224,17 +224,6 @@ class KafkaPublisher:
             self._producer.purge()
             self.flush(1.0)
         self._producer.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- callbacks (run on whichever thread calls poll/flush) --
 
