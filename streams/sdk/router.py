@@ -271,10 +271,13 @@ class RoutingTable:
 
     def route(self, agent: str, key: str, default: str) -> Route:
         """The version that serves ``agent``'s request with routing ``key`` (a user or session
-        id); ``default`` when the agent has no deployment (or none has been read in time)."""
+        id); ``default`` when the agent has no deployment (or none has been read in time).
+
+        Until the topics have been read to their end, a route waits (within the startup wait):
+        a state half-way through the history may be a canary rolled back since."""
+        if not self._ready.is_set():
+            self._wait_for_first_state()
         routes = self._snapshot.routes.get(agent)
-        if routes is None and not self._ready.is_set():
-            routes = self._wait_for_first_state(agent)
         chosen = None if routes is None else routes.choose(key)
         if chosen is None:
             return self._fallback(agent, default)
@@ -336,11 +339,10 @@ class RoutingTable:
 
     # -- internals --
 
-    def _wait_for_first_state(self, agent: str) -> AgentRoutes | None:
+    def _wait_for_first_state(self) -> None:
         remaining = self._ready_by - self._clock()
         if remaining > 0:
             self._ready.wait(remaining)
-        return self._snapshot.routes.get(agent)
 
     def _fallback(self, agent: str, default: str) -> Route:
         with self._lock:

@@ -245,3 +245,21 @@ def test_listeners_hear_every_change() -> None:
     routing.apply([state_record(canary_at(0.1, generation=2))])
     routing.apply([state_record(canary_at(0.2, generation=3))])
     assert heard == [2, 3]
+
+
+def test_a_route_during_the_first_read_waits_for_its_end_not_for_a_state_half_way() -> None:
+    routing = RoutingTable(
+        deployments_topic=DEPLOYMENTS, versions_topic=VERSIONS, startup_wait_s=60.0
+    )
+    routing.apply([state_record(canary_at(1.0, generation=2))])  # a canary, rolled back later
+
+    def rest_of_the_history() -> None:
+        rolled_back = rollout_state(
+            V1, V2, weight=0.0, rollout_id="r1", generation=3, phase=Phase.ROLLED_BACK
+        )
+        routing.apply([state_record(rolled_back)])
+        routing.mark_ready()
+
+    threading.Timer(0.05, rest_of_the_history).start()
+    route = routing.route("bot", "k", "v0")
+    assert (route.version, route.generation) == ("v1", 3)
