@@ -3,21 +3,25 @@ a rollback, the fallback before any state, and a broker outage that the last sta
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from schemas.deployment import DeploymentState, Phase
+from schemas.topics import TRACES
 from schemas.version import AgentVersion
-from streams.devtools import localkafka
+from streams.devtools import generate, localkafka
 from streams.devtools.control_records import ControlWriter, example_version, rollout_state
 from streams.devtools.router_probe import RouterProbe
 from streams.sdk.router import Router
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from tests.integration.harness import consume_all
 
 AGENT = "support-bot"
 KEYS = 10_000
@@ -107,6 +111,27 @@ def test_a_three_step_rollout_reaches_routers_in_two_processes_and_a_rollback_en
             assert None not in probe.ask(op="await", generation=5, timeout=SEEN_TIMEOUT_S)["seen"]
             after = probe.ask(op="route", keys=KEYS, default="v0")
             assert after["versions"] == {"v1": KEYS} and after["canary"] == []
+
+
+def test_generate_sends_an_agents_traffic_to_the_versions_its_deployment_names(
+    kafka_settings: Settings,
+) -> None:
+    settings = fresh(kafka_settings)
+    v12, v13 = example_version(AGENT, "v12"), example_version(AGENT, "v13")
+    register(settings, v12, v13)
+    apply_deployment(settings, rollout_state(v12, v13, weight=1.0, rollout_id="d", generation=2))
+    plan = generate.TrafficPlan(rate=2000.0, duration_s=None, requests=200, canary_share=0.5)
+    reports: list[generate.GeneratorProgress] = []
+    assert generate.run(settings, plan, progress=reports.append) == 0
+
+    spans = consume_all(settings, settings.topic(TRACES), expected=reports[-1].delivered)
+    requests = Counter(
+        (event["agent"], event["version"])
+        for event in (json.loads(m.value() or b"") for m in spans)
+        if event["kind"] == "request"
+    )
+    assert requests[(AGENT, "v13")] > 0 and requests[(AGENT, "v12")] == 0  # the deployment's
+    assert requests[("research-agent", "v7")] > 0 and requests[("research-agent", "v8")] > 0
 
 
 def test_a_router_that_cannot_reach_kafka_falls_back_to_the_default_version(
