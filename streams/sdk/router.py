@@ -68,7 +68,8 @@ def rollout_salt(rollout_id: str) -> bytes:
 
 def rollout_hasher(rollout_id: str) -> hashlib.blake2b:
     """blake2b (8 bytes) that has hashed the rollout's salt: :func:`bucket` copies it per key,
-    four times cheaper than hashing salt and key anew (``coalmine bench router``)."""
+    cheaper than hashing salt and key anew (0.45 against 0.6-0.9 µs, ``coalmine bench
+    router``) and the same value."""
     return hashlib.blake2b(rollout_salt(rollout_id), digest_size=8)
 
 
