@@ -36,10 +36,13 @@ def apply_deployment(settings: Settings, state: DeploymentState) -> None:
         writer.state(state)
 
 
-def register(settings: Settings, *versions: AgentVersion) -> None:
+def register(settings: Settings, *labels: str) -> list[AgentVersion]:
+    """Example versions of the agent with these labels, on the versions topic."""
+    versions = [example_version(AGENT, label) for label in labels]
     with ControlWriter(settings) as writer:
         for version in versions:
             writer.version(version)
+    return versions
 
 
 def fresh(settings: Settings) -> Settings:
@@ -71,8 +74,7 @@ def test_a_three_step_rollout_reaches_routers_in_two_processes_and_a_rollback_en
     kafka_settings: Settings,
 ) -> None:
     settings = fresh(kafka_settings)
-    v1, v2 = example_version(AGENT, "v1"), example_version(AGENT, "v2")
-    register(settings, v1, v2)
+    v1, v2 = register(settings, "v1", "v2")
     apply_deployment(
         settings,
         rollout_state(v1, None, weight=0, rollout_id="first", generation=1, phase=Phase.IDLE),
@@ -117,8 +119,7 @@ def test_generate_sends_an_agents_traffic_to_the_versions_its_deployment_names(
     kafka_settings: Settings,
 ) -> None:
     settings = fresh(kafka_settings)
-    v12, v13 = example_version(AGENT, "v12"), example_version(AGENT, "v13")
-    register(settings, v12, v13)
+    v12, v13 = register(settings, "v12", "v13")
     apply_deployment(settings, rollout_state(v12, v13, weight=1.0, rollout_id="d", generation=2))
     plan = generate.TrafficPlan(rate=2000.0, duration_s=None, requests=200, canary_share=0.5)
     reports: list[generate.GeneratorProgress] = []
@@ -155,8 +156,7 @@ def test_an_agent_without_deployment_gets_its_default_with_the_registered_bundle
     kafka_settings: Settings,
 ) -> None:
     settings = fresh(kafka_settings)
-    v7 = example_version(AGENT, "v7")
-    register(settings, v7)
+    (v7,) = register(settings, "v7")
     with Router(settings) as router:
         assert router.wait_ready(SEEN_TIMEOUT_S)
         route = router.route(AGENT, "user-1", "v7")
@@ -171,8 +171,7 @@ def test_a_router_started_before_the_topics_exist_follows_them_once_they_do(
         assert router.wait_ready(SEEN_TIMEOUT_S)  # no topics yet: nothing to read, ready
         assert router.route(AGENT, "user-1", "v0").fallback
         ensure_topics(settings)
-        v1 = example_version(AGENT, "v1")
-        register(settings, v1)
+        (v1,) = register(settings, "v1")
         apply_deployment(
             settings,
             rollout_state(v1, None, weight=0, rollout_id="d", generation=1, phase=Phase.IDLE),
@@ -186,8 +185,7 @@ def test_a_router_keeps_the_last_state_while_the_broker_is_down_and_follows_it_a
     own_broker: Settings, tmp_path: Path
 ) -> None:
     settings = fresh(own_broker)
-    v1, v2 = example_version(AGENT, "v1"), example_version(AGENT, "v2")
-    register(settings, v1, v2)
+    v1, v2 = register(settings, "v1", "v2")
     apply_deployment(settings, rollout_state(v1, v2, weight=0.5, rollout_id="d", generation=3))
     keys = [f"user-{i}" for i in range(1000)]
     with Router(settings) as router:
