@@ -10,9 +10,9 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._config import ConfigResource  # not re-exported explicitly
 
-from schemas.topics import TOPICS, Topic
+from schemas.topics import DEPLOYMENTS, TOPICS, TRACES
 from streams.settings import Settings
-from streams.topics import ADMIN_TIMEOUT_S, TopicSpec, ensure_topics
+from streams.topics import ADMIN_TIMEOUT_S, ensure_topics
 from tests.integration.harness import isolated_settings
 
 pytestmark = pytest.mark.integration
@@ -42,15 +42,11 @@ def test_every_topic_is_created_as_the_registry_declares_it(
     assert ensure_topics(settings) == []  # already there: nothing to create
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    assert layout(admin, names) == {name: (3, "delete") for name in names}
-
-
-def test_a_compacted_topic_is_created_compacted(kafka_settings: Settings, tmp_path: Path) -> None:
-    settings = isolated_settings(kafka_settings, tmp_path)
-    state = Topic("deployments", "`agent`", value=None, value_doc="state", cleanup_policy="compact")
-    spec = TopicSpec.of(state, settings)
-
-    assert ensure_topics(settings, [spec]) == [spec.name]
-
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    assert layout(admin, [spec.name]) == {spec.name: (settings.traces_partitions, "compact")}
+    assert layout(admin, names) == {
+        settings.topic(topic): (topic.partitions(settings), topic.cleanup_policy)
+        for topic in TOPICS
+    }
+    assert layout(admin, [settings.topic(TRACES), settings.topic(DEPLOYMENTS)]) == {
+        settings.topic(TRACES): (3, "delete"),
+        settings.topic(DEPLOYMENTS): (1, "compact"),
+    }
