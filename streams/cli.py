@@ -117,6 +117,29 @@ def _bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return ingest.run(settings, events=args.events)
 
 
+OTLP_EXTRA_MODULES = frozenset({"aiohttp", "google", "opentelemetry"})
+"""What the ``otlp`` extra installs (pyproject.toml) for ``coalmine otlp``."""
+
+
+def _otlp(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        from streams.otlp import receiver
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in OTLP_EXTRA_MODULES:
+            raise
+        raise CoalmineError(
+            f"`coalmine otlp` needs the otlp extra (there is no module {exc.name!r}): "
+            "pip install 'coalmine[otlp]'"
+        ) from None
+    return receiver.run(settings)
+
+
+def _bench_otlp(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.otlp import bench
+
+    return bench.run(settings, spans=args.spans)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coalmine",
@@ -141,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "worker", help="run the Faust worker with every stream processor"
     ).set_defaults(handler=_worker)
+
+    commands.add_parser(
+        "otlp", help="OTLP/HTTP receiver: OpenTelemetry GenAI spans in, trace events out"
+    ).set_defaults(handler=_otlp)
 
     gen = commands.add_parser("generate", help="simulated agents producing traffic through the SDK")
     from streams.devtools.generate import add_traffic_arguments
@@ -178,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="events in the backlog (default %(default)s)",
     )
     ing.set_defaults(handler=_bench_ingest)
+    otlp = bench_commands.add_parser("otlp", help="OTLP receiver vs the SDK publisher, spans/s")
+    otlp.add_argument(
+        "--spans",
+        type=int_in(BENCH_EVENTS),
+        default=100_000,
+        help="spans sent each way (default %(default)s)",
+    )
+    otlp.set_defaults(handler=_bench_otlp)
     return parser
 
 
