@@ -47,6 +47,8 @@ PATH = "/v1/traces"
 BUSY_RETRY_AFTER_S = 1
 UNAVAILABLE_RETRY_AFTER_S = 5
 MAX_REASONS_SHOWN = 5
+BODY_READ_TIMEOUT_S = 30.0
+"""A client that stops sending its body half-way gives its request slot back after this."""
 _READ_CHUNK = 64 * 1024
 
 
@@ -223,7 +225,12 @@ class Receiver:
         return _response(media, answer, body)
 
     async def _export(self, request: web.Request, media: str) -> tuple[Answer, bytes | None]:
-        body = await _read_bounded(request, self.config.max_body_bytes)
+        try:
+            body = await asyncio.wait_for(
+                _read_bounded(request, self.config.max_body_bytes), BODY_READ_TIMEOUT_S
+            )
+        except TimeoutError:
+            return Answer(408, f"the body did not arrive within {BODY_READ_TIMEOUT_S:g} s"), None
         if body is None:
             return Answer(413, f"the body is larger than {self.config.max_body_bytes:,} bytes"), None
         encoding = request.headers.get("Content-Encoding", "")
