@@ -26,7 +26,6 @@ from typing import Final
 
 from pydantic import ValidationError
 
-from streams.ingest.route import describe_validation_error
 from schemas.trace import (
     MAX_ATTRIBUTE_KEY_CHARS,
     MAX_ATTRIBUTE_VALUE_CHARS,
@@ -37,6 +36,7 @@ from schemas.trace import (
     SpanStatus,
     TraceEvent,
 )
+from streams.ingest.route import describe_validation_error
 
 AttributeValue = str | bool | int | float
 """An OTLP attribute value as the mapping sees it; arrays and maps arrive as JSON text."""
@@ -344,8 +344,10 @@ def span_kind(span: OtelSpan) -> SpanKind:
         kind = OPERATION_KINDS[operation]
     elif operation is None:
         oi_kind = span.attributes.get(OPENINFERENCE_KIND)
-        kind = OPENINFERENCE_KINDS.get(oi_kind, SpanKind.CUSTOM) if isinstance(oi_kind, str) else (
-            SpanKind.CUSTOM
+        kind = (
+            OPENINFERENCE_KINDS.get(oi_kind, SpanKind.CUSTOM)
+            if isinstance(oi_kind, str)
+            else (SpanKind.CUSTOM)
         )
     else:
         kind = SpanKind.CUSTOM
@@ -401,9 +403,7 @@ def _check_ids(span: OtelSpan) -> None:
         raise SpanRejectedError("parent_span_id must be 8 bytes or empty")
 
 
-def _identity(
-    span: OtelSpan, ancestors: Sequence[OtelSpan], keys: Sequence[str], what: str
-) -> str:
+def _identity(span: OtelSpan, ancestors: Sequence[OtelSpan], keys: Sequence[str], what: str) -> str:
     for key in keys:
         for attrs in (span.attributes, *(a.attributes for a in ancestors), span.resource):
             value = attrs.get(key)

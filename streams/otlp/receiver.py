@@ -232,7 +232,9 @@ class Receiver:
         except TimeoutError:
             return Answer(408, f"the body did not arrive within {BODY_READ_TIMEOUT_S:g} s"), None
         if body is None:
-            return Answer(413, f"the body is larger than {self.config.max_body_bytes:,} bytes"), None
+            return Answer(
+                413, f"the body is larger than {self.config.max_body_bytes:,} bytes"
+            ), None
         encoding = request.headers.get("Content-Encoding", "")
         try:
             mapped = await asyncio.get_running_loop().run_in_executor(
@@ -284,7 +286,7 @@ class Receiver:
 
 async def _read_bounded(request: web.Request, limit: int) -> bytes | None:
     """The body, or None once it passes ``limit`` bytes (also when sent chunked)."""
-    chunks = []
+    chunks: list[bytes] = []
     size = 0
     while True:
         chunk = await request.content.read(_READ_CHUNK)

@@ -42,7 +42,7 @@ class WireError(ValueError):
 
 def media_type(content_type: str) -> str | None:
     """``application/x-protobuf`` or ``application/json`` of a Content-Type header, else None."""
-    media = content_type.split(";")[0].strip().lower()
+    media = content_type.split(";", maxsplit=1)[0].strip().lower()
     return media if media in MEDIA_TYPES else None
 
 
@@ -77,7 +77,9 @@ def parse_request(body: bytes, media: str) -> ExportTraceServiceRequest:
         try:
             request.ParseFromString(body)
         except DecodeError as exc:
-            raise WireError(400, f"the body is not an OTLP ExportTraceServiceRequest: {exc}") from None
+            raise WireError(
+                400, f"the body is not an OTLP ExportTraceServiceRequest: {exc}"
+            ) from None
         return request
     try:
         document = json.loads(body)
@@ -137,7 +139,9 @@ def spans_of(request: ExportTraceServiceRequest) -> list[OtelSpan]:
                         resource=resource,
                         status_code=span.status.code,
                         status_message=span.status.message,
-                        exception=None if exception is None else attributes_of(exception.attributes),
+                        exception=None
+                        if exception is None
+                        else attributes_of(exception.attributes),
                     )
                 )
     return spans

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from schemas.topics import TRACES_DLQ
 from streams.devtools import localkafka
+from streams.devtools.otlp_process import running_receiver
 from streams.devtools.worker_process import WorkerProcess
 from streams.otlp.mapping import event_id_of
 from streams.settings import Settings
@@ -51,37 +51,6 @@ AGENT_SPAN_FIELDS = (
     "output_tokens, cached_input_tokens, tool_name, toString(status), error_type, "
     "task_completed, quality_score, toString(event_id)"
 )
-
-
-@contextmanager
-def running_receiver(settings: Settings, log_path: Path) -> Iterator[Settings]:
-    """``python -m streams.cli otlp`` on a free port; killed afterwards."""
-    settings = replace(settings, otlp_port=localkafka.free_loopback_port())
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "otlp"],
-            env={**os.environ, **settings.as_env()},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while not _listening(settings.otlp_port):
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "the receiver did not start"
-            time.sleep(0.1)
-        yield settings
-    finally:
-        process.kill()
-        process.wait()
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -152,7 +121,9 @@ def test_an_instrumented_agent_becomes_rows_exactly_once(
     )
     kept = Keeping()
     provider.add_span_processor(SimpleSpanProcessor(kept))
-    provider.add_span_processor(BatchSpanProcessor(exporter(receiver, compression=Compression.Gzip)))
+    provider.add_span_processor(
+        BatchSpanProcessor(exporter(receiver, compression=Compression.Gzip))
+    )
     run_agent(provider, tasks=30)
     assert provider.force_flush(30_000)
     # The exporter's retry after a lost answer: the same spans again, in other batches.
@@ -187,8 +158,12 @@ def test_an_instrumented_agent_becomes_rows_exactly_once(
     assert task[-1] == str(
         event_id_of(f"{first_task.context.trace_id:032x}", f"{first_task.context.span_id:016x}")
     )
-    assert worker.scalar("SELECT countIf(mapContains(attributes, 'gen_ai.input.messages')) "
-                         "FROM coalmine.spans") == 0
+    assert (
+        worker.scalar(
+            "SELECT countIf(mapContains(attributes, 'gen_ai.input.messages')) FROM coalmine.spans"
+        )
+        == 0
+    )
     # A retry is the same message: nothing was refused as a conflicting duplicate.
     assert consume_all(worker.settings, worker.settings.topic(TRACES_DLQ), 1, timeout_s=3) == []
 
@@ -273,8 +248,12 @@ def garbage_and_bombs(limit: int) -> list[tuple[str, dict[str, str], bytes, int]
         ("a web page", {"Origin": "http://attacker.example"}, request, 403),
         ("garbage protobuf", {}, b"\xff\xff\xff\xff garbage", 400),
         ("JSON that is no request", {"Content-Type": "application/json"}, b"[1, 2]", 400),
-        ("ids that are not hex", {"Content-Type": "application/json"},
-         b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}', 400),
+        (
+            "ids that are not hex",
+            {"Content-Type": "application/json"},
+            b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"zz"}]}]}]}',
+            400,
+        ),
         ("a body over the limit", {}, b"\0" * (limit + 1), 413),
         ("a gzip bomb", {"Content-Encoding": "gzip"}, gzip.compress(b"\0" * (64 * limit)), 413),
         ("broken gzip", {"Content-Encoding": "gzip"}, b"\x1f\x8b not gzip", 400),
@@ -394,4 +373,4 @@ def test_a_port_in_use_is_one_line(kafka_settings: Settings) -> None:
             check=False,
         )
     assert run.returncode == 2, run.stderr
-    assert run.stderr.strip().splitlines()[-1].startswith(f"coalmine: error: cannot listen on")
+    assert run.stderr.strip().splitlines()[-1].startswith("coalmine: error: cannot listen on")

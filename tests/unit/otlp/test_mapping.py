@@ -291,7 +291,11 @@ def test_times_are_utc_microseconds() -> None:
         ({"gen_ai.usage.input_tokens": 10**12}, {}, "input_tokens"),
         ({"gen_ai.usage.input_tokens": "12"}, {}, "must be a whole number"),
         ({"gen_ai.usage.input_tokens": True}, {}, "must be a whole number"),
-        ({"gen_ai.usage.input_tokens": 10, "gen_ai.usage.cache_read.input_tokens": 20}, {}, "cached"),
+        (
+            {"gen_ai.usage.input_tokens": 10, "gen_ai.usage.cache_read.input_tokens": 20},
+            {},
+            "cached",
+        ),
         ({"gen_ai.request.model": 4}, {}, "must be a string"),
         ({"gen_ai.request.model": "x" * 500}, {}, "model"),
         ({"coalmine.quality_score": 1.5}, {"parent_span_id": None}, "quality_score"),
