@@ -41,7 +41,7 @@ from streams.topics import ensure_topics
 
 BATCH_SPANS = 512
 """``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``'s default."""
-STEPS = (
+STEPS: tuple[tuple[str, dict[str, str | int]], ...] = (
     ("invoke_agent", {"gen_ai.agent.name": "bench-bot"}),
     (
         "chat",

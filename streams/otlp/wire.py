@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
-from google.rpc import status_pb2
+from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -190,10 +190,10 @@ def export_response(media: str, rejected: int, message: str) -> bytes:
 def status_response(media: str, message: str) -> bytes:
     """A failure's body: a ``google.rpc.Status`` whose message says what went wrong (OTLP
     leaves ``code`` unused)."""
-    return _encode(status_pb2.Status(message=message), media)
+    return _encode(Status(message=message), media)
 
 
-def _encode(message: ExportTraceServiceResponse | status_pb2.Status, media: str) -> bytes:
+def _encode(message: ExportTraceServiceResponse | Status, media: str) -> bytes:
     if media == JSON:
         document: Mapping[str, Any] = json_format.MessageToDict(message)
         return json.dumps(document, separators=(",", ":")).encode()

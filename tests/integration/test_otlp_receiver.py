@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.rpc import status_pb2
+from google.rpc.status_pb2 import Status as RpcStatus
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -267,7 +267,7 @@ def test_hostile_requests_are_refused_with_a_status(receiver: Settings) -> None:
         status, reply_headers, reply = post(receiver, body, headers)
         assert status == expected, (what, status, reply)
         if reply_headers["Content-Type"].startswith("application/x-protobuf"):
-            assert status_pb2.Status.FromString(reply).message, what
+            assert RpcStatus.FromString(reply).message, what
     assert post(receiver, b"", method="GET")[0] == 405
     assert post(receiver, b"", path="/v1/metrics")[0] == 404
     # Still answering, and an empty export is a full success.
