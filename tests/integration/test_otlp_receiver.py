@@ -41,6 +41,7 @@ from streams.devtools.worker_process import WorkerProcess
 from streams.otlp.mapping import event_id_of
 from streams.settings import Settings
 from tests.integration.harness import consume_all, wait_for, worker
+from tests.unit.test_readme_examples import python_block
 
 pytestmark = pytest.mark.integration
 __all__ = ["worker"]  # the fixture, imported for the tests below
@@ -374,3 +375,22 @@ def test_a_port_in_use_is_one_line(kafka_settings: Settings) -> None:
         )
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith("coalmine: error: cannot listen on")
+
+
+def test_the_readme_opentelemetry_example_lands_in_the_spans(
+    worker: WorkerProcess, receiver: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.otlp_port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"Authorization=Bearer%20{TOKEN}")
+    example = python_block("OTLPSpanExporter(")
+    exec(compile(example, "README.md", "exec"), {"__name__": "readme_example"})
+    assert wait_for(worker, "SELECT count() FROM coalmine.spans", 3) == 3
+    rows = worker.sql(
+        "SELECT toString(kind), agent, version, model, cached_input_tokens, tool_name, "
+        "task_completed, quality_score, toString(cost_source) FROM coalmine.spans ORDER BY kind"
+    )
+    assert [tuple(row) for row in rows] == [
+        ("request", "support-bot", "v12", "", 0, "", True, 0.8, "price_table"),
+        ("llm", "support-bot", "v12", "gpt-4o-mini", 512, "", None, None, "price_table"),
+        ("tool", "support-bot", "v12", "", 0, "lookup_order", None, None, "price_table"),
+    ]
