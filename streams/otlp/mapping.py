@@ -15,6 +15,7 @@ worker stores it once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -43,6 +44,7 @@ AttributeValue = str | bool | int | float
 
 EVENT_ID_NAMESPACE: Final = uuid.UUID("db4bb9f4-28ab-4b48-b76d-9a75a1b95890")
 """uuid5 namespace of event ids derived from OpenTelemetry trace and span ids."""
+_NAMESPACE_BYTES: Final = EVENT_ID_NAMESPACE.bytes
 
 # --- the tables ---------------------------------------------------------------------------
 
@@ -245,8 +247,11 @@ class SpanRejectedError(ValueError):
 
 
 def event_id_of(trace_id: str, span_id: str) -> uuid.UUID:
-    """The same span (trace id + span id) always gets the same event id."""
-    return uuid.uuid5(EVENT_ID_NAMESPACE, f"{trace_id.lower()}/{span_id.lower()}")
+    """The same span (trace id + span id) always gets the same event id: ``uuid5`` of the
+    ids, computed as :func:`uuid.uuid5` does, without its per-call overhead (a third of it)."""
+    name = f"{trace_id.lower()}/{span_id.lower()}".encode()
+    digest = hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()
+    return uuid.UUID(bytes=digest[:16], version=5)
 
 
 def map_spans(spans: Sequence[OtelSpan], rules: MappingRules) -> MappedSpans:
@@ -282,6 +287,7 @@ def map_span(span: OtelSpan, rules: MappingRules, ancestors: Sequence[OtelSpan] 
     if span.start_unix_nano <= 0:
         raise SpanRejectedError("the span has no start time")
     attrs = span.attributes
+    levels = (attrs, *(ancestor.attributes for ancestor in ancestors), span.resource)
     kind = span_kind(span)
     failed = span.status_code == _STATUS_ERROR or ERROR_TYPE in attrs
     exception = span.exception or {}
@@ -291,8 +297,8 @@ def map_span(span: OtelSpan, rules: MappingRules, ancestors: Sequence[OtelSpan] 
         "trace_id": span.trace_id,
         "span_id": span.span_id,
         "parent_span_id": span.parent_span_id,
-        "agent": _identity(span, ancestors, rules.agent_keys, "agent"),
-        "version": _identity(span, ancestors, rules.version_keys, "version"),
+        "agent": _identity(levels, rules.agent_keys, "agent"),
+        "version": _identity(levels, rules.version_keys, "version"),
         "environment": _text(attrs, ENVIRONMENT_KEYS)
         or _text(span.resource, ENVIRONMENT_KEYS)
         or "production",
@@ -403,11 +409,15 @@ def _check_ids(span: OtelSpan) -> None:
         raise SpanRejectedError("parent_span_id must be 8 bytes or empty")
 
 
-def _identity(span: OtelSpan, ancestors: Sequence[OtelSpan], keys: Sequence[str], what: str) -> str:
+def _identity(
+    levels: Sequence[Mapping[str, AttributeValue]], keys: Sequence[str], what: str
+) -> str:
+    """The first of ``keys`` found, each looked up on every level (span, ancestors, resource)
+    before the next key."""
     for key in keys:
-        for attrs in (span.attributes, *(a.attributes for a in ancestors), span.resource):
+        for attrs in levels:
             value = attrs.get(key)
-            if isinstance(value, bool) or not isinstance(value, str | int):
+            if value is None or isinstance(value, bool) or not isinstance(value, str | int):
                 continue
             text = str(value)
             if key == "service.name" and (

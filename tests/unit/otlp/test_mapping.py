@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from schemas.trace import MAX_ATTRIBUTES, MAX_EVENT_BYTES, SpanKind, SpanStatus, TraceEvent
 from streams.otlp.mapping import (
     DROPPED_ATTRIBUTES,
+    EVENT_ID_NAMESPACE,
     MappingRules,
     OtelSpan,
     SpanRejectedError,
@@ -268,6 +270,7 @@ def test_event_ids_are_derived_from_trace_and_span_id() -> None:
     assert mapped(span_id=ROOT, parent=None).event_id != first.event_id
     assert str(first.event_id) == str(first.event_id).lower() and first.event_id.int != 0
     assert event_id_of(TRACE.upper(), CHILD) == first.event_id
+    assert first.event_id == uuid.uuid5(EVENT_ID_NAMESPACE, f"{TRACE}/{CHILD}")
 
 
 def test_times_are_utc_microseconds() -> None:
