@@ -255,14 +255,28 @@ def event_id_of(trace_id: str, span_id: str) -> uuid.UUID:
 
 
 def map_spans(spans: Sequence[OtelSpan], rules: MappingRules) -> MappedSpans:
-    """Map every span of one export request."""
+    """Map every span of one export request; each event once (a span sent twice in one
+    request is one event)."""
     by_id = {(span.trace_id, span.span_id): span for span in spans}
     mapped = MappedSpans()
+    seen: dict[uuid.UUID, TraceEvent] = {}
     for span in spans:
         try:
-            mapped.events.append(map_span(span, rules, _ancestors(span, by_id)))
+            event = map_span(span, rules, _ancestors(span, by_id))
         except SpanRejectedError as exc:
             mapped.rejections.append(Rejection(span.trace_id, span.span_id, str(exc)))
+            continue
+        earlier = seen.setdefault(event.event_id, event)
+        if earlier is event:
+            mapped.events.append(event)
+        elif earlier != event:  # the same span again is one event; another span is a conflict
+            mapped.rejections.append(
+                Rejection(
+                    span.trace_id,
+                    span.span_id,
+                    "this span id is in the request twice, with other content",
+                )
+            )
     return mapped
 
 

@@ -252,14 +252,13 @@ class Receiver:
 
     async def _publish(self, events: Sequence[TraceEvent]) -> Answer | None:
         """Publish and wait for Kafka's acknowledgement; the failure answer, or None."""
-        unique = list({str(event.event_id): event for event in events}.items())
-        if not unique:
+        if not events:
             return None
-        ids = [event_id for event_id, _ in unique]
+        ids = [str(event.event_id) for event in events]
         waiter = self.tracker.expect(ids)
         try:
             dropped_before = self.publisher.stats.dropped
-            for _, event in unique:
+            for event in events:
                 self.publisher.publish(event)
             dropped = self.publisher.stats.dropped - dropped_before
             if dropped:

@@ -324,6 +324,14 @@ def test_one_bad_span_does_not_take_the_others_with_it() -> None:
     ]
 
 
+def test_a_span_sent_twice_in_one_request_is_one_event_and_a_conflict_is_rejected() -> None:
+    result = map_spans([span(), span(), span(name="other")], RULES)
+    assert len(result.events) == 1
+    assert [r.reason for r in result.rejections] == [
+        "this span id is in the request twice, with other content"
+    ]
+
+
 def test_a_cycle_of_parents_does_not_loop() -> None:
     a = span(span_id=ROOT, parent=CHILD)
     b = span(span_id=CHILD, parent=ROOT)
