@@ -34,6 +34,7 @@ kcat:
 
 bench: $(STAMP)
 	$(BIN)/coalmine bench ingest
+	$(BIN)/coalmine bench otlp
 	$(BIN)/coalmine bench detector --json bench-results/detector.json --plot bench-results/detector.png
 
 clean:

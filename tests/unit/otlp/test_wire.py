@@ -114,6 +114,7 @@ def test_a_root_span_has_no_parent() -> None:
         (b"{", "the body is not JSON"),
         (b"[]", "must be a JSON object"),
         (b"[" * 100_000 + b"]" * 100_000, "the body is not JSON"),
+        (otlp_json(name="\ud800"), "Unpaired surrogate"),
     ],
 )
 def test_bad_json_is_a_400_saying_why(body: bytes, message: str) -> None:
