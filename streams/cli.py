@@ -121,22 +121,29 @@ OTLP_EXTRA_MODULES = frozenset({"aiohttp", "google", "opentelemetry"})
 """What the ``otlp`` extra installs (pyproject.toml) for ``coalmine otlp``."""
 
 
-def _otlp(args: argparse.Namespace, settings: Settings) -> int:
+@contextmanager
+def _needs_the_otlp_extra(command: str) -> Iterator[None]:
+    """Around an import of :mod:`streams.otlp`: on a base install, say which extra to add."""
     try:
-        from streams.otlp import receiver
+        yield
     except ModuleNotFoundError as exc:
         if (exc.name or "").partition(".")[0] not in OTLP_EXTRA_MODULES:
             raise
         raise CoalmineError(
-            f"`coalmine otlp` needs the otlp extra (there is no module {exc.name!r}): "
+            f"`coalmine {command}` needs the otlp extra (there is no module {exc.name!r}): "
             "pip install 'coalmine[otlp]'"
         ) from None
+
+
+def _otlp(args: argparse.Namespace, settings: Settings) -> int:
+    with _needs_the_otlp_extra("otlp"):
+        from streams.otlp import receiver
     return receiver.run(settings)
 
 
 def _bench_otlp(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.otlp import bench
-
+    with _needs_the_otlp_extra("bench otlp"):
+        from streams.otlp import bench
     return bench.run(settings, spans=args.spans)
 
 
