@@ -47,7 +47,7 @@ def test_every_distribution_of_an_extra_has_a_module_the_cli_knows(
     for module, distributions in packages_distributions().items():
         for distribution in distributions:
             modules[canonicalize_name(distribution)].add(module)
-    distributions = extra(name)
-    assert known <= distributions
-    for distribution in distributions:
+    added = extra(name)
+    assert known <= added
+    for distribution in added:
         assert modules[distribution] & cli_modules, distribution
