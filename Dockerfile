@@ -14,7 +14,7 @@ COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY streams ./streams
 COPY sql ./sql
-RUN pip install '.[worker]' && rm -rf /src
+RUN pip install '.[worker,otlp]' && rm -rf /src
 
 # An unprivileged user whose home holds Faust's local state (a volume in docker-compose.yml).
 RUN useradd --system --create-home --home-dir /var/lib/coalmine coalmine

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[worker,dev]'
+	$(BIN)/pip install --quiet -e '.[worker,otlp,dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -35,6 +35,7 @@ kcat:
 bench: $(STAMP)
 	$(BIN)/coalmine bench ingest
 	$(BIN)/coalmine bench router
+	$(BIN)/coalmine bench otlp
 	$(BIN)/coalmine bench detector --json bench-results/detector.json --plot bench-results/detector.png
 
 clean:

@@ -129,6 +129,36 @@ def _bench_router(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
+OTLP_EXTRA_MODULES = frozenset({"aiohttp", "google", "opentelemetry"})
+"""What the ``otlp`` extra installs (pyproject.toml) for ``coalmine otlp``."""
+
+
+@contextmanager
+def _needs_the_otlp_extra(command: str) -> Iterator[None]:
+    """Around an import of :mod:`streams.otlp`: on a base install, say which extra to add."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] not in OTLP_EXTRA_MODULES:
+            raise
+        raise CoalmineError(
+            f"`coalmine {command}` needs the otlp extra (there is no module {exc.name!r}): "
+            "pip install 'coalmine[otlp]'"
+        ) from None
+
+
+def _otlp(args: argparse.Namespace, settings: Settings) -> int:
+    with _needs_the_otlp_extra("otlp"):
+        from streams.otlp import receiver
+    return receiver.run(settings)
+
+
+def _bench_otlp(args: argparse.Namespace, settings: Settings) -> int:
+    with _needs_the_otlp_extra("bench otlp"):
+        from streams.otlp import bench
+    return bench.run(settings, spans=args.spans)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coalmine",
@@ -153,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "worker", help="run the Faust worker with every stream processor"
     ).set_defaults(handler=_worker)
+
+    commands.add_parser(
+        "otlp", help="OTLP/HTTP receiver: OpenTelemetry GenAI spans in, trace events out"
+    ).set_defaults(handler=_otlp)
 
     gen = commands.add_parser("generate", help="simulated agents producing traffic through the SDK")
     from streams.devtools.generate import add_traffic_arguments
@@ -211,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the routers' fetch.wait.max.ms (default: COALMINE_SDK_ROUTER_FETCH_WAIT_MS)",
     )
     rtr.set_defaults(handler=_bench_router)
+    otlp = bench_commands.add_parser("otlp", help="OTLP receiver vs the SDK publisher, spans/s")
+    otlp.add_argument(
+        "--spans",
+        type=int_in(BENCH_EVENTS),
+        default=100_000,
+        help="spans sent each way (default %(default)s)",
+    )
+    otlp.set_defaults(handler=_bench_otlp)
     return parser
 
 

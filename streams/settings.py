@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from streams.httpguard import is_loopback
 from streams.sdk.settings import (
     MASK,
     SASL_MECHANISMS,
@@ -161,6 +162,72 @@ class Settings(SdkSettings):
             "range": Range(1, 65_535),
         },
     )
+    otlp_host: str = field(
+        default="127.0.0.1",
+        metadata={
+            "env": "COALMINE_OTLP_HOST",
+            "doc": "Address `coalmine otlp` binds; anything but loopback needs "
+            "COALMINE_OTLP_TOKEN.",
+        },
+    )
+    otlp_port: int = field(
+        default=4318,
+        metadata={
+            "env": "COALMINE_OTLP_PORT",
+            "doc": "Port of `coalmine otlp` (4318 is OTLP/HTTP's).",
+            "range": Range(1, 65_535),
+        },
+    )
+    otlp_token: str = field(
+        default="",
+        metadata={
+            "env": "COALMINE_OTLP_TOKEN",
+            "doc": "Bearer token `coalmine otlp` requires (`Authorization: Bearer <token>`); "
+            "empty: none (secret: masked).",
+            "secret": True,
+        },
+    )
+    otlp_max_body_kbytes: int = field(
+        default=20_480,
+        metadata={
+            "env": "COALMINE_OTLP_MAX_BODY_KBYTES",
+            "doc": "Largest OTLP request body, compressed and again decompressed (KiB; at most "
+            "1 GiB).",
+            "range": Range(1, 1_048_576),
+        },
+    )
+    otlp_max_concurrent_requests: int = field(
+        default=4,
+        metadata={
+            "env": "COALMINE_OTLP_MAX_CONCURRENT_REQUESTS",
+            "doc": "OTLP requests handled at once; more are answered 429 with Retry-After.",
+            "range": Range(1, 1024),
+        },
+    )
+    otlp_delivery_timeout_s: float = field(
+        default=5.0,
+        metadata={
+            "env": "COALMINE_OTLP_DELIVERY_TIMEOUT_S",
+            "doc": "How long an OTLP request waits for Kafka to acknowledge its spans before "
+            "it is answered 503 (the exporter retries; above 0, at most 60).",
+            "range": Range(0, 60, low_open=True),
+        },
+    )
+    otlp_agent_attributes: str = field(
+        default="gen_ai.agent.name,service.name",
+        metadata={
+            "env": "COALMINE_OTLP_AGENT_ATTRIBUTES",
+            "doc": "Attributes naming a span's agent, first found wins (span, its ancestors in "
+            "the request, then the resource).",
+        },
+    )
+    otlp_version_attributes: str = field(
+        default="gen_ai.agent.version,service.version",
+        metadata={
+            "env": "COALMINE_OTLP_VERSION_ATTRIBUTES",
+            "doc": "Attributes naming a span's agent version, looked up the same way.",
+        },
+    )
     log_level: str = field(
         default="info",
         metadata={
@@ -177,7 +244,7 @@ class Settings(SdkSettings):
         return replace(self, home=home, clickhouse_url=url)
 
     def problem(self) -> str | None:
-        return super().problem() or _url_problem(self)
+        return super().problem() or _url_problem(self) or _otlp_problem(self)
 
     @property
     def is_embedded_clickhouse(self) -> bool:
@@ -198,6 +265,14 @@ class Settings(SdkSettings):
     @property
     def worker_url(self) -> str:
         return f"http://{self.worker_host}:{self.worker_port}"
+
+    @property
+    def otlp_agent_keys(self) -> tuple[str, ...]:
+        return _attribute_list(self.otlp_agent_attributes)
+
+    @property
+    def otlp_version_keys(self) -> tuple[str, ...]:
+        return _attribute_list(self.otlp_version_attributes)
 
     def masked(self) -> dict[str, str]:
         """Settings for display: secrets replaced by ``***``, and so are passwords and
@@ -241,6 +316,31 @@ def _url_problem(s: Settings) -> str | None:
         return "COALMINE_CLICKHOUSE_URL must start with chdb://, http:// or https://"
     if scheme == "chdb" and not s.chdb_path.is_absolute():
         return "COALMINE_CLICKHOUSE_URL: a chdb URL needs an absolute path"
+    return None
+
+
+_ATTRIBUTE_KEY = re.compile(r"[A-Za-z0-9_.-]{1,255}")
+
+
+def _attribute_list(value: str) -> tuple[str, ...]:
+    return tuple(key.strip() for key in value.split(",") if key.strip())
+
+
+def _otlp_problem(s: Settings) -> str | None:
+    for name, keys in (
+        ("COALMINE_OTLP_AGENT_ATTRIBUTES", s.otlp_agent_keys),
+        ("COALMINE_OTLP_VERSION_ATTRIBUTES", s.otlp_version_keys),
+    ):
+        if not keys:
+            return f"{name} must name at least one attribute, e.g. service.name"
+        bad = next((key for key in keys if not _ATTRIBUTE_KEY.fullmatch(key)), None)
+        if bad is not None:
+            return f"{name}: {bad!r} is not an attribute name (letters, digits, '.', '_', '-')"
+    if not s.otlp_token and not is_loopback(s.otlp_host):
+        return (
+            f"COALMINE_OTLP_HOST={s.otlp_host} is reachable from other machines: set "
+            "COALMINE_OTLP_TOKEN too, so that only your exporters can write spans"
+        )
     return None
 
 

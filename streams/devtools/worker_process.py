@@ -76,13 +76,17 @@ class WorkerProcess:
             if self._process is None or self._process.poll() is not None:
                 self._process = None
                 raise CoalmineError(f"the worker exited while starting:\n{self.log_tail()}")
-            if sqlcli.worker_answers(self.settings.worker_url):
+            if self.answers():
                 return
             time.sleep(0.2)
         self.kill()
         raise CoalmineError(
             f"the worker did not start in {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}"
         )
+
+    def answers(self) -> bool:
+        """Whether the started process is ready: the worker's web server answers."""
+        return sqlcli.worker_answers(self.settings.worker_url)
 
     def wait_exit(self, timeout_s: float) -> int | None:
         """The exit code once the worker stops by itself within ``timeout_s``, else ``None``."""

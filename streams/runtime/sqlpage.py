@@ -12,8 +12,6 @@ them. Every answer is JSON, errors included (``{"error": "..."}``).
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -24,13 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import faust
 from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
 from streams.errors import CoalmineError
+from streams.httpguard import bearer_matches, host_allowed
 from streams.settings import Settings
 from streams.storage import sqlsession
 from streams.storage.sqlguard import QueryRefusedError
@@ -85,26 +83,6 @@ def read_token(settings: Settings) -> str:
 # --- who may ask ---------------------------------------------------------------------------
 
 
-def host_allowed(host: str, bind_host: str, port: int) -> bool:
-    """Whether a ``Host`` header names this worker: its port, and its bind address, an IP
-    address or ``localhost``. Never another name, which is what DNS rebinding sends."""
-    try:
-        parts = urlsplit(f"//{host}")
-        host_port = parts.port
-    except ValueError:
-        return False
-    name = parts.hostname or ""
-    if host_port != port:
-        return False
-    if name in (bind_host.lower(), "localhost"):
-        return True
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
 @dataclass(frozen=True)
 class Refusal:
     status: int
@@ -119,8 +97,7 @@ def refusal(headers: Mapping[str, str], token: str, bind_host: str, port: int) -
     origin = headers.get("Origin")
     if origin is not None and origin != f"http://{host}":
         return Refusal(403, f"requests from {origin} are not allowed")
-    scheme, _, presented = headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.encode(), token.encode()):
+    if not bearer_matches(headers.get("Authorization", ""), token):
         return Refusal(401, "a valid token is required (`coalmine sql` sends it)")
     if headers.get("Content-Type", "").split(";")[0].strip().lower() != "application/json":
         return Refusal(415, "the body must be JSON (Content-Type: application/json)")

@@ -22,7 +22,7 @@ from schemas.topics import TRACES
 from streams.cli import WORKER_EXTRA_MODULES
 from streams.settings import Settings
 from tests.integration.harness import consume_all, isolated_settings
-from tests.unit.test_packaging import worker_extra
+from tests.unit.test_packaging import extra
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +95,7 @@ def test_an_agent_with_the_sdk_alone_publishes_and_loads_nothing_of_the_worker(
     assert report["imported"] == []
     installed = {canonicalize_name(name) for name in report["installed"]}
     assert {"confluent-kafka", "pydantic"} <= installed
-    assert worker_extra() & installed == set()
+    assert extra("worker") & installed == set()
     assert report["stats"] == {"published": 1, "delivered": 1, "failed": 0, "dropped": 0}
     (message,) = consume_all(settings.kafka_bootstrap, settings.topic(TRACES), expected=1)
     span = json.loads(message.value() or b"")
@@ -120,3 +120,15 @@ def test_the_command_line_without_the_worker_extra_says_how_to_get_it(
         (line,) = refused.stderr.splitlines()
         assert line.startswith(f"coalmine: error: `coalmine {command[0]}` needs the worker extra")
         assert line.endswith("pip install 'coalmine[worker]'")
+
+
+def test_the_receiver_without_the_otlp_extra_says_how_to_get_it(
+    sdk_venv: Path, tmp_path: Path
+) -> None:
+    coalmine, env = sdk_venv / "coalmine", clean_env({})
+    for command in (["otlp"], ["bench", "otlp"]):
+        refused = run([coalmine, *command], env, tmp_path, check=False)
+        assert refused.returncode == 2, refused.stderr
+        (line,) = refused.stderr.splitlines()
+        assert line.startswith(f"coalmine: error: `coalmine {' '.join(command)}` needs the otlp")
+        assert line.endswith("pip install 'coalmine[otlp]'")

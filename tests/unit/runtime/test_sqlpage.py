@@ -11,8 +11,9 @@ import pytest
 
 from streams.errors import ClickHouseUnavailableError, CoalmineError
 from streams.failures import clickhouse_message
+from streams.httpguard import host_allowed
 from streams.runtime import sqlpage
-from streams.runtime.sqlpage import MAX_BODY_BYTES, Refusal, host_allowed, query_of, refusal
+from streams.runtime.sqlpage import MAX_BODY_BYTES, Refusal, query_of, refusal
 from streams.settings import Settings
 from streams.storage.sqlsession import LIMITS, session_settings
 
