@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.set_defaults(handler=_sql)
 
+    from streams.controller.commands import add_commands as add_deployment_commands
+
+    add_deployment_commands(commands)
+
     demo = commands.add_parser("demo", help="Kafka + worker + generated traffic, end to end")
     demo.add_argument(
         "--duration", type=float_in(DURATION_S), default=60.0, help="seconds of traffic"

@@ -48,7 +48,7 @@ from schemas.deployment import (
     GateFigures,
     Phase,
 )
-from schemas.plan import DEFAULT_PLAN, EvalGate, RolloutPlan
+from schemas.plan import DEFAULT_PLAN, MAX_STEPS, EvalGate, RolloutPlan
 from schemas.rollback import RollbackCommand
 from streams.controller.inputs import (
     Applied,
@@ -71,6 +71,8 @@ VersionDigests = Mapping[tuple[str, str], str]
 LIVE: Final = frozenset({Phase.GATED, Phase.CANARY, Phase.PAUSED, Phase.AWAITING_APPROVAL})
 """Phases with a rollout in progress: its canary may serve (gated: not yet)."""
 MAX_PREVIOUS_STABLES: Final = 20
+MAX_STEPS_PER_TICK: Final = MAX_STEPS + 1
+"""How many changes one moment can make: every step of a plan, then the promotion."""
 
 
 def apply(
