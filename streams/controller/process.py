@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -50,7 +51,7 @@ from streams.controller.inputs import (
 )
 from streams.controller.machine import MAX_STEPS_PER_TICK, apply
 from streams.errors import CoalmineError
-from streams.sdk.compacted import CompactedReader, read_to_end
+from streams.sdk.compacted import CompactedReader, read_to_end, retrying
 from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics
@@ -130,9 +131,9 @@ class Controller:
         self.versions: dict[tuple[str, str], str] = {}
         self.applied = 0
         """Inputs that made a new generation since start."""
-        self._inputs = {
-            settings.topic(COMMANDS): Command,
-            settings.topic(ROLLBACKS): RollbackCommand,
+        self._inputs: dict[str, Callable[[bytes], Command | RollbackCommand]] = {
+            settings.topic(COMMANDS): Command.model_validate_json,
+            settings.topic(ROLLBACKS): RollbackCommand.model_validate_json,
         }
         self._next: dict[str, int] = {}
         """Per input partition: the next offset to process (below it: processed)."""
@@ -166,12 +167,20 @@ class Controller:
         )
         self._consumer = consumer
         partitions = [TopicPartition(topic, 0) for topic in self._inputs]
-        committed = consumer.committed(partitions, timeout=READ_TIMEOUT_S)
+        committed: list[TopicPartition] = retrying(
+            lambda: consumer.committed(partitions, timeout=READ_TIMEOUT_S),
+            "read the controller's offsets",
+            READ_TIMEOUT_S,
+        )
         for tp in committed:
             key = input_key(tp.topic, tp.partition)
             recorded = max((s.input_offsets.get(key, 0) for s in self.states.values()), default=0)
             self._next[key] = max(recorded, tp.offset)
-            _, high = consumer.get_watermark_offsets(tp, timeout=READ_TIMEOUT_S)
+            _, high = retrying(
+                partial(consumer.get_watermark_offsets, tp, timeout=READ_TIMEOUT_S),
+                f"read the end of {tp.topic}",
+                READ_TIMEOUT_S,
+            )
             self._backlog_end[key] = high
         consumer.subscribe(list(self._inputs))
         log.info(

@@ -8,13 +8,42 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from streams.errors import CoalmineError
 
 Table = dict[bytes, bytes | None]
+T = TypeVar("T")
+_SETTLING = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+"""What a broker answers for a moment after it starts or a topic is created."""
+
+
+def retrying(call: Callable[[], T], what: str, timeout_s: float) -> T:
+    """``call()``, retried while Kafka answers with a transient error, for up to
+    ``timeout_s``; then a :class:`CoalmineError` saying it could not ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            transient = error.retriable() or error.code() in _SETTLING
+            if not transient or time.monotonic() > deadline:
+                raise CoalmineError(f"cannot {what}: {error.str()}") from None
+            time.sleep(0.2)
 
 
 class CompactedReader:
@@ -38,24 +67,32 @@ class CompactedReader:
         )
         self._next: dict[int, int] = {}
         try:
-            metadata = self._consumer.list_topics(topic, timeout=timeout_s).topics[topic]
-        except KafkaException as exc:
+            partitions = retrying(self._partitions, f"read {topic}", timeout_s)
+        except CoalmineError:
             self._consumer.close()
-            raise CoalmineError(f"cannot read {topic}: {exc.args[0].str()}") from None
-        if metadata.error is not None:
-            self._consumer.close()
-            raise CoalmineError(f"cannot read {topic}: {metadata.error.str()}")
-        partitions = sorted(metadata.partitions)
+            raise
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         self._next = dict.fromkeys(partitions, 0)
+
+    def _partitions(self) -> list[int]:
+        metadata = self._consumer.list_topics(self.topic, timeout=self.timeout_s).topics[self.topic]
+        if metadata.error is not None:
+            raise KafkaException(metadata.error)
+        return sorted(metadata.partitions)
 
     def catch_up(self) -> Table:
         """Read up to the current end of every partition; returns :attr:`table`."""
         deadline = time.monotonic() + self.timeout_s
         ends = {}
         for partition in self._next:
-            _, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self.topic, partition), timeout=self.timeout_s
+            _, high = retrying(
+                partial(
+                    self._consumer.get_watermark_offsets,
+                    TopicPartition(self.topic, partition),
+                    timeout=self.timeout_s,
+                ),
+                f"read the end of {self.topic}",
+                self.timeout_s,
             )
             ends[partition] = high
         while any(self._next[p] < end for p, end in ends.items()):
