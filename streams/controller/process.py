@@ -62,6 +62,7 @@ INSTANCE_ID: Final = "controller"
 """The controller's static member id in its consumer group: one controller."""
 POLL_S: Final = 0.2
 """Longest wait for an input; also how often time passes for live rollouts."""
+COMMIT_INTERVAL_S: Final = 1.0
 READ_TIMEOUT_S: Final = 30.0
 WRITE_TIMEOUT_S: Final = 30.0
 CONTROL_TOPICS: Final = (VERSIONS, COMMANDS, ROLLBACKS, COMMAND_OUTCOMES, DEPLOYMENTS)
@@ -139,6 +140,8 @@ class Controller:
         """Per input partition: the next offset to process (below it: processed)."""
         self._backlog_end: dict[str, int] = {}
         self._next_gate_read = 0.0
+        self._uncommitted: dict[str, TopicPartition] = {}
+        self._next_commit = 0.0
         self._connect = client_config(settings)
         self._versions_reader: CompactedReader | None = None
         self._consumer: Consumer | None = None
@@ -197,6 +200,7 @@ class Controller:
         assert self._consumer is not None
         message = self._consumer.poll(POLL_S)
         if message is None:
+            self._commit_now()
             if self.caught_up:
                 self._let_time_pass()
             return
@@ -214,7 +218,8 @@ class Controller:
         key = input_key(topic, partition)
         event = self._parse(message)
         if offset < self._next.get(key, 0):
-            # Processed before a restart: only a command known applied is answered again.
+            log.info("skipping %s@%d: processed before a restart", key, offset)
+            # Only a command known applied is answered again.
             if isinstance(event, Command | RollbackCommand):
                 state = self.states.get(event.agent)
                 if state is not None and event.id in state.recent_command_ids:
@@ -306,10 +311,23 @@ class Controller:
             raise CoalmineError(f"Kafka did not take {left} record(s) in {WRITE_TIMEOUT_S:.0f} s")
 
     def _commit(self, message: Message) -> None:
+        """Commit the input's offset, at most once per :data:`COMMIT_INTERVAL_S`: the records'
+        ``input_offsets`` already say what was processed, so a commit lost in a crash only
+        brings back inputs that are skipped (below them) or rejected again."""
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        assert topic is not None and partition is not None and offset is not None
+        self._uncommitted[input_key(topic, partition)] = TopicPartition(
+            topic, partition, offset + 1
+        )
+        if time.monotonic() >= self._next_commit:
+            self._commit_now()
+
+    def _commit_now(self) -> None:
         assert self._consumer is not None
-        # Asynchronous: a commit lost in a crash only brings inputs back that are skipped
-        # (below input_offsets) or rejected again.
-        self._consumer.commit(message=message, asynchronous=True)
+        if self._uncommitted:
+            self._consumer.commit(offsets=list(self._uncommitted.values()), asynchronous=True)
+            self._uncommitted.clear()
+        self._next_commit = time.monotonic() + COMMIT_INTERVAL_S
 
     def _let_time_pass(self) -> None:
         for agent, state in list(self.states.items()):
@@ -344,6 +362,8 @@ class Controller:
         if self._producer is not None:
             self._producer.flush(WRITE_TIMEOUT_S)
         if self._consumer is not None:
+            if self._uncommitted:
+                self._consumer.commit(offsets=list(self._uncommitted.values()), asynchronous=False)
             self._consumer.close()
         if self._versions_reader is not None:
             self._versions_reader.close()
