@@ -36,7 +36,7 @@ from tests.integration.controller_harness import (
 )
 from tests.integration.harness import isolated_settings
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 THREE_STEPS = RolloutPlan(
     steps=(
@@ -291,9 +291,7 @@ def test_sigkilled_over_and_over_the_state_is_the_machine_replayed(
 
 def _compared(state: DeploymentState) -> dict[str, object]:
     """A state without the clock's and the position's fields (the replay has neither)."""
-    return state.model_dump(
-        exclude={"updated_at", "step_started_at", "input_offsets"}, mode="json"
-    )
+    return state.model_dump(exclude={"updated_at", "step_started_at", "input_offsets"}, mode="json")
 
 
 def _wait_for_every_answer(settings: Settings, ids: set[str]) -> list[client.CommandOutcome]:
