@@ -23,6 +23,7 @@ WORKER_EXTRA_MODULES = frozenset(
 on a base install, the SDK alone, asks for the extra instead of failing with a traceback."""
 BENCH_EVENTS = Range(1, 10_000_000)
 """Events of the ingest benchmark's backlog; all of them are held in memory first."""
+BENCH_COMMANDS = Range(1, 1_000_000)
 
 
 class Terminated(KeyboardInterrupt):
@@ -117,6 +118,12 @@ def _bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
     return ingest.run(settings, events=args.events)
 
 
+def _bench_controller(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.devtools.bench import controller
+
+    return controller.run(settings, commands=args.commands)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coalmine",
@@ -182,6 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="events in the backlog (default %(default)s)",
     )
     ing.set_defaults(handler=_bench_ingest)
+    ctl = bench_commands.add_parser("controller", help="commands the controller applies per second")
+    ctl.add_argument(
+        "--commands",
+        type=int_in(BENCH_COMMANDS),
+        default=2000,
+        help="commands in the backlog (default %(default)s)",
+    )
+    ctl.set_defaults(handler=_bench_controller)
     return parser
 
 

@@ -230,7 +230,6 @@ class Controller:
         if event is not None:
             result = self._apply(event)
             self._answer(event, result)
-        self._flush()
         self._commit(message)
 
     def _parse(self, message: Message) -> Command | RollbackCommand | None:
@@ -325,6 +324,9 @@ class Controller:
     def _commit_now(self) -> None:
         assert self._consumer is not None
         if self._uncommitted:
+            # Outcomes go out without a wait of their own (the next state record's wait
+            # covers them); they are all acknowledged before their inputs are committed.
+            self._flush()
             self._consumer.commit(offsets=list(self._uncommitted.values()), asynchronous=True)
             self._uncommitted.clear()
         self._next_commit = time.monotonic() + COMMIT_INTERVAL_S
@@ -359,11 +361,15 @@ class Controller:
             self._write(result.state)
 
     def close(self) -> None:
-        if self._producer is not None:
-            self._producer.flush(WRITE_TIMEOUT_S)
-        if self._consumer is not None:
-            if self._uncommitted:
+        """Leave: outcomes sent, offsets committed when Kafka lets us (if not, the inputs
+        come again to the next controller, which skips or rejects them again)."""
+        try:
+            if self._consumer is not None and self._uncommitted:
+                self._flush()
                 self._consumer.commit(offsets=list(self._uncommitted.values()), asynchronous=False)
+        except (KafkaException, CoalmineError) as exc:
+            log.warning("leaving without the last commit: %s", exc)
+        if self._consumer is not None:
             self._consumer.close()
         if self._versions_reader is not None:
             self._versions_reader.close()
