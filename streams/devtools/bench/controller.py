@@ -116,6 +116,7 @@ def _produce_backlog(
                 created_by="bench",
                 bundle=bundle,
             )
+            versions[(agent, label)] = version.digest
             producer.produce(
                 settings.topic(VERSIONS), key=version.key, value=version.model_dump_json()
             )
