@@ -22,6 +22,7 @@ from schemas.command import Command, CommandAction, CommandOutcome, OutcomeStatu
 from schemas.deployment import DeploymentState, Phase
 from schemas.plan import RolloutPlan
 from schemas.topics import COMMAND_OUTCOMES, COMMANDS, DEPLOYMENTS
+from streams.controller.records import load_states
 from streams.errors import CoalmineError
 from streams.sdk.compacted import read_to_end
 from streams.sdk.kafka_security import client_config
@@ -160,10 +161,7 @@ def describe(state: DeploymentState, now: datetime | None = None) -> str:
 
 def status(settings: Settings, agent: str | None, as_json: bool) -> int:
     table = read_to_end(client_config(settings), settings.topic(DEPLOYMENTS), KAFKA_TIMEOUT_S)
-    states = sorted(
-        (DeploymentState.model_validate_json(v) for v in table.values() if v is not None),
-        key=lambda s: s.agent,
-    )
+    states = sorted(load_states(table).values(), key=lambda s: s.agent)
     if agent is not None:
         states = [s for s in states if s.agent == agent]
         if not states:

@@ -38,7 +38,6 @@ from schemas.command import Command, CommandOutcome, OutcomeStatus
 from schemas.deployment import DeploymentState, Phase
 from schemas.rollback import RollbackCommand
 from schemas.topics import COMMAND_OUTCOMES, COMMANDS, DEPLOYMENTS, ROLLBACKS, VERSIONS
-from schemas.version import AgentVersion
 from streams.controller.figures import EvalFigureSource
 from streams.controller.inputs import (
     Applied,
@@ -50,6 +49,7 @@ from streams.controller.inputs import (
     Tick,
 )
 from streams.controller.machine import MAX_STEPS_PER_TICK, apply
+from streams.controller.records import load_states, version_digests
 from streams.errors import CoalmineError
 from streams.sdk.compacted import CompactedReader, read_to_end, retrying
 from streams.sdk.kafka_security import client_config
@@ -80,36 +80,6 @@ def consumer_group(settings: Settings) -> str:
 def input_key(topic: str, partition: int) -> str:
     """How ``input_offsets`` names an input partition."""
     return f"{topic}:{partition}"
-
-
-def load_states(table: dict[bytes, bytes | None]) -> dict[str, DeploymentState]:
-    """The deployment records of a compacted-topic table, by agent (unreadable ones skipped,
-    logged: the controller is their only writer)."""
-    states = {}
-    for key, value in table.items():
-        if value is None:
-            continue
-        try:
-            state = DeploymentState.model_validate_json(value)
-        except ValidationError as exc:
-            log.error("skipping an unreadable deployment record %r: %s", key, exc)
-            continue
-        states[state.agent] = state
-    return states
-
-
-def version_digests(table: dict[bytes, bytes | None]) -> dict[tuple[str, str], str]:
-    digests = {}
-    for key, value in table.items():
-        if value is None:
-            continue
-        try:
-            version = AgentVersion.model_validate_json(value)
-        except ValidationError as exc:
-            log.warning("skipping an unreadable version record %r: %s", key, exc)
-            continue
-        digests[(version.agent, version.version)] = version.digest
-    return digests
 
 
 class Controller:
@@ -389,10 +359,3 @@ def run(settings: Settings, figures: EvalFigureSource, gate_interval_s: float) -
             controller.run_once()
     finally:
         controller.close()
-
-
-def states_of(settings: Settings) -> dict[str, DeploymentState]:
-    """Every agent's deployment as ``coalmine.deployments`` holds it now."""
-    return load_states(
-        read_to_end(client_config(settings), settings.topic(DEPLOYMENTS), READ_TIMEOUT_S)
-    )
