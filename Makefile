@@ -35,6 +35,7 @@ kcat:
 bench: $(STAMP)
 	$(BIN)/coalmine bench ingest
 	$(BIN)/coalmine bench detector --json bench-results/detector.json --plot bench-results/detector.png
+	$(BIN)/coalmine bench controller
 
 clean:
 	-$(BIN)/coalmine dev down

@@ -4,8 +4,9 @@ digests by (agent, version). Records that do not parse are skipped and logged.""
 from __future__ import annotations
 
 import logging
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas.deployment import DeploymentState
 from schemas.version import AgentVersion
@@ -14,31 +15,27 @@ from streams.sdk.compacted import Table
 log = logging.getLogger(__name__)
 
 
-def load_states(table: Table) -> dict[str, DeploymentState]:
-    """The deployment records of a compacted-topic table, by agent (unreadable ones skipped,
-    logged: the controller is their only writer)."""
-    states = {}
+M = TypeVar("M", bound=BaseModel)
+
+
+def _records(table: Table, model: type[M]) -> list[M]:
+    """The live values of ``table`` as ``model``; one that does not parse is skipped, logged."""
+    records = []
     for key, value in table.items():
         if value is None:
             continue
         try:
-            state = DeploymentState.model_validate_json(value)
+            records.append(model.model_validate_json(value))
         except ValidationError as exc:
-            log.error("skipping an unreadable deployment record %r: %s", key, exc)
-            continue
-        states[state.agent] = state
-    return states
+            log.error("skipping an unreadable %s record %r: %s", model.__name__, key, exc)
+    return records
+
+
+def load_states(table: Table) -> dict[str, DeploymentState]:
+    """The deployment records of a compacted-topic table, by agent."""
+    return {state.agent: state for state in _records(table, DeploymentState)}
 
 
 def version_digests(table: Table) -> dict[tuple[str, str], str]:
-    digests = {}
-    for key, value in table.items():
-        if value is None:
-            continue
-        try:
-            version = AgentVersion.model_validate_json(value)
-        except ValidationError as exc:
-            log.warning("skipping an unreadable version record %r: %s", key, exc)
-            continue
-        digests[(version.agent, version.version)] = version.digest
-    return digests
+    """(agent, version) → digest of the registered versions."""
+    return {(v.agent, v.version): v.digest for v in _records(table, AgentVersion)}

@@ -3,6 +3,7 @@ the tables read from the compacted topics."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -82,3 +83,16 @@ def test_tables_skip_what_does_not_parse() -> None:
     table = {b"bot": canary.model_dump_json().encode(), b"junk": b"{", b"gone": None}
     assert load_states(table) == {"bot": canary}
     assert version_digests({b"bot/v1": b"[]", b"bot/v2": None}) == {}
+
+
+def test_the_readme_plan_example_is_a_valid_plan(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    (example,) = re.findall(r"```yaml\n(steps:.*?)```", readme, re.DOTALL)
+    path = tmp_path / "plan.yaml"
+    path.write_text(example)
+    plan = load_plan(path)
+    assert [s.weight for s in plan.steps] == [0.05, 0.25, 0.5, 1.0]
+    assert plan.steps[1].approval and plan.steps[2].require_pass
+    assert plan.eval_gate is not None and plan.eval_gate.min_cases == 200
+    for phase in Phase:
+        assert f"`{phase.value}`" in readme
