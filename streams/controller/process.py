@@ -24,7 +24,9 @@ mistake fences the first.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,12 +34,13 @@ from functools import partial
 from typing import Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from schemas.command import Command, CommandOutcome, OutcomeStatus
+from schemas.command import MAX_REASON_CHARS, Command, CommandId, CommandOutcome, OutcomeStatus
 from schemas.deployment import DeploymentState, Phase
 from schemas.rollback import RollbackCommand
 from schemas.topics import COMMAND_OUTCOMES, COMMANDS, DEPLOYMENTS, ROLLBACKS, VERSIONS
+from schemas.trace import UNPRINTABLE, Identifier
 from streams.controller.figures import EvalFigureSource
 from streams.controller.inputs import (
     Applied,
@@ -208,11 +211,23 @@ class Controller:
         try:
             event: Command | RollbackCommand = parse(raw)
         except ValidationError as exc:
+            first = exc.errors()[0]
+            problem = f"{'.'.join(map(str, first['loc'])) or 'value'}: {first['msg']}"
             log.error(
                 "skipping an unreadable input at %s:%s@%s: %s",
-                message.topic(), message.partition(), message.offset(),
-                exc.errors()[0]["msg"] if exc.errors() else exc,
+                message.topic(), message.partition(), message.offset(), problem,
             )  # fmt: skip
+            address = _addressee(raw)
+            if address is not None:  # whoever sent it may be waiting for an answer
+                self._send_outcome(
+                    CommandOutcome(
+                        command_id=address.id,
+                        agent=address.agent,
+                        time=self.clock(),
+                        status=OutcomeStatus.REJECTED,
+                        reason=_printable(f"not a valid command: {problem}"),
+                    )
+                )
             return None
         return event
 
@@ -220,7 +235,13 @@ class Controller:
         named = (event.agent, event.version) if isinstance(event, Command) else None
         if named is not None and named[1] is not None and named not in self.versions:
             self._refresh_versions()
-        result = apply(self.states.get(event.agent), event, self.clock(), self.versions)
+        try:
+            result = apply(self.states.get(event.agent), event, self.clock(), self.versions)
+        except (ValueError, AssertionError) as exc:
+            # A bug of ours, not of the input; refusing the input keeps the controller from
+            # crashing on it again at every restart.
+            log.exception("the state machine failed on %s", event)
+            return Rejected(f"internal error of the controller: {type(exc).__name__}")
         if isinstance(result, Applied):
             self._write(result.state)
         return result
@@ -263,19 +284,26 @@ class Controller:
             agent=event.agent,
             time=self.clock(),
             status=status,
-            reason=reason[:1024],
+            reason=_printable(reason),
             state=state,
         )
+        self._send_outcome(outcome)
+
+    def _send_outcome(self, outcome: CommandOutcome) -> None:
+        assert self._producer is not None
         self._producer.produce(
             self.settings.topic(COMMAND_OUTCOMES),
-            key=event.agent.encode(),
+            key=outcome.agent.encode(),
             value=outcome.model_dump_json().encode(),
             on_delivery=_raise_on_failure,
         )
 
     def _flush(self) -> None:
         assert self._producer is not None
-        left = self._producer.flush(WRITE_TIMEOUT_S)
+        try:
+            left = self._producer.flush(WRITE_TIMEOUT_S)
+        except KafkaException as exc:  # from a delivery report
+            raise CoalmineError(f"Kafka refused a record: {exc.args[0].str()}") from None
         if left:
             raise CoalmineError(f"Kafka did not take {left} record(s) in {WRITE_TIMEOUT_S:.0f} s")
 
@@ -343,6 +371,31 @@ class Controller:
             self._consumer.close()
         if self._versions_reader is not None:
             self._versions_reader.close()
+
+
+_UNPRINTABLE = re.compile(f"[{UNPRINTABLE}]")
+
+
+def _printable(reason: str) -> str:
+    """``reason`` fit for an outcome (one line, bounded)."""
+    return _UNPRINTABLE.sub(" ", reason)[:MAX_REASON_CHARS].strip()
+
+
+class _Address(BaseModel):
+    """Who an unreadable command came from, when that much of it can be read."""
+
+    id: CommandId
+    agent: Identifier
+
+
+def _addressee(raw: bytes) -> _Address | None:
+    try:
+        document = json.loads(raw)
+        if not isinstance(document, dict):
+            return None
+        return _Address.model_validate({"id": document.get("id"), "agent": document.get("agent")})
+    except (ValueError, ValidationError):
+        return None
 
 
 def _raise_on_failure(error: KafkaError | None, message: Message) -> None:

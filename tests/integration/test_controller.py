@@ -4,6 +4,7 @@ during a stream of commands."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import subprocess
@@ -14,8 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Producer
 
-from schemas.command import Command, CommandAction, OutcomeStatus
+from schemas.command import Command, CommandAction, CommandOutcome, OutcomeStatus
 from schemas.deployment import DeploymentState, Phase
 from schemas.plan import RolloutPlan, RolloutStep
 from schemas.rollback import RollbackCommand
@@ -23,7 +25,9 @@ from schemas.topics import COMMANDS, ROLLBACKS
 from streams.controller import client
 from streams.controller.inputs import Applied, Duplicate
 from streams.controller.machine import apply
+from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
+from streams.topics import ensure_topics
 from tests.integration.controller_harness import (
     ControllerProcess,
     deployment_records,
@@ -90,7 +94,7 @@ def test_a_three_step_plan_is_walked_by_time(settings: Settings, tmp_path: Path)
     assert [r.change.cause for r in records if r.change] == [
         "deploy", "deploy", "step", "step", "step",
     ]  # fmt: skip
-    for earlier, later in zip(records[1:], records[2:], strict=False):
+    for earlier, later in itertools.pairwise(records[1:]):
         assert later.updated_at and earlier.updated_at
         waited = (later.updated_at - earlier.updated_at).total_seconds()
         assert waited >= 1.0, "a step ended before its minimum duration"
@@ -128,7 +132,7 @@ def test_a_rollback_request_by_hand_takes_the_canary_out(
     assert len(deployment_records(settings)) == 3
 
 
-def _wait_outcomes(settings: Settings, command_id: str, count: int) -> list[client.CommandOutcome]:
+def _wait_outcomes(settings: Settings, command_id: str, count: int) -> list[CommandOutcome]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         mine = [o for o in outcomes(settings) if o.command_id == command_id]
@@ -185,9 +189,39 @@ def test_the_command_line_says_what_happened_in_one_line(
     assert refused.returncode != 0 and "less than or equal to 1" in refused.stderr
 
 
-def test_no_controller_is_a_clear_message(settings: Settings) -> None:
-    from streams.topics import ensure_topics
+def test_unreadable_inputs_are_refused_and_the_controller_keeps_going(
+    settings: Settings, tmp_path: Path
+) -> None:
+    register(settings, "bot", "v1")
+    hostile = [
+        b"{",
+        b"\xff\xfe not json",
+        b"[]",
+        b"null",
+        b'{"id": "x-1", "agent": "bot", "action": "fly", "time": "2026-12-01T00:00:00Z"}',
+        b'{"id": "x-2", "agent": "bot", "action": "pause"}',
+        b'{"id": "x-3", "agent": "bot", "action": "deploy", "version": "v1", "extra": 1}',
+        b'{"id": "x-4", "agent": "bot", "action": "deploy", "time": "2026-12-01T00:00:00Z",'
+        b' "issued_by": "me", "plan": {"steps": [{"weight": 1e999}]}}',
+        b"x" * 500_000,
+    ]
+    producer = Producer(client_config(settings))
+    for value in hostile:
+        producer.produce(settings.topic(COMMANDS), key=b"bot", value=value)
+        producer.produce(settings.topic(ROLLBACKS), key=b"bot", value=value)
+    assert producer.flush(30) == 0
+    with running_controller(settings, tmp_path / "controller.log") as controller:
+        state = send(settings, command(CommandAction.DEPLOY, version="v1"))
+        assert controller.alive()
+    assert (state.phase, state.stable_version, state.generation) == (Phase.IDLE, "v1", 1)
+    refused = {o.command_id: o for o in outcomes(settings) if o.command_id.startswith("x-")}
+    assert sorted(refused) == ["x-1", "x-2", "x-3", "x-4"]
+    assert all(o.status is OutcomeStatus.REJECTED for o in refused.values())
+    assert refused["x-1"].reason.startswith("not a valid command: action: Input should be")
+    assert "time: Field required" in refused["x-2"].reason
 
+
+def test_no_controller_is_a_clear_message(settings: Settings) -> None:
     ensure_topics(settings)
     result = coalmine(settings, "pause", "bot", "--wait", "1")
     assert result.returncode != 0
@@ -294,7 +328,7 @@ def _compared(state: DeploymentState) -> dict[str, object]:
     return state.model_dump(exclude={"updated_at", "step_started_at", "input_offsets"}, mode="json")
 
 
-def _wait_for_every_answer(settings: Settings, ids: set[str]) -> list[client.CommandOutcome]:
+def _wait_for_every_answer(settings: Settings, ids: set[str]) -> list[CommandOutcome]:
     """Outcomes until every command has one (a command applied just before a kill may have
     lost its answer: it gets a `duplicate` when it is read again)."""
     deadline = time.monotonic() + 60
