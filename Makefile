@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/coalmine bench router
 	$(BIN)/coalmine bench otlp
 	$(BIN)/coalmine bench detector --json bench-results/detector.json --plot bench-results/detector.png
+	$(BIN)/coalmine bench controller
 
 clean:
 	-$(BIN)/coalmine dev down

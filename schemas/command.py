@@ -47,6 +47,9 @@ class Command(_Strict):
     action: CommandAction
     version: Identifier | None = Field(default=None, description="deploy; rollback --to")
     plan: RolloutPlan | None = Field(default=None, description="deploy (default plan if absent)")
+    full: bool = Field(
+        default=False, description="promote: skip every remaining step (`promote --full`)."
+    )
     reason: Reason = ""
     issued_by: Identifier = Field(description="A person, `detector`, a CI job.")
     expected_generation: Annotated[int, Field(ge=0)] | None = Field(

@@ -7,13 +7,16 @@ not serve (gated, rolled back, promoted, idle).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from schemas.plan import RolloutPlan
 from schemas.trace import Identifier
 from schemas.version import Digest
+
+RECENT_COMMAND_IDS: Final = 64
+"""How many applied command ids a state remembers, to answer a re-sent one as a duplicate."""
 
 
 class Phase(StrEnum):
@@ -76,6 +79,11 @@ class DeploymentState(BaseModel):
     plan: RolloutPlan | None = None
     step_index: Annotated[int, Field(ge=0)] | None = None
     step_started_at: AwareDatetime | None = None
+    step_passed: bool = Field(
+        default=False,
+        description="The judge said PASS during the current step (latched until the next "
+        "step starts): what a step with `require_pass` waits for.",
+    )
     gate: GateFigures | None = None
     previous_stables: tuple[Identifier, ...] = Field(
         default=(), description="Versions that were stable before, newest first."
@@ -84,6 +92,18 @@ class DeploymentState(BaseModel):
     updated_at: AwareDatetime | None = None
     last_command_id: str | None = None
     last_reason: str = ""
+    recent_command_ids: tuple[str, ...] = Field(
+        default=(),
+        max_length=RECENT_COMMAND_IDS,
+        description="Ids of the commands last applied to this agent, newest first: one sent "
+        "again is answered `duplicate` and changes nothing.",
+    )
+    input_offsets: dict[str, int] = Field(
+        default_factory=dict,
+        description="The controller's position when it wrote this record, per input "
+        "`topic:partition`: the next offset to read. Every input before it was processed "
+        "(applied or rejected); a restarted controller skips what it reads again below it.",
+    )
     change: DeploymentChange | None = Field(
         default=None, description="What made this generation; None only before the first."
     )

@@ -26,6 +26,12 @@ class RolloutStep(_Strict):
     approval: bool = Field(
         default=False, description="A person must approve before this step starts."
     )
+    require_pass: bool = Field(
+        default=False,
+        description="The step ends only once its minimum duration has passed AND the judge "
+        "said PASS during it (a PASS for the deployment's current generation, latched until "
+        "the next step starts); otherwise time alone ends it.",
+    )
 
 
 class EvalGate(_Strict):

@@ -23,6 +23,7 @@ WORKER_EXTRA_MODULES = frozenset(
 on a base install, the SDK alone, asks for the extra instead of failing with a traceback."""
 BENCH_EVENTS = Range(1, 10_000_000)
 """Events of the ingest benchmark's backlog; all of them are held in memory first."""
+BENCH_COMMANDS = Range(1, 1_000_000)
 
 
 class Terminated(KeyboardInterrupt):
@@ -159,6 +160,12 @@ def _bench_otlp(args: argparse.Namespace, settings: Settings) -> int:
     return bench.run(settings, spans=args.spans)
 
 
+def _bench_controller(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.devtools.bench import controller
+
+    return controller.run(settings, commands=args.commands)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coalmine",
@@ -200,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.set_defaults(handler=_sql)
+
+    from streams.controller.commands import add_commands as add_deployment_commands
+
+    add_deployment_commands(commands)
 
     demo = commands.add_parser("demo", help="Kafka + worker + generated traffic, end to end")
     demo.add_argument(
@@ -253,6 +264,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="spans sent each way (default %(default)s)",
     )
     otlp.set_defaults(handler=_bench_otlp)
+    ctl = bench_commands.add_parser("controller", help="commands the controller applies per second")
+    ctl.add_argument(
+        "--commands",
+        type=int_in(BENCH_COMMANDS),
+        default=2000,
+        help="commands in the backlog (default %(default)s)",
+    )
+    ctl.set_defaults(handler=_bench_controller)
     return parser
 
 

@@ -28,6 +28,8 @@ def top_level_modules_after(statement: str) -> set[str]:
     [
         ("from streams.sdk import KafkaPublisher, SdkSettings, Tracer", WORKER_EXTRA_MODULES),
         ("import streams.ingest.route, streams.ingest.aggregate, streams.ingest.pricing", CLIENTS),
+        # An operator's `coalmine deploy` or `status` is a Kafka client, nothing more.
+        ("import streams.controller.client, streams.controller.commands", WORKER_EXTRA_MODULES),
         # The registry names value models without loading them: window stats need numpy.
         ("import schemas.topics", (*WORKER_EXTRA_MODULES, "confluent_kafka", "pydantic")),
     ],
