@@ -36,6 +36,8 @@ VersionLabel = Annotated[
 ]
 """A version label such as ``v13``: printable, not blank, and without ``/``, so that the
 record key ``agent/version`` names one version even when an agent's name holds a ``/``."""
+Description = Annotated[str, StringConstraints(max_length=2048)]
+"""What a version changes, for people; not part of the digest."""
 DIGEST_PATTERN: Final = r"^sha256:[0-9a-f]{64}$"
 Digest = Annotated[str, StringConstraints(pattern=DIGEST_PATTERN)]
 
@@ -107,7 +109,7 @@ class AgentVersion(_Strict):
     digest: Digest
     created_at: AwareDatetime
     created_by: Identifier
-    description: Annotated[str, StringConstraints(max_length=2048)] = ""
+    description: Description = ""
     bundle: AgentBundle
 
     @model_validator(mode="after")
