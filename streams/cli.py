@@ -17,7 +17,7 @@ from streams.settings import Range, Settings, SettingsError
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 WORKER_EXTRA_MODULES = frozenset(
-    {"faust", "mode", "aiokafka", "uvloop", "clickhouse_connect", "chdb", "numpy", "scipy"}
+    {"faust", "mode", "aiokafka", "uvloop", "clickhouse_connect", "chdb", "numpy", "scipy", "yaml"}
 )
 """What the ``worker`` extra installs (pyproject.toml); a subcommand that imports one of these
 on a base install, the SDK alone, asks for the extra instead of failing with a traceback."""
@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="events in the backlog (default %(default)s)",
     )
     ing.set_defaults(handler=_bench_ingest)
+
+    from streams.versions.cli import add_versions_parser
+
+    add_versions_parser(commands)
     return parser
 
 

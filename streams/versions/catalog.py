@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from schemas.version import AgentVersion, version_key
 from streams.errors import CoalmineError
+from streams.sdk.compacted import TopicRecord
 from streams.versions.load import describe_validation_error
 
 
@@ -61,15 +62,6 @@ def conflict_message(registered: AgentVersion, candidate_digest: str) -> str:
 
 
 @dataclass(frozen=True)
-class Record:
-    """One record of the topic as read: its key, value (None: tombstone) and offset."""
-
-    key: bytes | None
-    value: bytes | None
-    offset: int
-
-
-@dataclass(frozen=True)
 class Conflict:
     """A record naming a registered label with other content; the label keeps its first."""
 
@@ -97,13 +89,13 @@ class VersionCatalog:
     skipped: list[Skipped] = field(default_factory=list)
 
     @classmethod
-    def of(cls, records: Iterable[Record]) -> VersionCatalog:
+    def of(cls, records: Iterable[TopicRecord]) -> VersionCatalog:
         catalog = cls()
         for record in records:
             catalog.observe(record)
         return catalog
 
-    def observe(self, record: Record) -> AgentVersion | None:
+    def observe(self, record: TopicRecord) -> AgentVersion | None:
         """Fold one record in; returns the version when it is a new one."""
         if record.value is None:
             self.skipped.append(Skipped(record.offset, "a tombstone (versions are never deleted)"))
