@@ -61,6 +61,25 @@ def conflict_message(registered: AgentVersion, candidate_digest: str) -> str:
     )
 
 
+class InvalidRecordError(ValueError):
+    """A record of a control topic that is not what the topic holds; the text says why."""
+
+
+def parse_version_record(key: bytes | None, value: bytes | None) -> AgentVersion:
+    """The version a ``coalmine.versions`` record holds, or :class:`InvalidRecordError`."""
+    if value is None:
+        raise InvalidRecordError("a tombstone (versions are never deleted)")
+    try:
+        version = AgentVersion.model_validate_json(value)
+    except ValidationError as exc:
+        raise InvalidRecordError(
+            f"not an agent version: {describe_validation_error(exc)}"
+        ) from None
+    if key != version.key.encode():
+        raise InvalidRecordError(f"its key {key!r} is not {version.key!r}, the key of its value")
+    return version
+
+
 @dataclass(frozen=True)
 class Conflict:
     """A record naming a registered label with other content; the label keeps its first."""
@@ -97,18 +116,10 @@ class VersionCatalog:
 
     def observe(self, record: TopicRecord) -> AgentVersion | None:
         """Fold one record in; returns the version when it is a new one."""
-        if record.value is None:
-            self.skipped.append(Skipped(record.offset, "a tombstone (versions are never deleted)"))
-            return None
         try:
-            version = AgentVersion.model_validate_json(record.value)
-        except ValidationError as exc:
-            reason = f"not an agent version: {describe_validation_error(exc)}"
-            self.skipped.append(Skipped(record.offset, reason))
-            return None
-        if record.key != version.key.encode():
-            reason = f"its key {record.key!r} is not {version.key!r}, the key of its value"
-            self.skipped.append(Skipped(record.offset, reason))
+            version = parse_version_record(record.key, record.value)
+        except InvalidRecordError as exc:
+            self.skipped.append(Skipped(record.offset, str(exc)))
             return None
         registered = self.versions.get(version.key)
         if registered is None:

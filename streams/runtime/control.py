@@ -1,0 +1,138 @@
+"""The control topics into ClickHouse: ``coalmine.versions`` → ``coalmine.agent_versions``
+and ``coalmine.deployments`` → ``coalmine.deployment_events`` (one row per generation).
+
+The worker's agents hand each batch of records here and acknowledge it once this returns
+``True``: rows are stored before offsets move. The stores are idempotent (see
+:mod:`streams.storage.control`), so a batch delivered again adds nothing. A record that is
+not what its topic holds is skipped, counted and logged: the control topics have no dead
+letter topic, and the record stays on its topic for anyone to inspect. No Faust or
+ClickHouse client here: unit tests drive it with in-memory stores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+from pydantic import ValidationError
+
+from schemas.deployment import DeploymentState
+from schemas.version import AgentVersion
+from streams.ingest.route import RawMessage
+from streams.logs import RateLimitedLog
+from streams.runtime.processor import Retrier
+from streams.storage.control import Positioned, VersionsWrite
+from streams.versions.catalog import InvalidRecordError, parse_version_record
+from streams.versions.load import describe_validation_error
+
+log = logging.getLogger(__name__)
+
+Record = TypeVar("Record", AgentVersion, DeploymentState)
+
+
+def parse_deployment_record(key: bytes | None, value: bytes | None) -> DeploymentState:
+    """The state a ``coalmine.deployments`` record holds, or :class:`InvalidRecordError`."""
+    if value is None:
+        raise InvalidRecordError("a tombstone (the audit trail keeps every generation)")
+    try:
+        state = DeploymentState.model_validate_json(value)
+    except ValidationError as exc:
+        raise InvalidRecordError(
+            f"not a deployment state: {describe_validation_error(exc)}"
+        ) from None
+    if key != state.agent.encode():
+        raise InvalidRecordError(f"its key {key!r} is not {state.agent!r}, its agent")
+    return state
+
+
+class VersionStore(Protocol):
+    async def write(self, versions: Sequence[Positioned[AgentVersion]]) -> VersionsWrite:
+        """Store each label's first version once; any failure raised."""
+
+
+class DeploymentEventStore(Protocol):
+    async def write(
+        self, states: Sequence[Positioned[DeploymentState]], received_at: datetime
+    ) -> int:
+        """Store one row per (agent, generation) once; returns the rows inserted; any
+        failure raised."""
+
+
+@dataclass
+class ControlCounters:
+    versions_stored: int = 0
+    version_repeats: int = 0
+    version_conflicts: int = 0
+    deployment_events_stored: int = 0
+    deployment_repeats: int = 0
+    control_records_skipped: int = 0
+
+
+class ControlRecorder:
+    """Stores batches of control records; ``False`` means the worker stopped before the
+    batch was stored (leave it unacknowledged). A write that can never succeed raises
+    :class:`~streams.runtime.processor.PipelineBugError`: the worker must stop."""
+
+    def __init__(
+        self,
+        versions: VersionStore,
+        deployments: DeploymentEventStore,
+        retry: Retrier,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._versions = versions
+        self._deployments = deployments
+        self._retry = retry
+        self._clock = clock
+        self._warn = RateLimitedLog(log, logging.WARNING, interval_s=5.0)
+        self.counters = ControlCounters()
+
+    async def record_versions(self, messages: Sequence[RawMessage]) -> bool:
+        versions = self._parsed(messages, parse_version_record)
+        written = await self._retry(
+            "storing agent versions", lambda: self._versions.write(versions)
+        )
+        if written is None:
+            return False
+        for conflict in written.conflicts:
+            self._warn("%s", conflict)
+        self.counters.versions_stored += written.inserted
+        self.counters.version_repeats += written.repeats
+        self.counters.version_conflicts += len(written.conflicts)
+        return True
+
+    async def record_deployments(self, messages: Sequence[RawMessage]) -> bool:
+        states = self._parsed(messages, parse_deployment_record)
+        received_at = datetime.fromtimestamp(self._clock(), UTC)
+        inserted = await self._retry(
+            "storing deployment events", lambda: self._deployments.write(states, received_at)
+        )
+        if inserted is None:
+            return False
+        self.counters.deployment_events_stored += inserted
+        self.counters.deployment_repeats += len(states) - inserted
+        return True
+
+    def _parsed(
+        self,
+        messages: Sequence[RawMessage],
+        parse: Callable[[bytes | None, bytes | None], Record],
+    ) -> list[Positioned[Record]]:
+        parsed = []
+        for message in messages:
+            try:
+                parsed.append(Positioned(parse(message.key, message.value), message.offset))
+            except InvalidRecordError as exc:
+                self.counters.control_records_skipped += 1
+                self._warn(
+                    "skipping %s[%d]@%d: %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    exc,
+                )
+        return parsed
