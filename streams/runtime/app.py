@@ -45,9 +45,9 @@ from streams.settings import Settings
 from streams.storage import clickhouse
 from streams.storage.control import (
     AgentVersionWriter,
+    ControlWrite,
     DeploymentEventWriter,
     Positioned,
-    VersionsWrite,
 )
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class AsyncAgentVersions:
     def __init__(self, thread: ClickHouseThread) -> None:
         self._thread = thread
 
-    async def write(self, versions: Sequence[Positioned[AgentVersion]]) -> VersionsWrite:
+    async def write(self, versions: Sequence[Positioned[AgentVersion]]) -> ControlWrite:
         return await self._thread.run(lambda c: AgentVersionWriter(c).write(versions))
 
 
@@ -211,7 +211,7 @@ class AsyncDeploymentEvents:
 
     async def write(
         self, states: Sequence[Positioned[DeploymentState]], received_at: datetime
-    ) -> int:
+    ) -> ControlWrite:
         return await self._thread.run(lambda c: DeploymentEventWriter(c).write(states, received_at))
 
 

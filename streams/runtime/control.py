@@ -5,8 +5,8 @@ The worker's agents hand each batch of records here and acknowledge it once this
 ``True``: rows are stored before offsets move. The stores are idempotent (see
 :mod:`streams.storage.control`), so a batch delivered again adds nothing. A record that is
 not what its topic holds is skipped, counted and logged: the control topics have no dead
-letter topic, and the record stays on its topic for anyone to inspect. No Faust or
-ClickHouse client here: unit tests drive it with in-memory stores.
+letter topic, and the record stays on its topic for anyone to inspect. No Faust here, and
+the stores are interfaces: unit tests drive it with in-memory ones.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from schemas.version import AgentVersion
 from streams.ingest.route import RawMessage
 from streams.logs import RateLimitedLog
 from streams.runtime.processor import Retrier
-from streams.storage.control import Positioned, VersionsWrite
+from streams.storage.control import ControlWrite, Positioned
 from streams.versions.catalog import InvalidRecordError, parse_version_record
 from streams.versions.load import describe_validation_error
 
@@ -50,26 +50,27 @@ def parse_deployment_record(key: bytes | None, value: bytes | None) -> Deploymen
 
 
 class VersionStore(Protocol):
-    async def write(self, versions: Sequence[Positioned[AgentVersion]]) -> VersionsWrite:
+    async def write(self, versions: Sequence[Positioned[AgentVersion]]) -> ControlWrite:
         """Store each label's first version once; any failure raised."""
 
 
 class DeploymentEventStore(Protocol):
     async def write(
         self, states: Sequence[Positioned[DeploymentState]], received_at: datetime
-    ) -> int:
-        """Store one row per (agent, generation) once; returns the rows inserted; any
-        failure raised."""
+    ) -> ControlWrite:
+        """Store one row per (agent, generation) once; any failure raised."""
 
 
 @dataclass
 class ControlCounters:
     versions_stored: int = 0
     version_repeats: int = 0
-    version_conflicts: int = 0
     deployment_events_stored: int = 0
     deployment_repeats: int = 0
+    control_conflicts: int = 0
+    """Records naming a stored label or generation with other content (not stored)."""
     control_records_skipped: int = 0
+    """Records that are not what their topic holds, or that ClickHouse refused."""
 
 
 class ControlRecorder:
@@ -98,24 +99,29 @@ class ControlRecorder:
         )
         if written is None:
             return False
-        for conflict in written.conflicts:
-            self._warn("%s", conflict)
         self.counters.versions_stored += written.inserted
         self.counters.version_repeats += written.repeats
-        self.counters.version_conflicts += len(written.conflicts)
+        self._count_dropped(written)
         return True
 
     async def record_deployments(self, messages: Sequence[RawMessage]) -> bool:
         states = self._parsed(messages, parse_deployment_record)
         received_at = datetime.fromtimestamp(self._clock(), UTC)
-        inserted = await self._retry(
+        written = await self._retry(
             "storing deployment events", lambda: self._deployments.write(states, received_at)
         )
-        if inserted is None:
+        if written is None:
             return False
-        self.counters.deployment_events_stored += inserted
-        self.counters.deployment_repeats += len(states) - inserted
+        self.counters.deployment_events_stored += written.inserted
+        self.counters.deployment_repeats += written.repeats
+        self._count_dropped(written)
         return True
+
+    def _count_dropped(self, written: ControlWrite) -> None:
+        for reason in (*written.conflicts, *written.refused):
+            self._warn("not stored: %s", reason)
+        self.counters.control_conflicts += len(written.conflicts)
+        self.counters.control_records_skipped += len(written.refused)
 
     def _parsed(
         self,

@@ -11,7 +11,7 @@ ClickHouse).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Generic, TypeVar
@@ -20,7 +20,7 @@ from clickhouse_connect.driver.client import Client
 
 from schemas.deployment import DeploymentState
 from schemas.version import AgentVersion, canonical_json
-from streams.storage.clickhouse import DATABASE
+from streams.storage.clickhouse import DATABASE, isolate_refused_rows
 
 AGENT_VERSION_COLUMNS: Final = (
     "agent",
@@ -75,12 +75,18 @@ class Positioned(Generic[T]):
 
 
 @dataclass
-class VersionsWrite:
+class ControlWrite:
+    """What storing a batch of control records did."""
+
     inserted: int = 0
     repeats: int = 0
-    """Records of a stored version with its digest: delivered again, or registered again."""
+    """Records of a stored row with the same content: delivered again, registered again."""
     conflicts: list[str] = field(default_factory=list)
-    """Records naming a stored version with another digest: never stored, each a reason."""
+    """Records naming a stored row (a label, a generation) with other content: never
+    stored, each a reason. The row keeps the first record's content."""
+    refused: list[str] = field(default_factory=list)
+    """Records whose values ClickHouse refused (a number out of a column's range): never
+    stored, each a reason."""
 
 
 def agent_version_row(version: AgentVersion, offset: int) -> tuple[Any, ...]:
@@ -147,36 +153,22 @@ class AgentVersionWriter:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def write(self, versions: Sequence[Positioned[AgentVersion]]) -> VersionsWrite:
+    def write(self, versions: Sequence[Positioned[AgentVersion]]) -> ControlWrite:
         """Versions in offset order. Raises the client's error when ClickHouse fails; the
         caller retries the whole batch, which this method makes safe."""
-        result = VersionsWrite()
         if not versions:
-            return result
-        known = self._stored({(p.value.agent, p.value.version) for p in versions})
-        rows = []
-        for positioned in versions:
-            version = positioned.value
-            label = (version.agent, version.version)
-            digest = known.get(label)
-            if digest is None:
-                known[label] = version.digest
-                rows.append(agent_version_row(version, positioned.offset))
-            elif digest == version.digest:
-                result.repeats += 1
-            else:
-                result.conflicts.append(
-                    f"{version.key} at offset {positioned.offset} has digest {version.digest}, "
-                    f"but the version is {digest}: versions never change, not stored"
-                )
-        if rows:
-            self._client.insert(
-                f"{DATABASE}.agent_versions", rows, column_names=list(AGENT_VERSION_COLUMNS)
-            )
-        result.inserted = len(rows)
-        return result
+            return ControlWrite()
+        stored = self._stored({(p.value.agent, p.value.version) for p in versions})
+        return _write_new(
+            self._client,
+            "agent_versions",
+            columns=AGENT_VERSION_COLUMNS,
+            records=[((p.value.agent, p.value.version), p.value.digest, p) for p in versions],
+            stored=stored,
+            row_of=lambda p: agent_version_row(p.value, p.offset),
+        )
 
-    def _stored(self, labels: set[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    def _stored(self, labels: set[tuple[str, str]]) -> dict[Hashable, str]:
         # argMin: a copy a rebalance race slipped in is folded towards the first record.
         found = self._client.query(
             f"SELECT agent, version, argMin(digest, kafka_offset) FROM {DATABASE}.agent_versions "
@@ -188,33 +180,73 @@ class AgentVersionWriter:
 
 
 class DeploymentEventWriter:
-    """Stores one row per (agent, generation): the first record of each."""
+    """Stores one row per (agent, generation): the first record of each. Another state for a
+    stored generation (two controllers at once?) is a conflict, reported and not stored."""
 
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def write(self, states: Sequence[Positioned[DeploymentState]], received_at: datetime) -> int:
-        """States in offset order; returns the rows inserted. Raises the client's error when
-        ClickHouse fails; the caller retries the whole batch, which this method makes safe."""
+    def write(
+        self, states: Sequence[Positioned[DeploymentState]], received_at: datetime
+    ) -> ControlWrite:
+        """States in offset order. Raises the client's error when ClickHouse fails; the caller
+        retries the whole batch, which this method makes safe."""
         if not states:
-            return 0
-        known = self._stored({(p.value.agent, p.value.generation) for p in states})
-        rows = []
-        for positioned in states:
-            key = (positioned.value.agent, positioned.value.generation)
-            if key not in known:
-                known.add(key)
-                rows.append(deployment_event_row(positioned.value, positioned.offset, received_at))
-        if rows:
-            self._client.insert(
-                f"{DATABASE}.deployment_events", rows, column_names=list(DEPLOYMENT_EVENT_COLUMNS)
-            )
-        return len(rows)
+            return ControlWrite()
+        stored = self._stored({(p.value.agent, p.value.generation) for p in states})
+        return _write_new(
+            self._client,
+            "deployment_events",
+            columns=DEPLOYMENT_EVENT_COLUMNS,
+            records=[
+                ((p.value.agent, p.value.generation), p.value.model_dump_json(), p) for p in states
+            ],
+            stored=stored,
+            row_of=lambda p: deployment_event_row(p.value, p.offset, received_at),
+        )
 
-    def _stored(self, keys: set[tuple[str, int]]) -> set[tuple[str, int]]:
+    def _stored(self, keys: set[tuple[str, int]]) -> dict[Hashable, str]:
         found = self._client.query(
-            f"SELECT DISTINCT agent, generation FROM {DATABASE}.deployment_events "
-            "WHERE (agent, generation) IN {keys:Array(Tuple(String, UInt64))}",
+            f"SELECT agent, generation, argMin(state, kafka_offset) "
+            f"FROM {DATABASE}.deployment_events "
+            "WHERE (agent, generation) IN {keys:Array(Tuple(String, UInt64))} "
+            "GROUP BY agent, generation",
             parameters={"keys": sorted(keys)},
         )
-        return {(agent, int(generation)) for agent, generation in found.result_rows}
+        return {(agent, int(gen)): state for agent, gen, state in found.result_rows}
+
+
+def _write_new(
+    client: Client,
+    table: str,
+    *,
+    columns: Sequence[str],
+    records: Sequence[tuple[Hashable, str, Positioned[Any]]],
+    stored: dict[Hashable, str],
+    row_of: Callable[[Positioned[Any]], tuple[Any, ...]],
+) -> ControlWrite:
+    """Insert the first record of each key not in ``stored`` (key → content); a later record
+    of a key is a repeat when its content is the same, else a conflict."""
+    result = ControlWrite()
+    rows = []
+    for key, content, positioned in records:
+        known = stored.get(key)
+        if known is None:
+            stored[key] = content
+            rows.append(row_of(positioned))
+        elif known == content:
+            result.repeats += 1
+        else:
+            result.conflicts.append(
+                f"{table} {key} at offset {positioned.offset} has other content than the "
+                "stored row: not stored (the first record of a key is kept)"
+            )
+
+    def insert(chunk: Sequence[tuple[Any, ...]]) -> None:
+        client.insert(f"{DATABASE}.{table}", chunk, column_names=list(columns))
+
+    # The offset (the last column) names a row; rows ClickHouse refuses are left out.
+    refused = isolate_refused_rows(rows, insert, lambda row: row[-1], f"{table} row")
+    result.refused = [f"offset {offset}: {reason}" for offset, reason in refused.items()]
+    result.inserted = len(rows) - len(refused)
+    return result
