@@ -165,3 +165,9 @@ def test_the_syntax_follows_the_file_name() -> None:
     assert refusal(MINIMAL, "bot.txt") == "a version file's name ends in .yaml, .yml or .json"
     assert "not valid JSON" in refusal(MINIMAL, "bot.json")
     assert parse_version_file(MINIMAL.encode(), "BOT.YML").version == "v1"
+
+
+def test_the_readme_shows_the_example_file_as_it_is() -> None:
+    readme = (EXAMPLES.parents[1] / "README.md").read_text(encoding="utf-8")
+    example = (EXAMPLES / "support-bot-v1.yaml").read_text(encoding="utf-8")
+    assert f"```yaml\n{example}```" in readme
