@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
-
-from pydantic import ValidationError
 
 from schemas.deployment import DeploymentState
 from schemas.version import AgentVersion
@@ -26,8 +24,11 @@ from streams.ingest.route import RawMessage
 from streams.logs import RateLimitedLog
 from streams.runtime.processor import Retrier
 from streams.storage.control import ControlWrite, Positioned
-from streams.versions.catalog import InvalidRecordError, parse_version_record
-from streams.versions.load import describe_validation_error
+from streams.versions.catalog import (
+    InvalidRecordError,
+    parse_keyed_record,
+    parse_version_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,17 +37,14 @@ Record = TypeVar("Record", AgentVersion, DeploymentState)
 
 def parse_deployment_record(key: bytes | None, value: bytes | None) -> DeploymentState:
     """The state a ``coalmine.deployments`` record holds, or :class:`InvalidRecordError`."""
-    if value is None:
-        raise InvalidRecordError("a tombstone (the audit trail keeps every generation)")
-    try:
-        state = DeploymentState.model_validate_json(value)
-    except ValidationError as exc:
-        raise InvalidRecordError(
-            f"not a deployment state: {describe_validation_error(exc)}"
-        ) from None
-    if key != state.agent.encode():
-        raise InvalidRecordError(f"its key {key!r} is not {state.agent!r}, its agent")
-    return state
+    return parse_keyed_record(
+        DeploymentState,
+        key,
+        value,
+        key_of=lambda state: state.agent,
+        what="a deployment state",
+        deleted="the audit trail keeps every generation",
+    )
 
 
 class VersionStore(Protocol):
@@ -94,28 +92,33 @@ class ControlRecorder:
 
     async def record_versions(self, messages: Sequence[RawMessage]) -> bool:
         versions = self._parsed(messages, parse_version_record)
-        written = await self._retry(
-            "storing agent versions", lambda: self._versions.write(versions)
-        )
+        written = await self._stored("agent versions", lambda: self._versions.write(versions))
         if written is None:
             return False
         self.counters.versions_stored += written.inserted
         self.counters.version_repeats += written.repeats
-        self._count_dropped(written)
         return True
 
     async def record_deployments(self, messages: Sequence[RawMessage]) -> bool:
         states = self._parsed(messages, parse_deployment_record)
         received_at = datetime.fromtimestamp(self._clock(), UTC)
-        written = await self._retry(
-            "storing deployment events", lambda: self._deployments.write(states, received_at)
+        written = await self._stored(
+            "deployment events", lambda: self._deployments.write(states, received_at)
         )
         if written is None:
             return False
         self.counters.deployment_events_stored += written.inserted
         self.counters.deployment_repeats += written.repeats
-        self._count_dropped(written)
         return True
+
+    async def _stored(
+        self, what: str, write: Callable[[], Awaitable[ControlWrite]]
+    ) -> ControlWrite | None:
+        """``write``, retried; what it refused logged and counted. None: the worker stopped."""
+        written = await self._retry(f"storing {what}", write)
+        if written is not None:
+            self._count_dropped(written)
+        return written
 
     def _count_dropped(self, written: ControlWrite) -> None:
         for reason in (*written.conflicts, *written.refused):

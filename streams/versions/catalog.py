@@ -16,16 +16,19 @@ same way, so every reader agrees on what a label names:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas.version import AgentVersion, version_key
 from streams.errors import CoalmineError
 from streams.sdk.compacted import TopicRecord
 from streams.versions.load import describe_validation_error
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class VersionNotFoundError(CoalmineError):
@@ -67,17 +70,37 @@ class InvalidRecordError(ValueError):
 
 def parse_version_record(key: bytes | None, value: bytes | None) -> AgentVersion:
     """The version a ``coalmine.versions`` record holds, or :class:`InvalidRecordError`."""
+    return parse_keyed_record(
+        AgentVersion,
+        key,
+        value,
+        key_of=lambda v: v.key,
+        what="an agent version",
+        deleted="versions are never deleted",
+    )
+
+
+def parse_keyed_record(
+    model: type[M],
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    key_of: Callable[[M], str],
+    what: str,
+    deleted: str,
+) -> M:
+    """The ``model`` a state topic's record holds, whose key must be ``key_of`` its value;
+    :class:`InvalidRecordError` saying why not (``what`` the model is, for people;
+    ``deleted``: why a tombstone is not one)."""
     if value is None:
-        raise InvalidRecordError("a tombstone (versions are never deleted)")
+        raise InvalidRecordError(f"a tombstone ({deleted})")
     try:
-        version = AgentVersion.model_validate_json(value)
+        parsed = model.model_validate_json(value)
     except ValidationError as exc:
-        raise InvalidRecordError(
-            f"not an agent version: {describe_validation_error(exc)}"
-        ) from None
-    if key != version.key.encode():
-        raise InvalidRecordError(f"its key {key!r} is not {version.key!r}, the key of its value")
-    return version
+        raise InvalidRecordError(f"not {what}: {describe_validation_error(exc)}") from None
+    if key != key_of(parsed).encode():
+        raise InvalidRecordError(f"its key {key!r} is not {key_of(parsed)!r}, the key of its value")
+    return parsed
 
 
 @dataclass(frozen=True)
@@ -139,11 +162,16 @@ class VersionCatalog:
         found = self.get(agent, version)
         if found is not None:
             return found
+        known = self.require_agent(agent)
+        labels = ", ".join(v.version for v in known[-5:])
+        raise VersionNotFoundError(f"agent {agent!r} has no version {version!r} (latest: {labels})")
+
+    def require_agent(self, agent: str) -> list[AgentVersion]:
+        """The agent's versions (:meth:`of_agent`); :class:`VersionNotFoundError` if none."""
         known = self.of_agent(agent)
         if not known:
             raise VersionNotFoundError(f"no versions of agent {agent!r} are registered")
-        labels = ", ".join(v.version for v in known[-5:])
-        raise VersionNotFoundError(f"agent {agent!r} has no version {version!r} (latest: {labels})")
+        return known
 
     def of_agent(self, agent: str) -> list[AgentVersion]:
         """The agent's versions in the order they were registered."""

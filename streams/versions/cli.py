@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from streams.errors import CoalmineError
 
@@ -109,60 +109,51 @@ def _user() -> str:
 
 
 def _list(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.versions.registry import VersionRegistry
     from streams.versions.text import version_table
 
-    catalog = VersionRegistry(settings).catalog()
-    versions = catalog.of_agent(args.agent)
-    if not versions:
-        raise CoalmineError(f"no versions of agent {args.agent!r} are registered")
-    _print(version_table(versions))
-    _warn_conflicts(catalog, args.agent)
+    _print(version_table(_catalog(settings, args.agent).require_agent(args.agent)))
     return 0
 
 
 def _show(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.versions.registry import VersionRegistry
     from streams.versions.text import version_details
 
-    catalog = VersionRegistry(settings).catalog()
-    version = catalog.require(args.agent, args.version)
+    version = _catalog(settings, args.agent).require(args.agent, args.version)
     if args.json:
         print(version.model_dump_json(indent=2))
     else:
         _print(version_details(version))
-    _warn_conflicts(catalog, args.agent)
     return 0
 
 
 def _diff(args: argparse.Namespace, settings: Settings) -> int:
     from streams.versions.diff import diff_versions
-    from streams.versions.registry import VersionRegistry
 
-    catalog = VersionRegistry(settings).catalog()
-    old = catalog.require(args.agent, args.a)
-    new = catalog.require(args.agent, args.b)
-    _print(diff_versions(old, new))
+    catalog = _catalog(settings, args.agent)
+    _print(diff_versions(catalog.require(args.agent, args.a), catalog.require(args.agent, args.b)))
     return 0
 
 
-def _warn_conflicts(catalog: VersionCatalog, agent: str) -> None:
-    from streams.versions.text import printable
+def _catalog(settings: Settings, agent: str) -> VersionCatalog:
+    """The versions on the topic now; conflicts naming ``agent``'s labels are warned about."""
+    from streams.versions.registry import VersionRegistry
 
+    catalog = VersionRegistry(settings).catalog()
     for conflict in catalog.conflicts:
         if conflict.key.rpartition("/")[0] == agent:
-            print(
-                printable(
-                    f"coalmine: warning: {conflict.key} was registered again with other content "
-                    f"({conflict.refused_digest}, offset {conflict.offset}); it names "
+            _print(
+                [
+                    f"coalmine: warning: {conflict.key} was registered again with other "
+                    f"content ({conflict.refused_digest}, offset {conflict.offset}); it names "
                     f"{conflict.kept_digest}, its first content"
-                ),
-                file=sys.stderr,
+                ],
+                sys.stderr,
             )
+    return catalog
 
 
-def _print(lines: Iterable[str]) -> None:
+def _print(lines: Iterable[str], to: TextIO = sys.stdout) -> None:
     from streams.versions.text import printable
 
     for line in lines:
-        print(printable(line))
+        print(printable(line), file=to)

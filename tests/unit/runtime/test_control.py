@@ -113,7 +113,7 @@ def test_a_write_no_retry_can_mend_stops_the_worker() -> None:
         (
             b"other-bot",
             canary_state().model_dump_json().encode(),
-            "is not 'support-bot', its agent",
+            "is not 'support-bot', the key of its value",
         ),
     ],
 )
