@@ -56,7 +56,8 @@ def read_to_end(
     try:
         return _read(consumer, topic, time.monotonic() + timeout_s, timeout_s)
     except KafkaException as exc:
-        raise TopicReadError(f"cannot read {topic}: {exc.args[0].str()}") from None
+        where = config.get("bootstrap.servers")
+        raise TopicReadError(f"cannot read {topic} from {where}: {exc.args[0].str()}") from None
     finally:
         consumer.close()
 

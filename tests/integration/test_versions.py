@@ -23,7 +23,7 @@ from streams.devtools.worker_process import WorkerProcess
 from streams.sdk.compacted import read_to_end
 from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import TopicSpec, ensure_topics
 from streams.versions.catalog import VersionCatalog, VersionConflictError
 from streams.versions.load import parse_version_file
 from streams.versions.registry import VersionRegistry
@@ -284,3 +284,27 @@ def rewind(settings: Settings, topic: str, timeout_s: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
+
+
+def test_read_to_end_reads_every_partition_and_a_missing_topic_as_empty(
+    kafka_settings: Settings, tmp_path: Path
+) -> None:
+    settings = isolated_settings(kafka_settings, tmp_path)
+    config = client_config(settings)
+    assert read_to_end(config, settings.topic(VERSIONS)) == []
+    name = f"{settings.topic_prefix}.three"
+    ensure_topics(settings, [TopicSpec(name, 3)])
+    assert read_to_end(config, name) == []
+    producer = Producer({**config, "acks": "all"})
+    for i in range(20):
+        producer.produce(name, key=f"k{i}".encode(), value=str(i).encode(), partition=i % 2)
+    producer.produce(name, key=b"gone", value=None, partition=0)
+    assert producer.flush(30) == 0
+
+    records = read_to_end(config, name)
+    assert sorted((r.partition, r.offset) for r in records) == sorted(
+        [(0, i) for i in range(11)] + [(1, i) for i in range(10)]
+    )
+    assert {r.value for r in records} == {str(i).encode() for i in range(20)} | {None}
+    in_partition_one = [int(r.value or b"") for r in records if r.partition == 1]
+    assert in_partition_one == sorted(in_partition_one)
