@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.set_defaults(handler=_sql)
 
+    from streams.versions.cli import add_versions_parser
+
+    add_versions_parser(commands)
+
     demo = commands.add_parser("demo", help="Kafka + worker + generated traffic, end to end")
     demo.add_argument(
         "--duration", type=float_in(DURATION_S), default=60.0, help="seconds of traffic"
@@ -178,10 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="events in the backlog (default %(default)s)",
     )
     ing.set_defaults(handler=_bench_ingest)
-
-    from streams.versions.cli import add_versions_parser
-
-    add_versions_parser(commands)
     return parser
 
 
