@@ -16,6 +16,9 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from streams.errors import CoalmineError
 
+FETCH_WAIT_MS = 10
+CONSUME_WAIT_S = 0.02
+
 
 class TopicReadError(CoalmineError):
     """The topic could not be read to its end: the broker does not answer, or took too long."""
@@ -51,6 +54,9 @@ def read_to_end(
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
+            # A reader waits for the end, not for more records: the broker's default wait for
+            # a fuller fetch (500 ms) would be most of a command's time.
+            "fetch.wait.max.ms": FETCH_WAIT_MS,
         }
     )
     try:
@@ -85,7 +91,8 @@ def _read(consumer: Consumer, topic: str, deadline: float, timeout_s: float) -> 
                 f"{topic} was not read to its end within {timeout_s:.0f} s "
                 f"({len(records)} records read)"
             )
-        for message in consumer.consume(num_messages=1000, timeout=0.2):
+        # consume() returns early only with a full batch: short waits, many rounds.
+        for message in consumer.consume(num_messages=1000, timeout=CONSUME_WAIT_S):
             error = message.error()
             if error is not None:
                 if error.code() != KafkaError._PARTITION_EOF:
