@@ -62,7 +62,8 @@ def prompt_changes(
                 n=CONTEXT_LINES,
                 lineterm="",
             )
-            lines += [INDENT + line for line in unified]
+            text_lines = [INDENT + line for line in unified]
+            lines += text_lines or [f"{INDENT}(only line endings or the final newline differ)"]
     return lines
 
 
@@ -115,9 +116,13 @@ def value_changes(old: Any, new: Any, path: str = "") -> list[str]:
         for index, (a, b) in enumerate(zip(old, new, strict=True)):
             lines += value_changes(a, b, f"{path}.{index}" if path else str(index))
         return lines
-    if old == new and type(old) is type(new):
+    if _canonical(old) == _canonical(new):  # as the digest sees them: 1 ≠ 1.0, 0.0 ≠ -0.0
         return []
     return [f"{path or 'value'}: {_shown(old)} → {_shown(new)}"]
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
 
 
 def _shown(value: Any) -> str:

@@ -144,3 +144,17 @@ def test_show_and_list_hold_every_part() -> None:
     ]
     assert header.index("DIGEST") == first.index("sha256:")
     assert second.endswith("…")
+
+
+def test_differences_only_the_digest_sees_are_still_shown() -> None:
+    assert value_changes({"t": 0.0}, {"t": -0.0}) == ["t: 0.0 → -0.0"]
+    assert value_changes([1, True], [1, True]) == []
+    v1 = example("v1")
+    crlf = changed(
+        v1,
+        prompts={**v1.bundle.prompts, "escalation": "Apologise once and offer a human agent.\r\n"},
+    )
+    assert diff_versions(v1, crlf)[-2:] == [
+        "  changed: escalation",
+        "    (only line endings or the final newline differ)",
+    ]
