@@ -14,9 +14,9 @@ import hashlib
 import json
 from typing import Annotated, Any, Final
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from schemas.trace import PRINTABLE_NOT_BLANK, Identifier
+from schemas.trace import PRINTABLE_NOT_BLANK, UNPRINTABLE, Identifier
 
 MAX_BUNDLE_BYTES: Final = 256 * 1024
 """Largest canonical bundle accepted: prompts and tool schemas, not knowledge bases."""
@@ -26,6 +26,18 @@ Name = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=PR
 Text = Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS)]
 Scalar = str | bool | int | float | None
 """A model parameter or config value: what YAML and JSON agree on without nesting."""
+VersionLabel = Annotated[
+    str,
+    StringConstraints(
+        min_length=1,
+        max_length=128,
+        pattern=f"^[^/{UNPRINTABLE}]*[^\\s/{UNPRINTABLE}][^/{UNPRINTABLE}]*$",
+    ),
+]
+"""A version label such as ``v13``: printable, not blank, and without ``/``, so that the
+record key ``agent/version`` names one version even when an agent's name holds a ``/``."""
+Description = Annotated[str, StringConstraints(max_length=2048)]
+"""What a version changes, for people; not part of the digest."""
 DIGEST_PATTERN: Final = r"^sha256:[0-9a-f]{64}$"
 Digest = Annotated[str, StringConstraints(pattern=DIGEST_PATTERN)]
 
@@ -74,17 +86,40 @@ class AgentBundle(_Strict):
     knowledge_bases: tuple[KnowledgeBaseRef, ...] = ()
     extra: dict[Name, Scalar] = Field(default_factory=dict, description="A small free map.")
 
+    @model_validator(mode="after")
+    def _names_are_unique(self) -> AgentBundle:
+        # A diff, a router and an agent look tools (and the rest) up by name: two of one name
+        # would leave it to chance which one they find.
+        for field, items in (
+            ("tools", self.tools),
+            ("guardrails", self.guardrails),
+            ("knowledge_bases", self.knowledge_bases),
+        ):
+            names = [item.name for item in items]
+            if twice := sorted({name for name in names if names.count(name) > 1}):
+                raise ValueError(f"{field}: the name {twice[0]!r} is used more than once")
+        return self
+
 
 class AgentVersion(_Strict):
     """One registered version, as published on ``coalmine.versions``."""
 
     agent: Identifier
-    version: Identifier
+    version: VersionLabel
     digest: Digest
     created_at: AwareDatetime
     created_by: Identifier
-    description: Annotated[str, StringConstraints(max_length=2048)] = ""
+    description: Description = ""
     bundle: AgentBundle
+
+    @model_validator(mode="after")
+    def _digest_matches_bundle(self) -> AgentVersion:
+        # A record whose digest does not name its content is refused wherever it is read:
+        # readers compare versions by digest alone.
+        actual = bundle_digest(self.bundle)
+        if self.digest != actual:
+            raise ValueError(f"digest {self.digest} is not the bundle's digest ({actual})")
+        return self
 
     @property
     def key(self) -> str:
@@ -97,9 +132,11 @@ def version_key(agent: str, version: str) -> str:
 
 
 def canonical_json(bundle: AgentBundle) -> bytes:
-    """Sorted keys, no whitespace, UTF-8: equal content gives equal bytes."""
+    """Sorted keys, no whitespace, UTF-8: equal content gives equal bytes. Fields left at their
+    default are left out, so a field added to the bundle later (with a default) does not change
+    the digest of any version registered before it."""
     return json.dumps(
-        bundle.model_dump(mode="json"),
+        bundle.model_dump(mode="json", exclude_defaults=True),
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

@@ -17,7 +17,7 @@ from streams.settings import Range, Settings, SettingsError
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 WORKER_EXTRA_MODULES = frozenset(
-    {"faust", "mode", "aiokafka", "uvloop", "clickhouse_connect", "chdb", "numpy", "scipy"}
+    {"faust", "mode", "aiokafka", "uvloop", "clickhouse_connect", "chdb", "numpy", "scipy", "yaml"}
 )
 """What the ``worker`` extra installs (pyproject.toml); a subcommand that imports one of these
 on a base install, the SDK alone, asks for the extra instead of failing with a traceback."""
@@ -211,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     from streams.controller.commands import add_commands as add_deployment_commands
 
     add_deployment_commands(commands)
+    from streams.versions.cli import add_versions_parser
+
+    add_versions_parser(commands)
 
     demo = commands.add_parser("demo", help="Kafka + worker + generated traffic, end to end")
     demo.add_argument(

@@ -24,7 +24,7 @@ from schemas.plan import RolloutPlan
 from schemas.topics import COMMAND_OUTCOMES, COMMANDS, DEPLOYMENTS
 from streams.controller.records import load_states
 from streams.errors import CoalmineError
-from streams.sdk.compacted import read_to_end
+from streams.sdk.compacted import latest, read_to_end
 from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
 
@@ -160,7 +160,9 @@ def describe(state: DeploymentState, now: datetime | None = None) -> str:
 
 
 def status(settings: Settings, agent: str | None, as_json: bool) -> int:
-    table = read_to_end(client_config(settings), settings.topic(DEPLOYMENTS), KAFKA_TIMEOUT_S)
+    table = latest(
+        read_to_end(client_config(settings), settings.topic(DEPLOYMENTS), KAFKA_TIMEOUT_S)
+    )
     states = sorted(load_states(table).values(), key=lambda s: s.agent)
     if agent is not None:
         states = [s for s in states if s.agent == agent]

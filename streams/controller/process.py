@@ -52,12 +52,13 @@ from streams.controller.inputs import (
     Tick,
 )
 from streams.controller.machine import MAX_STEPS_PER_TICK, apply
-from streams.controller.records import load_states, version_digests
+from streams.controller.records import load_states
 from streams.errors import CoalmineError
-from streams.sdk.compacted import CompactedReader, read_to_end, retrying
+from streams.sdk.compacted import CompactedReader, latest, read_to_end, retrying
 from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
 from streams.topics import TopicSpec, ensure_topics
+from streams.versions.catalog import VersionCatalog
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +118,21 @@ class Controller:
         self._next_commit = 0.0
         self._connect = client_config(settings)
         self._versions_reader: CompactedReader | None = None
+        self._catalog = VersionCatalog()
+        """Versions as every reader sees them: a label's first record."""
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
 
     def start(self) -> None:
         ensure_topics(self.settings, [TopicSpec.of(t, self.settings) for t in CONTROL_TOPICS])
-        deployments = read_to_end(self._connect, self.settings.topic(DEPLOYMENTS), READ_TIMEOUT_S)
+        deployments = latest(
+            read_to_end(self._connect, self.settings.topic(DEPLOYMENTS), READ_TIMEOUT_S)
+        )
         self.states = load_states(deployments)
         self._versions_reader = CompactedReader(
             self._connect, self.settings.topic(VERSIONS), READ_TIMEOUT_S
         )
-        self.versions = version_digests(self._versions_reader.catch_up())
+        self.versions = self._catalog.observe_all(self._versions_reader.catch_up())
         self._producer = Producer(
             {**self._connect, "acks": "all", "enable.idempotence": True, "linger.ms": 0}
         )
@@ -248,7 +253,7 @@ class Controller:
 
     def _refresh_versions(self) -> None:
         assert self._versions_reader is not None
-        self.versions = version_digests(self._versions_reader.catch_up())
+        self.versions = self._catalog.observe_all(self._versions_reader.catch_up())
 
     def _write(self, state: DeploymentState) -> None:
         assert self._producer is not None

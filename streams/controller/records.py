@@ -1,5 +1,5 @@
-"""The controller's compacted topics read as tables: deployment states by agent, version
-digests by (agent, version). Records that do not parse are skipped and logged."""
+"""Deployment states by agent, from the compacted topic read as a table. Records that do not
+parse are skipped and logged."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from schemas.deployment import DeploymentState
-from schemas.version import AgentVersion
 from streams.sdk.compacted import Table
 
 log = logging.getLogger(__name__)
@@ -34,8 +33,3 @@ def _records(table: Table, model: type[M]) -> list[M]:
 def load_states(table: Table) -> dict[str, DeploymentState]:
     """The deployment records of a compacted-topic table, by agent."""
     return {state.agent: state for state in _records(table, DeploymentState)}
-
-
-def version_digests(table: Table) -> dict[tuple[str, str], str]:
-    """(agent, version) → digest of the registered versions."""
-    return {(v.agent, v.version): v.digest for v in _records(table, AgentVersion)}

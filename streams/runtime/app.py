@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import faust
@@ -22,11 +23,14 @@ from faust.types import TP, EventT
 from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
-from schemas.topics import TRACES, TRACES_DLQ, VERSION_STATS
+from schemas.deployment import DeploymentState
+from schemas.topics import DEPLOYMENTS, TRACES, TRACES_DLQ, VERSION_STATS, VERSIONS
+from schemas.version import AgentVersion
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
 from streams.ingest.pricing import PriceTable
 from streams.ingest.route import Header, RawMessage, SpanRow, SpanWrite
 from streams.runtime import faust_auth, sqlpage
+from streams.runtime.control import ControlRecorder
 from streams.runtime.health import HealthState, PartitionPosition, assess, next_offsets
 from streams.runtime.processor import (
     IngestProcessor,
@@ -39,6 +43,12 @@ from streams.runtime.processor import (
 from streams.runtime.windows import StreamWindows
 from streams.settings import Settings
 from streams.storage import clickhouse
+from streams.storage.control import (
+    AgentVersionWriter,
+    ControlWrite,
+    DeploymentEventWriter,
+    Positioned,
+)
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +189,75 @@ def _last_fetch_ms(consumer: Any, tp: TP) -> int | None:
     return cast(int | None, client.last_poll_timestamp(tp))
 
 
+CONTROL_BATCH_MAX = 500
+CONTROL_BATCH_S = 0.2
+
+
+class AsyncAgentVersions:
+    """The agent version writer, called on the ClickHouse thread."""
+
+    def __init__(self, thread: ClickHouseThread) -> None:
+        self._thread = thread
+
+    async def write(self, versions: Sequence[Positioned[AgentVersion]]) -> ControlWrite:
+        return await self._thread.run(lambda c: AgentVersionWriter(c).write(versions))
+
+
+class AsyncDeploymentEvents:
+    """The deployment event writer, called on the ClickHouse thread."""
+
+    def __init__(self, thread: ClickHouseThread) -> None:
+        self._thread = thread
+
+    async def write(
+        self, states: Sequence[Positioned[DeploymentState]], received_at: datetime
+    ) -> ControlWrite:
+        return await self._thread.run(lambda c: DeploymentEventWriter(c).write(states, received_at))
+
+
+def install_control_agents(
+    app: faust.App, settings: Settings, thread: ClickHouseThread, retry: Retrier
+) -> ControlRecorder:
+    """Agents storing ``coalmine.versions`` and ``coalmine.deployments`` in ClickHouse, apart
+    from the span path: their own streams, small batches, acknowledged once stored. Each
+    topic has one partition, so one worker of the group stores it."""
+    recorder = ControlRecorder(AsyncAgentVersions(thread), AsyncDeploymentEvents(thread), retry)
+    for topic, record in (
+        (VERSIONS, recorder.record_versions),
+        (DEPLOYMENTS, recorder.record_deployments),
+    ):
+        channel = app.topic(
+            settings.topic(topic),
+            key_type=bytes,
+            value_type=bytes,
+            partitions=topic.partitions(settings),
+            replicas=settings.replication_factor,
+        )
+        app.agent(channel, concurrency=1, name=f"store-{topic.name}")(
+            _acknowledged_once_stored(app, record)
+        )
+    return recorder
+
+
+def _acknowledged_once_stored(
+    app: faust.App, record: Callable[[Sequence[RawMessage]], Awaitable[bool]]
+) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
+    async def agent(stream: faust.StreamT[bytes]) -> None:
+        async for events in _event_batches(stream, CONTROL_BATCH_MAX, CONTROL_BATCH_S):
+            try:
+                stored = await record([_raw_message(e) for e in events])
+            except Exception as exc:  # a write no retry can mend: stop, unacknowledged
+                log.critical("storing control records failed; stopping the worker: %s", exc)
+                await app.crash(exc)
+                return
+            if not stored:
+                return
+            for event in events:
+                await stream.ack(event)
+
+    return agent
+
+
 def create_app(
     settings: Settings,
     thread: ClickHouseThread,
@@ -312,17 +391,16 @@ def create_app(
                 emitter.cancel()
 
     @app.on_partitions_revoked.connect
-    async def forget_windows(
-        sender: faust.App, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
-    ) -> None:
-        if windows is not None:
-            await windows.forget()
-
-    @app.on_partitions_revoked.connect
-    async def forget_positions(
+    async def forget_windows_and_positions(
         sender: faust.App, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
     ) -> None:
         health.forget_partitions()
+        if windows is not None:
+            await windows.forget()
+
+    control = install_control_agents(
+        app, settings, thread, Retrier(stopping, RetryPolicy(), health)
+    )
 
     @app.page("/health")
     class Health(View):
@@ -341,6 +419,7 @@ def create_app(
                     **verdict.details,
                     **processor.counters.__dict__,
                     **window_counters,
+                    **control.counters.__dict__,
                 }
             )
 

@@ -281,7 +281,7 @@ class SpanWriter:
             elif found[1] not in (0, row.content_hash):
                 refused[position(row)] = _conflict(row.event_id, found[0])
         for chunk in chunks_by_day(new_rows, lambda row: row.start_time):
-            refused.update(isolate_refused_rows(chunk, self._insert))
+            refused.update(isolate_refused_rows(chunk, self._insert, position, "span"))
         inserted = [row for row in new_rows if position(row) not in refused]
         for row in inserted:
             owners[row.event_id] = position(row)
@@ -338,6 +338,7 @@ MAX_PARTITIONS_PER_INSERT = 100
 day, and an insert touching more days is refused as a whole."""
 
 Row = TypeVar("Row")
+Key = TypeVar("Key")
 
 
 def chunks_by_day(
@@ -355,11 +356,14 @@ def chunks_by_day(
 
 
 def isolate_refused_rows(
-    rows: Sequence[SpanRow], insert: Callable[[Sequence[SpanRow]], None]
-) -> dict[Owner, str]:
+    rows: Sequence[Row],
+    insert: Callable[[Sequence[Row]], None],
+    identify: Callable[[Row], Key],
+    what: str,
+) -> dict[Key, str]:
     """Insert ``rows``; when ClickHouse refuses their values, halve until the rows at fault
-    are alone, and return those with the reason (the others are inserted). Any other failure
-    is raised: retrying the batch is then the caller's decision."""
+    are alone, and return those (by ``identify``) with the reason (the others are inserted).
+    Any other failure is raised: retrying the batch is then the caller's decision."""
     if not rows:
         return {}
     try:
@@ -368,10 +372,10 @@ def isolate_refused_rows(
         if classify(exc) is not Failure.DATA:
             raise
         if len(rows) == 1:
-            return {position(rows[0]): f"ClickHouse refused the span: {one_line(exc)}"}
+            return {identify(rows[0]): f"ClickHouse refused the {what}: {one_line(exc)}"}
         middle = len(rows) // 2
-        return isolate_refused_rows(rows[:middle], insert) | isolate_refused_rows(
-            rows[middle:], insert
+        return isolate_refused_rows(rows[:middle], insert, identify, what) | isolate_refused_rows(
+            rows[middle:], insert, identify, what
         )
     return {}
 

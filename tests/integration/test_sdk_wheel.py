@@ -132,3 +132,17 @@ def test_the_receiver_without_the_otlp_extra_says_how_to_get_it(
         (line,) = refused.stderr.splitlines()
         assert line.startswith(f"coalmine: error: `coalmine {' '.join(command)}` needs the otlp")
         assert line.endswith("pip install 'coalmine[otlp]'")
+
+
+def test_version_files_in_json_need_no_extra_and_yaml_ones_say_how_to_get_it(
+    sdk_venv: Path, tmp_path: Path
+) -> None:
+    coalmine, env = sdk_venv / "coalmine", clean_env({})
+    (tmp_path / "bot.json").write_text('{"agent": "a", "version": "v1"}')
+    (tmp_path / "bot.yaml").write_text("agent: a\nversion: v1\n")
+    checked = run([coalmine, "versions", "register", "bot.json"], env, tmp_path, check=False)
+    assert checked.returncode == 2
+    assert checked.stderr == "coalmine: error: bot.json: model: required\n"
+    yaml = run([coalmine, "versions", "register", "bot.yaml"], env, tmp_path, check=False)
+    assert yaml.returncode == 2
+    assert yaml.stderr.startswith("coalmine: error: `coalmine versions` needs the worker extra")

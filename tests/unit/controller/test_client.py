@@ -12,7 +12,7 @@ import pytest
 from schemas.command import CommandAction
 from schemas.deployment import Phase
 from streams.controller.client import MAX_PLAN_BYTES, describe, load_plan, new_command
-from streams.controller.records import load_states, version_digests
+from streams.controller.records import load_states
 from streams.errors import CoalmineError
 from tests.unit.controller.test_machine import STATES, T0
 
@@ -82,7 +82,6 @@ def test_tables_skip_what_does_not_parse() -> None:
     assert canary is not None
     table = {b"bot": canary.model_dump_json().encode(), b"junk": b"{", b"gone": None}
     assert load_states(table) == {"bot": canary}
-    assert version_digests({b"bot/v1": b"[]", b"bot/v2": None}) == {}
 
 
 def test_the_readme_plan_example_is_a_valid_plan(tmp_path: Path) -> None:

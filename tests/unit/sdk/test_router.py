@@ -145,7 +145,7 @@ def test_a_paused_canary_keeps_its_share() -> None:
 
 def test_routes_carry_the_bundle_only_when_the_digest_matches() -> None:
     other = example_version("bot", "v9")
-    impostor = AgentVersion(**{**V2.model_dump(), "digest": other.digest})
+    impostor = AgentVersion(**{**V2.model_dump(), "bundle": other.bundle, "digest": other.digest})
     routes = compile_routes(canary_at(1.0), {V1.key: V1, V2.key: impostor})
     assert routes.stable is not None and routes.stable.bundle == V1.bundle
     assert routes.canary is not None and routes.canary.bundle is None

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
-from streams.ingest.route import SpanRow
+from streams.ingest.route import SpanRow, position
 from streams.storage.clickhouse import chunks_by_day, isolate_refused_rows
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -39,7 +39,7 @@ class RefusingInsert:
 
 def test_rows_with_refused_values_are_isolated_and_the_rest_stored() -> None:
     insert = RefusingInsert({3, 17}, DatabaseError("Code: 321. Value out of range"))
-    refused = isolate_refused_rows([row(i) for i in range(32)], insert)
+    refused = isolate_refused_rows([row(i) for i in range(32)], insert, position, "span")
     assert sorted(refused) == [(0, 3), (0, 17)]
     assert "Code: 321" in refused[(0, 3)]
     assert sorted(insert.stored) == [i for i in range(32) if i not in {3, 17}]
@@ -49,13 +49,13 @@ def test_rows_with_refused_values_are_isolated_and_the_rest_stored() -> None:
 def test_a_failure_that_is_not_about_the_rows_is_raised_for_a_retry() -> None:
     insert = RefusingInsert({3}, OperationalError("connection reset"))
     with pytest.raises(OperationalError):
-        isolate_refused_rows([row(i) for i in range(8)], insert)
+        isolate_refused_rows([row(i) for i in range(8)], insert, position, "span")
     assert insert.stored == []
 
 
 def test_a_clean_insert_is_one_call() -> None:
     insert = RefusingInsert(set(), DatabaseError("unused"))
-    assert isolate_refused_rows([row(i) for i in range(8)], insert) == {}
+    assert isolate_refused_rows([row(i) for i in range(8)], insert, position, "span") == {}
     assert insert.calls == 1
 
 

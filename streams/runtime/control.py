@@ -1,0 +1,147 @@
+"""The control topics into ClickHouse: ``coalmine.versions`` → ``coalmine.agent_versions``
+and ``coalmine.deployments`` → ``coalmine.deployment_events`` (one row per generation).
+
+The worker's agents hand each batch of records here and acknowledge it once this returns
+``True``: rows are stored before offsets move. The stores are idempotent (see
+:mod:`streams.storage.control`), so a batch delivered again adds nothing. A record that is
+not what its topic holds is skipped, counted and logged: the control topics have no dead
+letter topic, and the record stays on its topic for anyone to inspect. No Faust here, and
+the stores are interfaces: unit tests drive it with in-memory ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+from schemas.deployment import DeploymentState
+from schemas.version import AgentVersion
+from streams.ingest.route import RawMessage
+from streams.logs import RateLimitedLog
+from streams.runtime.processor import Retrier
+from streams.storage.control import ControlWrite, Positioned
+from streams.versions.catalog import (
+    InvalidRecordError,
+    parse_keyed_record,
+    parse_version_record,
+)
+
+log = logging.getLogger(__name__)
+
+Record = TypeVar("Record", AgentVersion, DeploymentState)
+
+
+def parse_deployment_record(key: bytes | None, value: bytes | None) -> DeploymentState:
+    """The state a ``coalmine.deployments`` record holds, or :class:`InvalidRecordError`."""
+    return parse_keyed_record(
+        DeploymentState,
+        key,
+        value,
+        key_of=lambda state: state.agent,
+        what="a deployment state",
+        deleted="the audit trail keeps every generation",
+    )
+
+
+class VersionStore(Protocol):
+    async def write(self, versions: Sequence[Positioned[AgentVersion]]) -> ControlWrite:
+        """Store each label's first version once; any failure raised."""
+
+
+class DeploymentEventStore(Protocol):
+    async def write(
+        self, states: Sequence[Positioned[DeploymentState]], received_at: datetime
+    ) -> ControlWrite:
+        """Store one row per (agent, generation) once; any failure raised."""
+
+
+@dataclass
+class ControlCounters:
+    versions_stored: int = 0
+    version_repeats: int = 0
+    deployment_events_stored: int = 0
+    deployment_repeats: int = 0
+    control_conflicts: int = 0
+    """Records naming a stored label or generation with other content (not stored)."""
+    control_records_skipped: int = 0
+    """Records that are not what their topic holds, or that ClickHouse refused."""
+
+
+class ControlRecorder:
+    """Stores batches of control records; ``False`` means the worker stopped before the
+    batch was stored (leave it unacknowledged). A write that can never succeed raises
+    :class:`~streams.runtime.processor.PipelineBugError`: the worker must stop."""
+
+    def __init__(
+        self,
+        versions: VersionStore,
+        deployments: DeploymentEventStore,
+        retry: Retrier,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._versions = versions
+        self._deployments = deployments
+        self._retry = retry
+        self._clock = clock
+        self._warn = RateLimitedLog(log, logging.WARNING, interval_s=5.0)
+        self.counters = ControlCounters()
+
+    async def record_versions(self, messages: Sequence[RawMessage]) -> bool:
+        versions = self._parsed(messages, parse_version_record)
+        written = await self._stored("agent versions", lambda: self._versions.write(versions))
+        if written is None:
+            return False
+        self.counters.versions_stored += written.inserted
+        self.counters.version_repeats += written.repeats
+        return True
+
+    async def record_deployments(self, messages: Sequence[RawMessage]) -> bool:
+        states = self._parsed(messages, parse_deployment_record)
+        received_at = datetime.fromtimestamp(self._clock(), UTC)
+        written = await self._stored(
+            "deployment events", lambda: self._deployments.write(states, received_at)
+        )
+        if written is None:
+            return False
+        self.counters.deployment_events_stored += written.inserted
+        self.counters.deployment_repeats += written.repeats
+        return True
+
+    async def _stored(
+        self, what: str, write: Callable[[], Awaitable[ControlWrite]]
+    ) -> ControlWrite | None:
+        """``write``, retried; what it refused logged and counted. None: the worker stopped."""
+        written = await self._retry(f"storing {what}", write)
+        if written is not None:
+            self._count_dropped(written)
+        return written
+
+    def _count_dropped(self, written: ControlWrite) -> None:
+        for reason in (*written.conflicts, *written.refused):
+            self._warn("not stored: %s", reason)
+        self.counters.control_conflicts += len(written.conflicts)
+        self.counters.control_records_skipped += len(written.refused)
+
+    def _parsed(
+        self,
+        messages: Sequence[RawMessage],
+        parse: Callable[[bytes | None, bytes | None], Record],
+    ) -> list[Positioned[Record]]:
+        parsed = []
+        for message in messages:
+            try:
+                parsed.append(Positioned(parse(message.key, message.value), message.offset))
+            except InvalidRecordError as exc:
+                self.counters.control_records_skipped += 1
+                self._warn(
+                    "skipping %s[%d]@%d: %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    exc,
+                )
+        return parsed
