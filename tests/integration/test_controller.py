@@ -38,7 +38,7 @@ from tests.integration.controller_harness import (
     running_controller,
     wait_for_state,
 )
-from tests.integration.harness import isolated_settings
+from tests.integration.harness import isolated_settings, running_worker, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -104,7 +104,10 @@ def test_a_rollback_request_by_hand_takes_the_canary_out(
     settings: Settings, tmp_path: Path
 ) -> None:
     register(settings, "bot", "v1", "v2")
-    with running_controller(settings, tmp_path / "controller.log"):
+    with (
+        running_worker(settings, tmp_path / "worker.log") as worker,
+        running_controller(settings, tmp_path / "controller.log"),
+    ):
         send(settings, command(CommandAction.DEPLOY, version="v1"))
         canary = send(settings, command(CommandAction.DEPLOY, version="v2", plan=HOLD))
         assert canary.canary_weight == 0.2
@@ -120,6 +123,17 @@ def test_a_rollback_request_by_hand_takes_the_canary_out(
         produce(settings, ROLLBACKS, [("bot", request), ("bot", request)])
         state = wait_for_state(settings, "bot", lambda s: s.phase is Phase.ROLLED_BACK)
         answers = _wait_outcomes(settings, request.id, 2)
+        # The audit trail in ClickHouse, as a person queries it.
+        assert wait_for(worker, "SELECT count() FROM coalmine.deployment_events", 3) == 3
+        audit = worker.sql(
+            "SELECT generation, from_phase, to_phase, cause, canary_version, canary_weight, "
+            "command_id, issued_by, reason FROM coalmine.deployment_events "
+            "WHERE agent = 'bot' ORDER BY generation DESC LIMIT 1"
+        )
+    assert audit == [
+        [3, "canary", "rolled_back", "rollback", "v2", 0.0, "rollback-by-hand-1", "oncall",
+         "error rate 3x the stable's"],
+    ]  # fmt: skip
     assert (state.stable_version, state.canary_version, state.canary_weight) == ("v1", "v2", 0.0)
     assert state.change is not None
     assert (state.change.cause, state.change.command_id, state.change.issued_by) == (
