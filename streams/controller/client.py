@@ -54,29 +54,11 @@ def new_command(agent: str, action: CommandAction, **fields: Any) -> Command:
 
 
 def load_plan(path: Path) -> RolloutPlan:
-    """A rollout plan from a JSON or YAML file (``.yaml``/``.yml``)."""
-    try:
-        if path.stat().st_size > MAX_PLAN_BYTES:
-            raise CoalmineError(f"{path}: a plan file has at most {MAX_PLAN_BYTES} bytes")
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CoalmineError(f"cannot read the plan {path}: {exc}") from None
-    try:
-        if path.suffix in {".yaml", ".yml"}:
-            import yaml  # noqa: PLC0415 - only YAML plans need it
+    """A rollout plan from a JSON or YAML file (``.yaml``/``.yml``), read as strictly as a
+    version file (duplicate keys, aliases, NaN refused)."""
+    from streams.versions.load import parse_model_file, read_file  # noqa: PLC0415 (YAML)
 
-            document = yaml.safe_load(text)
-        else:
-            document = json.loads(text)
-        return RolloutPlan.model_validate(document)
-    except ImportError:
-        raise CoalmineError("YAML plans need PyYAML (pip install pyyaml); or write JSON") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "plan"
-        raise CoalmineError(f"{path}: {where}: {first['msg']}") from None
-    except ValueError as exc:  # JSON and YAML syntax errors
-        raise CoalmineError(f"{path}: not a valid plan file: {str(exc).splitlines()[0]}") from None
+    return parse_model_file(read_file(path, MAX_PLAN_BYTES), str(path), RolloutPlan, "a plan file")
 
 
 def send(settings: Settings, command: Command, timeout_s: float) -> CommandOutcome | None:

@@ -59,11 +59,11 @@ def _register(args: argparse.Namespace, settings: Settings) -> int:
     from pydantic import ValidationError
 
     from streams.versions.catalog import Decision
-    from streams.versions.load import describe_validation_error, parse_version_file
+    from streams.versions.load import describe_validation_error, parse_version_file, read_file
     from streams.versions.registry import VersionRegistry
 
     path: Path = args.file
-    found = parse_version_file(read_version_file(path), str(path))
+    found = parse_version_file(read_file(path), str(path))
     created_by = args.created_by if args.created_by is not None else _user()
     try:
         candidate = found.as_version(datetime.now(UTC), created_by)
@@ -83,20 +83,6 @@ def _register(args: argparse.Namespace, settings: Settings) -> int:
             ]
         )
     return 0
-
-
-def read_version_file(path: Path) -> bytes:
-    """The file's bytes, reading no more than one byte past the size limit."""
-    from streams.versions.load import MAX_FILE_BYTES, VersionFileError
-
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise VersionFileError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise VersionFileError(f"{path}: the file is over {MAX_FILE_BYTES:,} bytes")
-    return data
 
 
 def _user() -> str:

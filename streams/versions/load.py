@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -89,21 +89,7 @@ def parse_version_file(data: bytes, name: str) -> VersionFile:
 
 
 def _parse(data: bytes, suffix: str) -> VersionFile:
-    if len(data) > MAX_FILE_BYTES:
-        raise VersionFileError(f"the file is over {MAX_FILE_BYTES:,} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise VersionFileError(f"not UTF-8 text (byte {exc.start})") from None
-    if suffix in YAML_SUFFIXES:
-        document = _yaml_document(text)
-    elif suffix == ".json":
-        document = _json_document(text)
-    else:
-        raise VersionFileError("a version file's name ends in .yaml, .yml or .json")
-    if not isinstance(document, dict):
-        raise VersionFileError("the file must hold a mapping of fields (agent, version, ...)")
-    check_json_value(document)
+    document = _document(data, suffix, "a version file")
     metadata = _validated(_Metadata, {k: v for k, v in document.items() if k in METADATA_FIELDS})
     bundle = _validated(
         AgentBundle, {k: v for k, v in document.items() if k not in METADATA_FIELDS}
@@ -120,6 +106,46 @@ def _parse(data: bytes, suffix: str) -> VersionFile:
         bundle=bundle,
         digest=bundle_digest(bundle),
     )
+
+
+def parse_model_file(data: bytes, name: str, model: type[M], what: str) -> M:
+    """A YAML or JSON file of ``model`` (a rollout plan, …), read as strictly as a version
+    file; ``what`` (\"a plan file\") names it in the error."""
+    try:
+        return _validated(model, _document(data, PurePath(name).suffix.lower(), what))
+    except VersionFileError as exc:
+        raise VersionFileError(f"{name}: {exc}") from None
+
+
+def read_file(path: Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The file's bytes, reading no more than one byte past ``limit`` (``/dev/zero``)."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
+    except OSError as exc:
+        raise VersionFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise VersionFileError(f"{path}: the file is over {limit:,} bytes")
+    return data
+
+
+def _document(data: bytes, suffix: str, what: str) -> dict[str, Any]:
+    if len(data) > MAX_FILE_BYTES:
+        raise VersionFileError(f"the file is over {MAX_FILE_BYTES:,} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise VersionFileError(f"not UTF-8 text (byte {exc.start})") from None
+    if suffix in YAML_SUFFIXES:
+        document = _yaml_document(text)
+    elif suffix == ".json":
+        document = _json_document(text)
+    else:
+        raise VersionFileError(f"{what}'s name ends in .yaml, .yml or .json")
+    if not isinstance(document, dict):
+        raise VersionFileError("the file must hold a mapping of fields")
+    check_json_value(document)
+    return document
 
 
 def _json_document(text: str) -> Any:

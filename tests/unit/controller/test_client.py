@@ -35,10 +35,11 @@ def test_a_plan_from_json_or_yaml(tmp_path: Path) -> None:
     [
         ('{"steps": []}', "steps: Tuple should have at least 1 item"),
         ('{"steps": [{"weight": 0.5}, {"weight": 0.2}]}', "step weights must grow strictly"),
-        ('{"steps": [{"weight": NaN}]}', "steps.0.weight"),
-        ('{"steps": [{"weight": 0.5, "wait": 3}]}', "steps.0.wait: Extra inputs"),
-        ("{", "not a valid plan file"),
-        ("[1, 2]", "plan: Input should be a valid dictionary"),
+        ('{"steps": [{"weight": NaN}]}', "plan.json: NaN is not a number JSON allows"),
+        ('{"steps": [{"weight": 0.5, "wait": 3}]}', "steps.0.wait: unknown field"),
+        ('{"steps": [{"weight": 0.5}], "steps": []}', "the key 'steps' appears twice"),
+        ("{", "not valid JSON"),
+        ("[1, 2]", "the file must hold a mapping of fields"),
     ],
 )
 def test_a_bad_plan_is_one_line_naming_the_problem(tmp_path: Path, text: str, words: str) -> None:
@@ -51,11 +52,11 @@ def test_a_bad_plan_is_one_line_naming_the_problem(tmp_path: Path, text: str, wo
 
 
 def test_a_plan_file_that_is_missing_or_too_large(tmp_path: Path) -> None:
-    with pytest.raises(CoalmineError, match="cannot read the plan"):
+    with pytest.raises(CoalmineError, match=r"cannot read .*missing\.json: No such file"):
         load_plan(tmp_path / "missing.json")
     huge = tmp_path / "huge.json"
     huge.write_text(" " * (MAX_PLAN_BYTES + 1))
-    with pytest.raises(CoalmineError, match="at most"):
+    with pytest.raises(CoalmineError, match="the file is over 65,536 bytes"):
         load_plan(huge)
 
 
