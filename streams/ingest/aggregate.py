@@ -206,7 +206,8 @@ class _Pending(Generic[T]):
     offset_until: int
     late: bool
     due_at: float
-    tokens: list[T] = field(default_factory=list)
+    tokens: list[tuple[int, T]] = field(default_factory=list)
+    """(offset, token) of each message counted here, once per message."""
 
 
 @dataclass(frozen=True)
@@ -233,6 +234,9 @@ class WindowAggregator(Generic[T]):
         self.allowed_lateness_s = allowed_lateness_s
         self._pending: dict[int, dict[WindowKey, _Pending[T]]] = {}
         self._coverage: dict[int, dict[WindowKey, int]] = {}
+        self._holding: dict[tuple[int, int], int] = {}
+        """Per (partition, offset) of a held message: how many open windows count it (the
+        spans of a batch may fall in several)."""
 
     def close_time(self, window_start: int) -> float:
         """Epoch second after which the window's row is emitted and later spans are late."""
@@ -254,8 +258,10 @@ class WindowAggregator(Generic[T]):
         """Count a stored span row; returns whether ``token`` is held until its row is stored.
 
         A span at or below its window's stored coverage was counted before a crash and is
-        not held. Messages of a partition must come in offset order; coverage must be loaded
-        for the partition first.
+        not held. Messages of a partition must come in offset order, and the spans of one
+        message one after another, all before the next :meth:`due`; coverage must be loaded
+        for the partition first. A message whose spans fall in several windows is held until
+        the rows of all of them are stored: its token is released by the last.
         """
         key = (row.agent, row.version, window_start_of(row.end_time, self.window_seconds))
         if offset < self._coverage[partition].get(key, 0):
@@ -269,7 +275,11 @@ class WindowAggregator(Generic[T]):
             pending = windows[key] = _Pending(WindowAccumulator(), offset, offset + 1, late, due_at)
         pending.sums.add(row)
         pending.offset_until = offset + 1
-        pending.tokens.append(token)
+        tokens = pending.tokens
+        if not tokens or tokens[-1][0] != offset:  # the message's first span in this window
+            tokens.append((offset, token))
+            held = (partition, offset)
+            self._holding[held] = self._holding.get(held, 0) + 1
         return True
 
     def due(self, now: float) -> Flush[T]:
@@ -282,14 +292,28 @@ class WindowAggregator(Generic[T]):
             for key in ready:
                 pending = windows.pop(key)
                 rows.append(self._row(partition, key, pending))
-                tokens.extend(pending.tokens)
+                tokens.extend(self._release(partition, pending.tokens))
         return Flush(rows, tokens)
+
+    def _release(self, partition: int, tokens: list[tuple[int, T]]) -> list[T]:
+        """The tokens of a window's messages that no other open window still holds."""
+        free = []
+        holding = self._holding
+        for offset, token in tokens:
+            held = (partition, offset)
+            left = holding.pop(held) - 1
+            if left:
+                holding[held] = left
+            else:
+                free.append(token)
+        return free
 
     def forget(self) -> None:
         """Drop every open window and all coverage (the partitions were revoked: their
         unacknowledged messages are delivered again from the committed offsets)."""
         self._pending.clear()
         self._coverage.clear()
+        self._holding.clear()
 
     @property
     def open_windows(self) -> int:

@@ -29,6 +29,7 @@ from streams.ingest.route import (
     dead_letter,
     owned_rows,
     route,
+    span_rejection,
 )
 from streams.logs import RateLimitedLog
 from streams.runtime.health import HealthState
@@ -166,7 +167,10 @@ class IngestProcessor:
         if written is None:
             return None
         by_position = {(m.partition, m.offset): m for m in messages}
-        refused = [Rejection(by_position[p], reason) for p, reason in written.refused.items()]
+        refused = [
+            span_rejection(by_position[(partition, offset)], index, reason)
+            for (partition, offset, index), reason in written.refused.items()
+        ]
         if not await self._dead_letter(refused):
             return None
         self.counters.batches += 1

@@ -310,7 +310,7 @@ def assert_every_bad_message_was_dead_lettered(settings: Settings) -> None:
     for name in dead_expected - {"huge key with a bad value", "conflicting duplicate"}:
         assert_dead_letter(by_name[name], CASES[name], settings)
     conflict_reason = headers_of(by_name["conflicting duplicate"])[DLQ_REASON]
-    assert b"already stored from another message" in conflict_reason
+    assert b"already stored from another span" in conflict_reason
     huge_key = [m for m in dead if len(m.key() or b"") > 100_000]
     assert len(huge_key) == 1 and b"Invalid JSON" in headers_of(huge_key[0])[DLQ_REASON]
     assert headers_of(huge_key[0])[DLQ_TRUNCATED] == b"value,headers,key"

@@ -260,9 +260,9 @@ def test_owned_rows_are_those_whose_message_stored_the_span() -> None:
     ]
     rows = route(messages, PRICES, BOUNDS).rows
     owners = {
-        uuid.UUID(int=1): (3, 10),  # stored by this batch's first message; offset 12 repeats it
-        uuid.UUID(int=2): (3, 11),  # re-delivered after a crash: still its own
-        uuid.UUID(int=3): (1, 500),  # a duplicate of a span stored from another message
+        uuid.UUID(int=1): (3, 10, 0),  # stored by this batch's first message; 12 repeats it
+        uuid.UUID(int=2): (3, 11, 0),  # re-delivered after a crash: still its own
+        uuid.UUID(int=3): (1, 500, 0),  # a duplicate of a span stored from another message
     }
     kept = owned_rows(rows, owners)
     assert [row.kafka_offset for row in kept] == [10, 11]

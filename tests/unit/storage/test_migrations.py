@@ -10,7 +10,10 @@ from streams.storage.clickhouse import Migration, load_migrations, migrations_di
 
 def test_shipped_migrations_are_numbered_in_order_from_one() -> None:
     versions = [m.version for m in load_migrations()]
-    assert versions == list(range(1, len(versions) + 1))
+    # Numbers are reserved for work in progress on other branches, so one may be missing
+    # until they are merged; each is used once, in order.
+    assert versions[0] == 1
+    assert versions == sorted(set(versions))
     assert migrations_dir().name in {"sql", "_sql"}
 
 
