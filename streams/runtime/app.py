@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 import faust
 from clickhouse_connect.driver.client import Client
 from faust.exceptions import ConsumerNotStarted
+from faust.sensors import Monitor
 from faust.streams import Stream
 from faust.types import TP, EventT
 from faust.web import Request, Response, View
@@ -115,6 +116,27 @@ class FaustTopicWriter:
         )
 
 
+class PerBatchMonitor(Monitor):
+    """Faust's monitor without its per-message bookkeeping (counters, timestamps and a
+    latency sample for every message and event, ~µs each): nothing here reads those figures
+    (``/health`` has its own). Commits, sends and rebalances are still recorded. Passed to
+    the app as its ``monitor``, Faust's extension point for sensors."""
+
+    def on_message_in(self, tp: TP, offset: int, message: Any) -> None:
+        return None
+
+    def on_stream_event_in(self, tp: TP, offset: int, stream: Any, event: Any) -> None:
+        return None
+
+    def on_stream_event_out(
+        self, tp: TP, offset: int, stream: Any, event: Any, state: Any = None
+    ) -> None:
+        return None
+
+    def on_message_out(self, tp: TP, offset: int, message: Any) -> None:
+        return None
+
+
 def _event_batches(
     stream: faust.StreamT[bytes], max_events: int, within_s: float
 ) -> AsyncIterator[Sequence[EventT[bytes]]]:
@@ -197,6 +219,7 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
+        monitor=PerBatchMonitor(),
         topic_partitions=settings.traces_partitions,
         topic_replication_factor=settings.replication_factor,
         producer_acks=-1,

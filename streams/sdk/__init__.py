@@ -6,6 +6,7 @@ checks): tracing an agent must not load the pipeline. Usage: ``from streams.sdk 
 KafkaPublisher, SdkSettings, Tracer`` (see the README).
 """
 
+from streams.sdk.batching import BatchLimits
 from streams.sdk.publisher import (
     CountingPublisher,
     DeliveryListener,
@@ -17,6 +18,7 @@ from streams.sdk.settings import SdkSettings, SettingsError
 from streams.sdk.tracer import OutcomeSpan, Span, Tracer
 
 __all__ = [
+    "BatchLimits",
     "CountingPublisher",
     "DeliveryListener",
     "KafkaPublisher",

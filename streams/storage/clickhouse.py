@@ -309,8 +309,9 @@ class SpanWriter:
         times = [row.start_time for row in rows]
         # min(): a rebalance race may have stored an id twice until the merge folds it.
         result = self._client.query(
-            "SELECT event_id, min((kafka_partition, kafka_offset, kafka_index)) AS span, "
-            f"argMin(content_hash, span) FROM {self._table} "
+            "SELECT event_id, min((kafka_partition, kafka_offset, kafka_index)), "
+            "argMin(content_hash, (kafka_partition, kafka_offset, kafka_index)) "
+            f"FROM {self._table} "
             "WHERE start_time BETWEEN {lo:DateTime64(6)} AND {hi:DateTime64(6)} "
             "AND event_id IN {ids:Array(UUID)} GROUP BY event_id",
             parameters={
