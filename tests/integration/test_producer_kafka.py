@@ -16,7 +16,7 @@ from confluent_kafka.cimpl import NewTopic  # not re-exported by confluent_kafka
 from schemas.topics import TRACES
 from schemas.trace import MAX_ATTRIBUTE_VALUE_CHARS, MAX_EVENT_BYTES, TraceEvent
 from streams.devtools import generate
-from streams.sdk import KafkaPublisher, SdkSettings
+from streams.sdk import BatchLimits, KafkaPublisher, SdkSettings
 from streams.settings import Settings
 from tests.integration.harness import consume_all, message_spans
 
