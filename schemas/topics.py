@@ -106,7 +106,8 @@ TRACES_DLQ: Final = Topic(
     "traces.dlq",
     key="the original key",
     value=None,
-    value_doc="the original value, as it arrived (its original headers kept too)",
+    value_doc="the original value, as it arrived (its original headers kept too); for one span "
+    "of a batch, that span's line",
     headers=(
         Header(DLQ_REASON, "why it was refused"),
         Header(DLQ_SOURCE_TOPIC, "the topic it came from"),
