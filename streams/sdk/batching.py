@@ -5,8 +5,10 @@ calls it under its lock and sends the batches it returns.
 
 A request's spans wait for the request: the children of a trace are held until its root span
 ends (the ``request`` span, which ends last; any span without a parent ends its trace), then
-the whole trace joins the batch being filled, so one message carries the request's spans
-together and in the order they ended. A trace held longer than ``hold_s`` (a long request, or
+the whole trace joins the batch being filled (or starts one, when it does not fit), so one
+message carries the request's spans together and in the order they ended, and a request with
+more spans than a message holds goes on in messages keyed by its trace: on one partition, in
+order. A trace held longer than ``hold_s`` (a long request, or
 spans whose root never comes) joins the batch anyway. The batch being filled leaves when it
 holds ``max_spans`` spans or ``max_bytes`` bytes, or ``linger_s`` after its first span.
 
@@ -125,8 +127,19 @@ class SpanBatcher:
         return min(times, default=None)
 
     def _fill(self, spans: list[Span], now: float) -> list[Batch]:
+        """Add one trace's spans. A trace that does not fit in the batch being filled starts
+        a batch of its own, so each message keyed by another trace holds whole traces, and a
+        trace too long for one message goes on in messages keyed by its own id: its spans
+        stay in order on one partition."""
         full: list[Batch] = []
         limits = self.limits
+        trace_size = sum(len(span.value) for span in spans) + len(spans) - 1
+        filling = self._filling
+        if filling.spans and (
+            len(filling.spans) + len(spans) > limits.max_spans
+            or filling.size + 1 + trace_size > limits.max_bytes
+        ):
+            full.append(self._take())
         for span in spans:
             filling = self._filling
             grown = filling.size + len(span.value) + (1 if filling.spans else 0)

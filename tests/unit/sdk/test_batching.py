@@ -95,3 +95,15 @@ def test_a_batch_of_one_is_the_spans_own_json_and_more_are_lines() -> None:
 def test_limits_outside_what_ingest_accepts_are_refused(limits: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         BatchLimits(**limits)  # type: ignore[arg-type]
+
+
+def test_a_trace_that_does_not_fit_starts_its_own_batch_keyed_by_it() -> None:
+    batcher = SpanBatcher(LIMITS)  # 4 spans a batch
+    batcher.add(span("a", 1), ends_trace=True, now=0.0)
+    for n in range(1, 6):
+        batcher.add(span("b", n), ends_trace=False, now=0.0)
+    full = batcher.add(span("b", 6), ends_trace=True, now=0.0)
+    assert ids(full) == [["a-1"], ["b-1", "b-2", "b-3", "b-4"]]
+    (rest,) = batcher.drain(0.0)
+    assert ids([rest]) == [["b-5", "b-6"]]
+    assert [batch.key for batch in [*full, rest]] == ["a", "b", "b"]
