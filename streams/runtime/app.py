@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
 
@@ -26,7 +26,7 @@ from mode.types.signals import BaseSignalT
 from schemas.topics import TRACES, TRACES_DLQ, VERSION_STATS
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
 from streams.ingest.pricing import PriceTable
-from streams.ingest.route import Header, RawMessage, SpanRow, SpanWrite
+from streams.ingest.route import Header, RawMessage, RoutedBatch, SpanRow, SpanWrite
 from streams.runtime import faust_auth, sqlpage
 from streams.runtime.health import HealthState, PartitionPosition, assess, next_offsets
 from streams.runtime.processor import (
@@ -164,6 +164,35 @@ def _raw_message(event: EventT[bytes]) -> RawMessage:
     )
 
 
+async def store_in_order(
+    batches: AsyncIterator[Sequence[EventT[bytes]]],
+    route: Callable[[Sequence[RawMessage]], RoutedBatch],
+    store: Callable[[Sequence[EventT[bytes]], Sequence[RawMessage], RoutedBatch], Awaitable[bool]],
+    stop_worker: Callable[[str, Exception], Awaitable[None]],
+) -> None:
+    """Route each batch as it comes and store it once the one before is stored.
+
+    One batch is stored while the next is read and routed (parsing overlaps the insert, which
+    runs on its own thread); batches are stored and acknowledged strictly in order, so a
+    commit never passes an unstored event. Returns when a store fails or the worker stops.
+    """
+    in_flight: asyncio.Future[bool] | None = None
+    try:
+        async for events in batches:
+            messages = [_raw_message(e) for e in events]
+            try:
+                routed = route(messages)
+            except Exception as exc:  # a bug of ours: stop, the batch unacknowledged
+                await stop_worker("routing a batch", exc)
+                return
+            if in_flight is not None and not await in_flight:
+                return
+            in_flight = asyncio.ensure_future(store(events, messages, routed))
+    finally:
+        if in_flight is not None:
+            await in_flight
+
+
 def consumer_positions(
     app: faust.App, topic: str, health: HealthState, now: float
 ) -> tuple[PartitionPosition, ...]:
@@ -290,12 +319,14 @@ def create_app(
             log.critical("%s failed; stopping the worker: %s", what, exc, exc_info=error)
             await app.crash(exc)
 
-        async def store(events: Sequence[EventT[bytes]]) -> bool:
+        async def store(
+            events: Sequence[EventT[bytes]], messages: Sequence[RawMessage], routed: RoutedBatch
+        ) -> bool:
             # Acknowledged only once stored: Faust's take() would acknowledge a batch even
             # when storing it was interrupted.
             try:
                 epoch = windows.epoch if windows else 0
-                owned = await processor.process([_raw_message(e) for e in events])
+                owned = await processor.store(messages, routed)
                 if owned is None:
                     return False
                 health.stored(next_offsets((e.message.partition, e.message.offset) for e in events))
@@ -318,19 +349,10 @@ def create_app(
 
         emitter = asyncio.ensure_future(emit_closed_windows()) if windows else None
 
-        # One batch is stored while the next one is read; batches are stored and
-        # acknowledged strictly in order, so a commit never passes an unstored event.
-        in_flight: asyncio.Future[bool] | None = None
         try:
-            async for events in _event_batches(
-                stream, settings.batch_max_events, settings.batch_max_seconds
-            ):
-                if in_flight is not None and not await in_flight:
-                    return
-                in_flight = asyncio.ensure_future(store(events))
+            batches = _event_batches(stream, settings.batch_max_events, settings.batch_max_seconds)
+            await store_in_order(batches, processor.route, store, stop_worker)
         finally:
-            if in_flight is not None:
-                await in_flight
             if emitter is not None:
                 emitter.cancel()
 

@@ -23,6 +23,7 @@ from streams.ingest.route import (
     Header,
     RawMessage,
     Rejection,
+    RoutedBatch,
     SpanRow,
     SpanWrite,
     TimeBounds,
@@ -157,10 +158,20 @@ class IngestProcessor:
     async def process(self, messages: Sequence[RawMessage]) -> list[SpanRow] | None:
         """Store a batch; returns the rows whose span this batch's messages own (see
         :func:`owned_rows`), or ``None`` when the worker stopped before it was stored."""
+        return await self.store(messages, self.route(messages))
+
+    def route(self, messages: Sequence[RawMessage]) -> RoutedBatch:
+        """Decide what becomes of a batch (pure: the caller may do it ahead of storing the
+        batch before, while that one's insert runs on its thread)."""
         now = datetime.fromtimestamp(self._clock(), UTC)
-        routed = route(
+        return route(
             messages, self._prices, TimeBounds.at(now, self._max_clock_skew, self._retention)
         )
+
+    async def store(
+        self, messages: Sequence[RawMessage], routed: RoutedBatch
+    ) -> list[SpanRow] | None:
+        """Store what :meth:`route` decided for ``messages``; as :meth:`process`."""
         if not await self._dead_letter(routed.rejected):
             return None
         written = await self._retry("ClickHouse insert", lambda: self._spans.write(routed.rows))
