@@ -18,7 +18,8 @@ the same grid as the windows' (``k * window_seconds + allowed_lateness_s``), so 
 catching up on a backlog, where every span is late, writes all its rows once per window
 length rather than at every batch: each write costs an insert, whatever its size.
 
-**Exactness.** Rows are identified by (partition, window, ``offset_from``) and cover a range
+**Exactness.** Rows are identified by (partition, window, ``offset_from`` and the index of
+their first span in that message: a message may carry a batch of spans) and cover a range
 of the partition's offsets for their window. The adapter acknowledges a Kafka message only
 once every row counting it is stored, so after a crash the messages of unstored rows are
 delivered again, while those of stored rows may be too (a crash between store and commit).
@@ -194,15 +195,19 @@ def version_stats_row(row: WindowRow) -> list[Any]:
     return [values[name] for name in VERSION_STATS_COLUMNS]
 
 
-def row_source(topic: str, partition: int, offset_from: int) -> str:
-    """The ``source`` of a partial: unique per row, stable across re-emission."""
-    return f"{topic}/{partition}@{offset_from}"
+def row_source(topic: str, partition: int, offset_from: int, index_from: int = 0) -> str:
+    """The ``source`` of a partial: unique per row, stable across re-emission. A row begins
+    at a span: the message at ``offset_from``, the span at ``index_from`` in it (a batch's
+    spans may begin rows of several windows; ``#index`` is written only past the first)."""
+    suffix = f"#{index_from}" if index_from else ""
+    return f"{topic}/{partition}@{offset_from}{suffix}"
 
 
 @dataclass
 class _Pending(Generic[T]):
     sums: WindowAccumulator
     offset_from: int
+    index_from: int
     offset_until: int
     late: bool
     due_at: float
@@ -272,7 +277,9 @@ class WindowAggregator(Generic[T]):
             close = self.close_time(key[2])
             late = now >= close
             due_at = self._next_close(now) if late else close
-            pending = windows[key] = _Pending(WindowAccumulator(), offset, offset + 1, late, due_at)
+            pending = windows[key] = _Pending(
+                WindowAccumulator(), offset, row.kafka_index, offset + 1, late, due_at
+            )
         pending.sums.add(row)
         pending.offset_until = offset + 1
         tokens = pending.tokens
@@ -320,7 +327,7 @@ class WindowAggregator(Generic[T]):
         return sum(len(windows) for windows in self._pending.values())
 
     def _row(self, partition: int, key: WindowKey, pending: _Pending[T]) -> WindowRow:
-        source = row_source(self.topic, partition, pending.offset_from)
+        source = row_source(self.topic, partition, pending.offset_from, pending.index_from)
         return WindowRow(
             stats=pending.sums.to_stats(key, self.window_seconds, source),
             topic=self.topic,

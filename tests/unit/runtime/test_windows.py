@@ -362,3 +362,5 @@ def test_a_message_with_spans_in_two_windows_is_acknowledged_once_both_rows_are_
     assert worker.flush()
     assert worker.acked() == [(0, 1), (0, 0)]  # once, after the second row
     assert [row.stats.requests for row in worker.store.rows] == [3, 1]
+    # Both rows begin in the message at offset 0; the second at its span 2.
+    assert [row.stats.source for row in worker.store.rows] == [first, f"{first}#2"]
