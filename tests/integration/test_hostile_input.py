@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from schemas.framing import MAX_MESSAGE_BYTES
 from schemas.topics import (
     DLQ_ORIGINAL_VALUE_BYTES,
     DLQ_REASON,
+    DLQ_SOURCE_INDEX,
     DLQ_SOURCE_OFFSET,
     DLQ_SOURCE_TOPIC,
     DLQ_TRUNCATED,
@@ -290,6 +292,66 @@ def test_no_message_stalls_or_crashes_the_pipeline(settings: Settings, tmp_path:
 
         health = worker.health()
         assert health["status"] == "ok", health
+        requests = worker.scalar("SELECT countIf(kind = 'request') FROM coalmine.spans")
+        counted = "SELECT toUInt64(sum(requests)) FROM coalmine.version_stats"
+        assert wait_for(worker, counted, requests, timeout_s=60) == requests
+        assert_aggregates_match_the_spans(worker)
+        assert worker.stop() == 0, worker.log_tail()
+
+
+def batchable(case: Case) -> bool:
+    """A case that can be one line of a batch: a value with no newline that is not blank,
+    sent without a key or headers of its own, small enough for a batch."""
+    value = case.value
+    return (
+        value is not None
+        and b"\n" not in value
+        and bool(value.strip(b" \t\r"))
+        and case.key is None
+        and not case.headers
+        and len(value) <= 2 * MAX_EVENT_BYTES
+    )
+
+
+def test_each_bad_span_of_a_batch_is_dead_lettered_alone_and_its_neighbours_land(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Every case that fits on a line, as spans of one batch between valid spans: each bad
+    span is dead-lettered alone (its own bytes, its index, the batch's key and headers),
+    every other span is stored, and the aggregates still equal the spans."""
+    cases = {name: case for name, case in CASES.items() if batchable(case)}
+    assert len(cases) >= 60
+    neighbours = [event()]
+    lines = [neighbours[0]]
+    index_of: dict[int, str] = {}
+    for name, case in cases.items():
+        index_of[len(lines)] = name
+        lines.append(case.value or b"")
+        neighbours.append(event())
+        lines.append(neighbours[-1])
+    value = b"\n".join(lines)
+    assert len(value) <= MAX_MESSAGE_BYTES
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    headers: list[tuple[str, str | bytes | None]] = [("origin", b"batch-test")]
+    producer.produce(settings.topic(TRACES), value, key=b"the-batch", headers=headers)
+    assert producer.flush(30) == 0
+
+    valid = [name for name, case in cases.items() if case.reason is None]
+    bad = {name for name, case in cases.items() if case.reason is not None}
+    with running_worker(settings, tmp_path / "worker.log") as worker:
+        expected = len(neighbours) + len(valid)
+        assert wait_for(worker, "SELECT count() FROM coalmine.spans", expected) == expected
+        ids = {row[0] for row in worker.sql("SELECT toString(event_id) FROM coalmine.spans")}
+        assert {json.loads(n)["event_id"] for n in neighbours} <= ids
+        dead = consume_all(settings.kafka_bootstrap, settings.topic(TRACES_DLQ), len(bad), 120)
+        by_name = {index_of[int(headers_of(m)[DLQ_SOURCE_INDEX])]: m for m in dead}
+        assert by_name.keys() == bad
+        for name in bad:
+            letter = by_name[name]
+            assert (letter.key(), letter.value()) == (b"the-batch", cases[name].value)
+            assert headers_of(letter)["origin"] == b"batch-test"
+            assert_dead_letter(letter, cases[name], settings)
+        assert worker.health()["status"] == "ok"
         requests = worker.scalar("SELECT countIf(kind = 'request') FROM coalmine.spans")
         counted = "SELECT toUInt64(sum(requests)) FROM coalmine.version_stats"
         assert wait_for(worker, counted, requests, timeout_s=60) == requests
