@@ -291,6 +291,7 @@ def create_app(
         max_clock_skew_s=settings.max_clock_skew_s,
         retention_days=settings.spans_ttl_days,
         health=health,
+        max_rows_per_write=settings.batch_max_events,
     )
     windows = (
         StreamWindows[EventT[bytes]](

@@ -8,6 +8,7 @@ the batch acknowledged and lost. Its sinks are interfaces: unit tests drive it i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -142,8 +143,10 @@ class IngestProcessor:
         retention_days: int = 0,
         clock: Callable[[], float] = time.time,
         health: HealthState | None = None,
+        max_rows_per_write: int = 2000,
     ) -> None:
         """``retention_days``: how long ``coalmine.spans`` keeps a span (0: forever)."""
+        self._max_rows_per_write = max_rows_per_write
         self._spans = spans
         self._dead_letters = dead_letters
         self._prices = prices
@@ -174,7 +177,7 @@ class IngestProcessor:
         """Store what :meth:`route` decided for ``messages``; as :meth:`process`."""
         if not await self._dead_letter(routed.rejected):
             return None
-        written = await self._retry("ClickHouse insert", lambda: self._spans.write(routed.rows))
+        written = await self._write(routed.rows)
         if written is None:
             return None
         by_position = {(m.partition, m.offset): m for m in messages}
@@ -190,6 +193,21 @@ class IngestProcessor:
         self.counters.dead_lettered += len(routed.rejected) + len(refused)
         self.counters.sink_retries = self._retry.retries
         return owned_rows(routed.rows, written.owners)
+
+    async def _write(self, rows: Sequence[SpanRow]) -> SpanWrite | None:
+        """Write the rows in inserts of at most ``max_rows_per_write``: a batch of messages
+        carrying many spans each becomes several inserts of the size one-span messages make."""
+        written = SpanWrite(0, {})
+        step = self._max_rows_per_write
+        for start in range(0, max(1, len(rows)), step):
+            chunk = rows[start : start + step]
+            part = await self._retry(
+                "ClickHouse insert", functools.partial(self._spans.write, chunk)
+            )
+            if part is None:
+                return None
+            written = written.then(part)
+        return written
 
     async def _dead_letter(self, rejections: Sequence[Rejection]) -> bool:
         """Send the rejections; ``False`` when the worker stopped before they were all sent."""

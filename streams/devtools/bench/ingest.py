@@ -378,8 +378,10 @@ def raw_loop(settings: Settings, client: Any, stop: threading.Event) -> None:
         while not stop.is_set():
             messages = consumer.consume(RAW_BATCH, timeout=settings.batch_max_seconds)
             rows = [row for m in messages if not m.error() for row in _raw_rows(m)]
+            for start in range(0, len(rows), RAW_BATCH):  # inserts the size the worker makes
+                chunk = rows[start : start + RAW_BATCH]
+                client.insert("coalmine.spans", chunk, column_names=clickhouse.SPAN_COLUMNS)
             if rows:
-                client.insert("coalmine.spans", rows, column_names=clickhouse.SPAN_COLUMNS)
                 consumer.commit(asynchronous=False)
     finally:
         consumer.close()
