@@ -375,14 +375,6 @@ class SpanWrite:
     """Rows the sink will never store, by their message, with the reason: a conflicting
     event id, or values ClickHouse rejected. They go to the dead-letter topic."""
 
-    def then(self, later: SpanWrite) -> SpanWrite:
-        """This write followed by a later one of the same batch."""
-        return SpanWrite(
-            self.inserted + later.inserted,
-            {**self.owners, **later.owners},
-            {**self.refused, **later.refused},
-        )
-
     @classmethod
     def all_new(cls, rows: Sequence[SpanRow]) -> SpanWrite:
         """Every row inserted, each owned by its own message (sinks that keep nothing)."""

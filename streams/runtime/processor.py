@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from streams.errors import CoalmineError
 from streams.failures import Failure, classify, one_line
@@ -22,6 +22,7 @@ from streams.ingest.pricing import PriceTable
 from streams.ingest.route import (
     DeadLetter,
     Header,
+    Owner,
     RawMessage,
     Rejection,
     RoutedBatch,
@@ -197,7 +198,9 @@ class IngestProcessor:
     async def _write(self, rows: Sequence[SpanRow]) -> SpanWrite | None:
         """Write the rows in inserts of at most ``max_rows_per_write``: a batch of messages
         carrying many spans each becomes several inserts of the size one-span messages make."""
-        written = SpanWrite(0, {})
+        inserted = 0
+        owners: dict[Any, Owner] = {}
+        refused: dict[Owner, str] = {}
         step = self._max_rows_per_write
         for start in range(0, max(1, len(rows)), step):
             chunk = rows[start : start + step]
@@ -206,8 +209,10 @@ class IngestProcessor:
             )
             if part is None:
                 return None
-            written = written.then(part)
-        return written
+            inserted += part.inserted
+            owners.update(part.owners)
+            refused.update(part.refused)
+        return SpanWrite(inserted, owners, refused)
 
     async def _dead_letter(self, rejections: Sequence[Rejection]) -> bool:
         """Send the rejections; ``False`` when the worker stopped before they were all sent."""
