@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, Protocol
 
+from schemas.framing import MAX_MESSAGE_BYTES, MAX_SPANS_PER_MESSAGE
+
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
@@ -92,26 +94,34 @@ DLQ_REASON: Final = "coalmine.dlq.reason"
 DLQ_SOURCE_TOPIC: Final = "coalmine.dlq.source_topic"
 DLQ_SOURCE_PARTITION: Final = "coalmine.dlq.source_partition"
 DLQ_SOURCE_OFFSET: Final = "coalmine.dlq.source_offset"
+DLQ_SOURCE_INDEX: Final = "coalmine.dlq.source_index"
 DLQ_TRUNCATED: Final = "coalmine.dlq.truncated"
 DLQ_ORIGINAL_KEY_BYTES: Final = "coalmine.dlq.original_key_bytes"
 DLQ_ORIGINAL_VALUE_BYTES: Final = "coalmine.dlq.original_value_bytes"
 
 TRACES: Final = Topic(
     "traces",
-    key="`trace_id`",
+    key="`trace_id` (of a batch: its first span's)",
     value=ValueModel("schemas.trace:TraceEvent", "trace-event"),
-    value_doc="one span",
+    value_doc=f"one span (a JSON object), or a batch of up to {MAX_SPANS_PER_MESSAGE} spans, one "
+    f"JSON object per line (newline-delimited, {MAX_MESSAGE_BYTES:,} bytes at most; the rule "
+    "in `schemas/framing.py`)",
 )
 TRACES_DLQ: Final = Topic(
     "traces.dlq",
     key="the original key",
     value=None,
-    value_doc="the original value, as it arrived (its original headers kept too)",
+    value_doc="the original value, as it arrived (its original headers kept too); for one span "
+    "of a batch, that span's line",
     headers=(
         Header(DLQ_REASON, "why it was refused"),
         Header(DLQ_SOURCE_TOPIC, "the topic it came from"),
         Header(DLQ_SOURCE_PARTITION, "its partition there"),
         Header(DLQ_SOURCE_OFFSET, "its offset there"),
+        Header(
+            DLQ_SOURCE_INDEX,
+            "on one span of a batch (the value is that span alone): its index in the message",
+        ),
         Header(DLQ_TRUNCATED, "on a record cut to fit: what was cut, `value,headers,key`"),
         Header(DLQ_ORIGINAL_KEY_BYTES, "on a cut record: size before the cut"),
         Header(DLQ_ORIGINAL_VALUE_BYTES, "on a cut record: size before the cut"),

@@ -77,7 +77,11 @@ QUALITY_KINDS = frozenset({SpanKind.REQUEST, SpanKind.EVAL})
 
 class TraceEvent(BaseModel):
     """One span. ``event_id`` is the idempotency key: a span is stored once however often it
-    is delivered."""
+    is delivered.
+
+    A ``coalmine.traces`` message carries one span (this object), or a batch: up to 1000 of
+    them, one compact object per line (newline-delimited JSON), 1,000,000 bytes at most, each
+    span validated on its own (``schemas/framing.py``)."""
 
     model_config = ConfigDict(
         strict=True,

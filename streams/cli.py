@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from streams.cliargs import DURATION_S, RATE, float_in, int_in
+from streams.cliargs import DURATION_S, RATE, float_in, int_in, ints_in
 from streams.errors import CoalmineError
 from streams.settings import Range, Settings, SettingsError
 
@@ -24,6 +24,8 @@ on a base install, the SDK alone, asks for the extra instead of failing with a t
 BENCH_EVENTS = Range(1, 10_000_000)
 """Events of the ingest benchmark's backlog; all of them are held in memory first."""
 BENCH_COMMANDS = Range(1, 1_000_000)
+SPANS_PER_MESSAGE = Range(1, 1000)
+"""Spans per message of the ingest benchmark: up to the batch limit of ``schemas.framing``."""
 
 
 class Terminated(KeyboardInterrupt):
@@ -115,7 +117,12 @@ def _bench_detector(args: argparse.Namespace, settings: Settings) -> int:
 def _bench_ingest(args: argparse.Namespace, settings: Settings) -> int:
     from streams.devtools.bench import ingest
 
-    return ingest.run(settings, events=args.events)
+    return ingest.run(
+        settings,
+        events=args.events,
+        spans_per_message=args.spans_per_message,
+        breakdown=args.breakdown,
+    )
 
 
 def _bench_router(args: argparse.Namespace, settings: Settings) -> int:
@@ -236,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int_in(BENCH_EVENTS),
         default=100_000,
         help="events in the backlog (default %(default)s)",
+    )
+    ing.add_argument(
+        "--spans-per-message",
+        type=ints_in(SPANS_PER_MESSAGE),
+        default=(1, 5, 50),
+        metavar="N[,N...]",
+        help="spans carried by each message, one comparison per size (default 1,5,50)",
+    )
+    ing.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also run the worker with windows off and with rows discarded",
     )
     ing.set_defaults(handler=_bench_ingest)
     rtr = bench_commands.add_parser(

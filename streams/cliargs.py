@@ -43,6 +43,16 @@ def int_in(allowed: Range) -> Callable[[str], int]:
     return parse
 
 
+def ints_in(allowed: Range) -> Callable[[str], tuple[int, ...]]:
+    """An argparse ``type`` for comma-separated whole numbers, each within ``allowed``."""
+    one = int_in(allowed)
+
+    def parse(text: str) -> tuple[int, ...]:
+        return tuple(one(part.strip()) for part in text.split(","))
+
+    return parse
+
+
 def _check(allowed: Range, value: float, text: str) -> None:
     if value not in allowed:
         raise argparse.ArgumentTypeError(f"{text!r} must be {allowed.describe()}")

@@ -120,6 +120,14 @@ class WorkerProcess:
             process.wait()
             raise CoalmineError(f"the worker ignored signal {signum} and was killed") from None
 
+    def cpu_seconds(self) -> float:
+        """CPU time the worker process has used so far (all its threads, user + system)."""
+        if self._process is None:
+            return 0.0
+        fields = Path(f"/proc/{self._process.pid}/stat").read_text().rpartition(")")[2].split()
+        # utime and stime: fields 14 and 15 of proc(5), counted after the command name.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path.exists():
             return "(no output)"

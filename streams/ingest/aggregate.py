@@ -18,7 +18,8 @@ the same grid as the windows' (``k * window_seconds + allowed_lateness_s``), so 
 catching up on a backlog, where every span is late, writes all its rows once per window
 length rather than at every batch: each write costs an insert, whatever its size.
 
-**Exactness.** Rows are identified by (partition, window, ``offset_from``) and cover a range
+**Exactness.** Rows are identified by (partition, window, ``offset_from`` and the index of
+their first span in that message: a message may carry a batch of spans) and cover a range
 of the partition's offsets for their window. The adapter acknowledges a Kafka message only
 once every row counting it is stored, so after a crash the messages of unstored rows are
 delivered again, while those of stored rows may be too (a crash between store and commit).
@@ -194,19 +195,24 @@ def version_stats_row(row: WindowRow) -> list[Any]:
     return [values[name] for name in VERSION_STATS_COLUMNS]
 
 
-def row_source(topic: str, partition: int, offset_from: int) -> str:
-    """The ``source`` of a partial: unique per row, stable across re-emission."""
-    return f"{topic}/{partition}@{offset_from}"
+def row_source(topic: str, partition: int, offset_from: int, index_from: int = 0) -> str:
+    """The ``source`` of a partial: unique per row, stable across re-emission. A row begins
+    at a span: the message at ``offset_from``, the span at ``index_from`` in it (a batch's
+    spans may begin rows of several windows; ``#index`` is written only past the first)."""
+    suffix = f"#{index_from}" if index_from else ""
+    return f"{topic}/{partition}@{offset_from}{suffix}"
 
 
 @dataclass
 class _Pending(Generic[T]):
     sums: WindowAccumulator
     offset_from: int
+    index_from: int
     offset_until: int
     late: bool
     due_at: float
-    tokens: list[T] = field(default_factory=list)
+    tokens: list[tuple[int, T]] = field(default_factory=list)
+    """(offset, token) of each message counted here, once per message."""
 
 
 @dataclass(frozen=True)
@@ -233,6 +239,9 @@ class WindowAggregator(Generic[T]):
         self.allowed_lateness_s = allowed_lateness_s
         self._pending: dict[int, dict[WindowKey, _Pending[T]]] = {}
         self._coverage: dict[int, dict[WindowKey, int]] = {}
+        self._holding: dict[tuple[int, int], int] = {}
+        """Per (partition, offset) of a held message: how many open windows count it (the
+        spans of a batch may fall in several)."""
 
     def close_time(self, window_start: int) -> float:
         """Epoch second after which the window's row is emitted and later spans are late."""
@@ -254,8 +263,10 @@ class WindowAggregator(Generic[T]):
         """Count a stored span row; returns whether ``token`` is held until its row is stored.
 
         A span at or below its window's stored coverage was counted before a crash and is
-        not held. Messages of a partition must come in offset order; coverage must be loaded
-        for the partition first.
+        not held. Messages of a partition must come in offset order, and the spans of one
+        message one after another, all before the next :meth:`due`; coverage must be loaded
+        for the partition first. A message whose spans fall in several windows is held until
+        the rows of all of them are stored: its token is released by the last.
         """
         key = (row.agent, row.version, window_start_of(row.end_time, self.window_seconds))
         if offset < self._coverage[partition].get(key, 0):
@@ -266,10 +277,16 @@ class WindowAggregator(Generic[T]):
             close = self.close_time(key[2])
             late = now >= close
             due_at = self._next_close(now) if late else close
-            pending = windows[key] = _Pending(WindowAccumulator(), offset, offset + 1, late, due_at)
+            pending = windows[key] = _Pending(
+                WindowAccumulator(), offset, row.kafka_index, offset + 1, late, due_at
+            )
         pending.sums.add(row)
         pending.offset_until = offset + 1
-        pending.tokens.append(token)
+        tokens = pending.tokens
+        if not tokens or tokens[-1][0] != offset:  # the message's first span in this window
+            tokens.append((offset, token))
+            held = (partition, offset)
+            self._holding[held] = self._holding.get(held, 0) + 1
         return True
 
     def due(self, now: float) -> Flush[T]:
@@ -282,21 +299,35 @@ class WindowAggregator(Generic[T]):
             for key in ready:
                 pending = windows.pop(key)
                 rows.append(self._row(partition, key, pending))
-                tokens.extend(pending.tokens)
+                tokens.extend(self._release(partition, pending.tokens))
         return Flush(rows, tokens)
+
+    def _release(self, partition: int, tokens: list[tuple[int, T]]) -> list[T]:
+        """The tokens of a window's messages that no other open window still holds."""
+        free = []
+        holding = self._holding
+        for offset, token in tokens:
+            held = (partition, offset)
+            left = holding.pop(held) - 1
+            if left:
+                holding[held] = left
+            else:
+                free.append(token)
+        return free
 
     def forget(self) -> None:
         """Drop every open window and all coverage (the partitions were revoked: their
         unacknowledged messages are delivered again from the committed offsets)."""
         self._pending.clear()
         self._coverage.clear()
+        self._holding.clear()
 
     @property
     def open_windows(self) -> int:
         return sum(len(windows) for windows in self._pending.values())
 
     def _row(self, partition: int, key: WindowKey, pending: _Pending[T]) -> WindowRow:
-        source = row_source(self.topic, partition, pending.offset_from)
+        source = row_source(self.topic, partition, pending.offset_from, pending.index_from)
         return WindowRow(
             stats=pending.sums.to_stats(key, self.window_seconds, source),
             topic=self.topic,

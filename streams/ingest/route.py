@@ -16,10 +16,12 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
+from schemas.framing import MAX_MESSAGE_BYTES, MAX_SPANS_PER_MESSAGE, split_spans
 from schemas.topics import (
     DLQ_ORIGINAL_KEY_BYTES,
     DLQ_ORIGINAL_VALUE_BYTES,
     DLQ_REASON,
+    DLQ_SOURCE_INDEX,
     DLQ_SOURCE_OFFSET,
     DLQ_SOURCE_PARTITION,
     DLQ_SOURCE_TOPIC,
@@ -54,8 +56,20 @@ class InvalidEventError(ValueError):
 
 @dataclass(frozen=True)
 class Rejection:
+    """Why a message, or one span of a batch (``index``), can never be stored."""
+
     message: RawMessage
     reason: str
+    index: int | None = None
+    """The span's position in its batch (see :mod:`schemas.framing`); ``None``: the whole
+    message is rejected."""
+    span: bytes | None = None
+    """The span's bytes, when ``index`` is set."""
+
+    @property
+    def value(self) -> bytes | None:
+        """What is dead-lettered: the span's bytes, or the whole message's."""
+        return self.message.value if self.index is None else self.span
 
 
 def decode(value: bytes | None) -> TraceEvent:
@@ -68,8 +82,27 @@ def decode(value: bytes | None) -> TraceEvent:
         event = TraceEvent.model_validate_json(value)
     except ValidationError as exc:
         raise InvalidEventError(describe_validation_error(exc)) from None
-    _check_no_duplicate_keys(value)
+    if not _surely_no_duplicate_keys(value, event):
+        _check_no_duplicate_keys(value)
     return event
+
+
+def _surely_no_duplicate_keys(value: bytes, event: TraceEvent) -> bool:
+    """Whether counting proves ``value`` names no key twice, without a second parse (~1 µs
+    against ~5 µs for the parse).
+
+    Every key of an accepted event is a top-level field or an attribute (attribute values are
+    scalars), so the event holds ``len(model_fields_set) + len(attributes)`` distinct keys.
+    With JSON whitespace deleted, each key's closing quote is followed right away by its
+    colon, so the value holds at most as many keys as ``":`` pairs. If the two counts are
+    equal, no key can appear twice. When they differ (a duplicate, or ``\":`` inside a
+    string), the full check decides.
+    """
+    pairs = value.translate(None, _JSON_WHITESPACE).count(b'":')
+    return pairs == len(event.model_fields_set) + len(event.attributes)
+
+
+_JSON_WHITESPACE = b" \t\r\n"
 
 
 def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -147,6 +180,8 @@ class SpanRow(NamedTuple):
     content_hash: int
     kafka_partition: int
     kafka_offset: int
+    kafka_index: int
+    """The span's position in its message (0 for a message of one span)."""
 
 
 def content_hash(value: bytes) -> int:
@@ -156,7 +191,13 @@ def content_hash(value: bytes) -> int:
 
 
 def to_row(
-    event: TraceEvent, prices: PriceTable, partition: int, offset: int, value_hash: int = 0
+    event: TraceEvent,
+    prices: PriceTable,
+    partition: int,
+    offset: int,
+    value_hash: int = 0,
+    *,
+    index: int = 0,
 ) -> SpanRow:
     """The ``coalmine.spans`` row of an event."""
     cost, source = prices.price(
@@ -205,6 +246,7 @@ def to_row(
             value_hash,
             partition,
             offset,
+            index,
         ),
     )
 
@@ -256,27 +298,70 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def route(messages: Sequence[RawMessage], prices: PriceTable, bounds: TimeBounds) -> RoutedBatch:
-    """Split a batch into span rows and rejections; one bad message never affects another.
+    """Split a batch into span rows and rejections; one bad message never affects another,
+    nor one bad span of a message (:mod:`schemas.framing`) its neighbours.
 
     A span ending after ``bounds.latest_end`` is rejected: its producer's clock is wrong, and
     it would land in a window that has not happened yet. One starting before
     ``bounds.earliest_start`` is rejected: the tables cannot hold it, or would drop it.
     """
     routed = RoutedBatch()
+    rows, rejected = routed.rows, routed.rejected
     for message in messages:
-        try:
-            event = decode(message.value)
-            bounds.check(event)
-        except InvalidEventError as exc:
-            routed.rejected.append(Rejection(message, str(exc)))
+        value = message.value
+        if value is not None and len(value) > MAX_MESSAGE_BYTES:
+            reason = f"message is {len(value)} bytes; the limit is {MAX_MESSAGE_BYTES}"
+            rejected.append(Rejection(message, reason))
             continue
-        value_hash = content_hash(message.value or b"")
-        routed.rows.append(to_row(event, prices, message.partition, message.offset, value_hash))
+        spans = None if value is None else split_spans(value)
+        if spans is None:
+            try:
+                event = decode(value)
+                bounds.check(event)
+            except InvalidEventError as exc:
+                rejected.append(Rejection(message, str(exc)))
+                continue
+            rows.append(
+                to_row(event, prices, message.partition, message.offset, content_hash(value or b""))
+            )
+            continue
+        if len(spans) > MAX_SPANS_PER_MESSAGE:
+            reason = f"message holds {len(spans)} spans; the limit is {MAX_SPANS_PER_MESSAGE}"
+            rejected.append(Rejection(message, reason))
+            continue
+        for index, span in enumerate(spans):
+            try:
+                event = decode(span)
+                bounds.check(event)
+            except InvalidEventError as exc:
+                rejected.append(Rejection(message, str(exc), index, span))
+                continue
+            rows.append(
+                to_row(
+                    event,
+                    prices,
+                    message.partition,
+                    message.offset,
+                    content_hash(span),
+                    index=index,
+                )
+            )
     return routed
 
 
-Owner = tuple[int, int]
-"""(Kafka partition, offset) of the message a stored span came from."""
+def span_rejection(message: RawMessage, index: int, reason: str) -> Rejection:
+    """The rejection of span ``index`` of ``message`` (the whole message when it is not a
+    batch), for a stored row's span refused later."""
+    spans = split_spans(message.value or b"")
+    if spans is None:
+        return Rejection(message, reason)
+    return Rejection(message, reason, index, spans[index])
+
+
+Owner = tuple[int, int, int]
+"""(Kafka partition, offset, index in the message) of the span a stored row came from."""
+MessagePosition = tuple[int, int]
+"""(Kafka partition, offset) of a message."""
 
 
 @dataclass(frozen=True)
@@ -297,30 +382,39 @@ class SpanWrite:
 
 
 def position(row: SpanRow) -> Owner:
+    """The (partition, offset, index) of the span a row came from."""
+    return (row.kafka_partition, row.kafka_offset, row.kafka_index)
+
+
+def message_position(row: SpanRow) -> MessagePosition:
     """The (partition, offset) of the message a span row came from."""
     return (row.kafka_partition, row.kafka_offset)
 
 
 def owned_rows(rows: Sequence[SpanRow], owners: Mapping[Any, Owner]) -> list[SpanRow]:
-    """The rows whose message is the one their stored span came from.
+    """The rows that are the span their stored row came from.
 
-    A message re-delivered after a crash owns its span; a second message carrying an event id
-    already stored from another message (a duplicate sent twice) does not, so aggregates
-    count each stored span once.
+    A message re-delivered after a crash owns its spans; a second message, or a second span
+    of the same message, carrying an event id already stored from another span (a duplicate
+    sent twice) does not, so aggregates count each stored span once.
     """
     return [row for row in rows if owners.get(row.event_id) == position(row)]
 
 
 def dead_letter_headers(rejection: Rejection) -> list[Header]:
-    """The original headers plus why and where from, so the message can be replayed."""
+    """The original headers plus why and where from (and which span of a batch), so the
+    message or span can be replayed."""
     message = rejection.message
-    return [
+    headers = [
         *message.headers,
         (DLQ_REASON, rejection.reason.encode("utf-8", errors="replace")),
         (DLQ_SOURCE_TOPIC, message.topic.encode()),
         (DLQ_SOURCE_PARTITION, str(message.partition).encode()),
         (DLQ_SOURCE_OFFSET, str(message.offset).encode()),
     ]
+    if rejection.index is not None:
+        headers.append((DLQ_SOURCE_INDEX, str(rejection.index).encode()))
+    return headers
 
 
 @dataclass(frozen=True)
@@ -331,7 +425,8 @@ class DeadLetter:
 
 
 def dead_letter(rejection: Rejection, max_bytes: int = DLQ_MAX_RECORD_BYTES) -> DeadLetter:
-    """The dead-letter record of a rejection, cut to fit the dead-letter topic.
+    """The dead-letter record of a rejection (of one span of a batch: that span alone as the
+    value), cut to fit the dead-letter topic.
 
     A source topic may hold records larger than the DLQ accepts (a producer's compression
     lets a large value in): then the value, and if need be the key and the original headers,
@@ -339,7 +434,7 @@ def dead_letter(rejection: Rejection, max_bytes: int = DLQ_MAX_RECORD_BYTES) -> 
     original key, value and headers plus the reason and the source.
     """
     message = rejection.message
-    key, value = message.key, message.value
+    key, value = message.key, rejection.value
     headers = dead_letter_headers(rejection)
     if _record_bytes(key, value, headers) <= max_bytes:
         return DeadLetter(key, value, headers)

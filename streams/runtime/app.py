@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 import faust
 from clickhouse_connect.driver.client import Client
 from faust.exceptions import ConsumerNotStarted
+from faust.sensors import Monitor
 from faust.streams import Stream
 from faust.types import TP, EventT
 from faust.web import Request, Response, View
@@ -28,7 +29,7 @@ from schemas.topics import DEPLOYMENTS, TRACES, TRACES_DLQ, VERSION_STATS, VERSI
 from schemas.version import AgentVersion
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
 from streams.ingest.pricing import PriceTable
-from streams.ingest.route import Header, RawMessage, SpanRow, SpanWrite
+from streams.ingest.route import Header, RawMessage, RoutedBatch, SpanRow, SpanWrite
 from streams.runtime import faust_auth, sqlpage
 from streams.runtime.control import ControlRecorder
 from streams.runtime.health import HealthState, PartitionPosition, assess, next_offsets
@@ -125,6 +126,27 @@ class FaustTopicWriter:
         )
 
 
+class PerBatchMonitor(Monitor):
+    """Faust's monitor without its per-message bookkeeping (counters, timestamps and a
+    latency sample for every message and event, ~µs each): nothing here reads those figures
+    (``/health`` has its own). Commits, sends and rebalances are still recorded. Passed to
+    the app as its ``monitor``, Faust's extension point for sensors."""
+
+    def on_message_in(self, tp: TP, offset: int, message: Any) -> None:
+        return None
+
+    def on_stream_event_in(self, tp: TP, offset: int, stream: Any, event: Any) -> None:
+        return None
+
+    def on_stream_event_out(
+        self, tp: TP, offset: int, stream: Any, event: Any, state: Any = None
+    ) -> None:
+        return None
+
+    def on_message_out(self, tp: TP, offset: int, message: Any) -> None:
+        return None
+
+
 def _event_batches(
     stream: faust.StreamT[bytes], max_events: int, within_s: float
 ) -> AsyncIterator[Sequence[EventT[bytes]]]:
@@ -150,6 +172,35 @@ def _raw_message(event: EventT[bytes]) -> RawMessage:
         value=message.value,
         headers=tuple((key, value or b"") for key, value in pairs),
     )
+
+
+async def store_in_order(
+    batches: AsyncIterator[Sequence[EventT[bytes]]],
+    route: Callable[[Sequence[RawMessage]], RoutedBatch],
+    store: Callable[[Sequence[EventT[bytes]], Sequence[RawMessage], RoutedBatch], Awaitable[bool]],
+    stop_worker: Callable[[str, Exception], Awaitable[None]],
+) -> None:
+    """Route each batch as it comes and store it once the one before is stored.
+
+    One batch is stored while the next is read and routed (parsing overlaps the insert, which
+    runs on its own thread); batches are stored and acknowledged strictly in order, so a
+    commit never passes an unstored event. Returns when a store fails or the worker stops.
+    """
+    in_flight: asyncio.Future[bool] | None = None
+    try:
+        async for events in batches:
+            messages = [_raw_message(e) for e in events]
+            try:
+                routed = route(messages)
+            except Exception as exc:  # a bug of ours: stop, the batch unacknowledged
+                await stop_worker("routing a batch", exc)
+                return
+            if in_flight is not None and not await in_flight:
+                return
+            in_flight = asyncio.ensure_future(store(events, messages, routed))
+    finally:
+        if in_flight is not None:
+            await in_flight
 
 
 def consumer_positions(
@@ -276,6 +327,7 @@ def create_app(
         key_serializer="raw",
         value_serializer="raw",
         consumer_auto_offset_reset="earliest",
+        monitor=PerBatchMonitor(),
         topic_partitions=settings.traces_partitions,
         topic_replication_factor=settings.replication_factor,
         producer_acks=-1,
@@ -318,6 +370,7 @@ def create_app(
         max_clock_skew_s=settings.max_clock_skew_s,
         retention_days=settings.spans_ttl_days,
         health=health,
+        max_rows_per_write=settings.batch_max_events,
     )
     windows = (
         StreamWindows[EventT[bytes]](
@@ -346,12 +399,14 @@ def create_app(
             log.critical("%s failed; stopping the worker: %s", what, exc, exc_info=error)
             await app.crash(exc)
 
-        async def store(events: Sequence[EventT[bytes]]) -> bool:
+        async def store(
+            events: Sequence[EventT[bytes]], messages: Sequence[RawMessage], routed: RoutedBatch
+        ) -> bool:
             # Acknowledged only once stored: Faust's take() would acknowledge a batch even
             # when storing it was interrupted.
             try:
                 epoch = windows.epoch if windows else 0
-                owned = await processor.process([_raw_message(e) for e in events])
+                owned = await processor.store(messages, routed)
                 if owned is None:
                     return False
                 health.stored(next_offsets((e.message.partition, e.message.offset) for e in events))
@@ -374,19 +429,10 @@ def create_app(
 
         emitter = asyncio.ensure_future(emit_closed_windows()) if windows else None
 
-        # One batch is stored while the next one is read; batches are stored and
-        # acknowledged strictly in order, so a commit never passes an unstored event.
-        in_flight: asyncio.Future[bool] | None = None
         try:
-            async for events in _event_batches(
-                stream, settings.batch_max_events, settings.batch_max_seconds
-            ):
-                if in_flight is not None and not await in_flight:
-                    return
-                in_flight = asyncio.ensure_future(store(events))
+            batches = _event_batches(stream, settings.batch_max_events, settings.batch_max_seconds)
+            await store_in_order(batches, processor.route, store, stop_worker)
         finally:
-            if in_flight is not None:
-                await in_flight
             if emitter is not None:
                 emitter.cancel()
 

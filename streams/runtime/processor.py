@@ -8,12 +8,13 @@ the batch acknowledged and lost. Its sinks are interfaces: unit tests drive it i
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from streams.errors import CoalmineError
 from streams.failures import Failure, classify, one_line
@@ -21,14 +22,17 @@ from streams.ingest.pricing import PriceTable
 from streams.ingest.route import (
     DeadLetter,
     Header,
+    Owner,
     RawMessage,
     Rejection,
+    RoutedBatch,
     SpanRow,
     SpanWrite,
     TimeBounds,
     dead_letter,
     owned_rows,
     route,
+    span_rejection,
 )
 from streams.logs import RateLimitedLog
 from streams.runtime.health import HealthState
@@ -140,8 +144,10 @@ class IngestProcessor:
         retention_days: int = 0,
         clock: Callable[[], float] = time.time,
         health: HealthState | None = None,
+        max_rows_per_write: int = 2000,
     ) -> None:
         """``retention_days``: how long ``coalmine.spans`` keeps a span (0: forever)."""
+        self._max_rows_per_write = max_rows_per_write
         self._spans = spans
         self._dead_letters = dead_letters
         self._prices = prices
@@ -156,17 +162,30 @@ class IngestProcessor:
     async def process(self, messages: Sequence[RawMessage]) -> list[SpanRow] | None:
         """Store a batch; returns the rows whose span this batch's messages own (see
         :func:`owned_rows`), or ``None`` when the worker stopped before it was stored."""
+        return await self.store(messages, self.route(messages))
+
+    def route(self, messages: Sequence[RawMessage]) -> RoutedBatch:
+        """Decide what becomes of a batch (pure: the caller may do it ahead of storing the
+        batch before, while that one's insert runs on its thread)."""
         now = datetime.fromtimestamp(self._clock(), UTC)
-        routed = route(
+        return route(
             messages, self._prices, TimeBounds.at(now, self._max_clock_skew, self._retention)
         )
+
+    async def store(
+        self, messages: Sequence[RawMessage], routed: RoutedBatch
+    ) -> list[SpanRow] | None:
+        """Store what :meth:`route` decided for ``messages``; as :meth:`process`."""
         if not await self._dead_letter(routed.rejected):
             return None
-        written = await self._retry("ClickHouse insert", lambda: self._spans.write(routed.rows))
+        written = await self._write(routed.rows)
         if written is None:
             return None
         by_position = {(m.partition, m.offset): m for m in messages}
-        refused = [Rejection(by_position[p], reason) for p, reason in written.refused.items()]
+        refused = [
+            span_rejection(by_position[(partition, offset)], index, reason)
+            for (partition, offset, index), reason in written.refused.items()
+        ]
         if not await self._dead_letter(refused):
             return None
         self.counters.batches += 1
@@ -175,6 +194,25 @@ class IngestProcessor:
         self.counters.dead_lettered += len(routed.rejected) + len(refused)
         self.counters.sink_retries = self._retry.retries
         return owned_rows(routed.rows, written.owners)
+
+    async def _write(self, rows: Sequence[SpanRow]) -> SpanWrite | None:
+        """Write the rows in inserts of at most ``max_rows_per_write``: a batch of messages
+        carrying many spans each becomes several inserts of the size one-span messages make."""
+        inserted = 0
+        owners: dict[Any, Owner] = {}
+        refused: dict[Owner, str] = {}
+        step = self._max_rows_per_write
+        for start in range(0, max(1, len(rows)), step):
+            chunk = rows[start : start + step]
+            part = await self._retry(
+                "ClickHouse insert", functools.partial(self._spans.write, chunk)
+            )
+            if part is None:
+                return None
+            inserted += part.inserted
+            owners.update(part.owners)
+            refused.update(part.refused)
+        return SpanWrite(inserted, owners, refused)
 
     async def _dead_letter(self, rejections: Sequence[Rejection]) -> bool:
         """Send the rejections; ``False`` when the worker stopped before they were all sent."""

@@ -22,7 +22,7 @@ from typing import Generic, Protocol, TypeVar
 
 from schemas.topics import LATE_HEADER
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow, partitions_of
-from streams.ingest.route import Owner, SpanRow
+from streams.ingest.route import MessagePosition, SpanRow, message_position
 from streams.runtime.processor import Retrier, TopicWriter
 
 T = TypeVar("T")
@@ -74,11 +74,15 @@ class StreamWindows(Generic[T]):
         self.counters = WindowCounters()
 
     async def add(
-        self, rows: Sequence[SpanRow], tokens: Mapping[Owner, T], epoch: int
+        self, rows: Sequence[SpanRow], tokens: Mapping[MessagePosition, T], epoch: int
     ) -> list[T] | None:
         """Count the owned ``rows`` of a stored batch whose messages are ``tokens`` (by
         partition and offset), read at ``epoch``; returns the tokens to acknowledge now (the
-        others wait for their window), or ``None`` when the batch must not be counted."""
+        others wait for their windows), or ``None`` when the batch must not be counted.
+
+        The rows are counted without a pause (no ``await``), so no window is emitted between
+        two spans of one message: a row counting a message counts all of its spans in that
+        window, and coverage by offset stays exact for messages of many spans."""
         aggregator = self._aggregator
         unloaded = {
             p: o for p, o in partitions_of(tokens).items() if not aggregator.has_coverage(p)
@@ -96,9 +100,9 @@ class StreamWindows(Generic[T]):
         if epoch != self.epoch:
             return None
         now = self._clock()
-        held: set[Owner] = set()
+        held: set[MessagePosition] = set()
         for row in rows:
-            position = (row.kafka_partition, row.kafka_offset)
+            position = message_position(row)
             if aggregator.add(position[0], position[1], row, tokens[position], now):
                 held.add(position)
         self.counters.open_windows = aggregator.open_windows

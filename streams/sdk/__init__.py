@@ -6,6 +6,7 @@ checks): tracing an agent must not load the pipeline. Usage: ``from streams.sdk 
 KafkaPublisher, SdkSettings, Tracer`` (see the README).
 """
 
+from streams.sdk.batching import BatchLimits
 from streams.sdk.publisher import (
     CountingPublisher,
     DeliveryListener,
@@ -18,6 +19,7 @@ from streams.sdk.settings import SdkSettings, SettingsError
 from streams.sdk.tracer import OutcomeSpan, RequestSpan, Span, Tracer
 
 __all__ = [
+    "BatchLimits",
     "CountingPublisher",
     "DeliveryListener",
     "KafkaPublisher",

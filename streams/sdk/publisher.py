@@ -13,15 +13,18 @@ import atexit
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from schemas.framing import join_spans
 from schemas.topics import TRACES
 from schemas.trace import MAX_EVENT_BYTES, SCHEMA_VERSION, TraceEvent
 from streams.logs import RateLimitedLog
+from streams.sdk.batching import Batch, BatchLimits, Span, SpanBatcher
 from streams.sdk.closing import ClosedOnExit
 from streams.sdk.kafka_security import security_config
 from streams.sdk.settings import QUEUE_MAX_KBYTES, QUEUE_MAX_MESSAGES, SdkSettings
@@ -51,7 +54,7 @@ class Publisher(Protocol):
 class PublisherStats:
     """Counters since the publisher was created.
 
-    ``published`` counts events accepted into the send queue; each ends up ``delivered``
+    ``published`` counts events accepted (held for a batch or queued); each ends up ``delivered``
     (acknowledged by all in-sync replicas) or ``failed``. After :meth:`KafkaPublisher.close`,
     ``published == delivered + failed``. ``dropped`` events never entered the queue (queue
     full, oversized, publisher closed) and are not part of ``published``.
@@ -74,6 +77,8 @@ class CountingPublisher(Publisher, Protocol):
     def stats(self) -> PublisherStats: ...
 
 
+POLL_INTERVAL_S = 0.2
+
 _HEADERS: list[tuple[str, str | bytes | None]] = [
     ("content-type", b"application/json"),
     ("schema_version", str(SCHEMA_VERSION).encode()),
@@ -83,11 +88,15 @@ _HEADERS: list[tuple[str, str | bytes | None]] = [
 class KafkaPublisher(ClosedOnExit):
     """Publishes spans to a Kafka topic through confluent-kafka's idempotent producer.
 
-    One message per span: key = ``trace_id`` (so a trace's spans stay in order on one
-    partition), value = the event's JSON. Memory is bounded by ``max_queue_messages`` and
-    ``max_queue_kbytes``; when the queue is full, new events are dropped and counted rather
-    than blocking the agent. A daemon thread serves delivery reports even while the agent is
-    idle, and the publisher flushes itself at interpreter exit.
+    Spans travel in batches (:mod:`streams.sdk.batching`): a request's spans together once
+    the request ends, and across requests up to the ``batch`` limits (50 spans, 256 KiB, 5 ms
+    of linger by default); a batch of one span is that span's JSON object, as before batches.
+    Key = the ``trace_id`` of the batch's first span, so a request's spans stay together and
+    in order. Memory is bounded by ``max_queue_messages`` spans and ``max_queue_kbytes`` not
+    yet delivered (held for a batch or queued); beyond them new events are dropped and
+    counted rather than blocking the agent. A daemon thread sends batches whose time has come
+    and serves delivery reports even while the agent is idle, and the publisher flushes
+    itself (held spans too) at interpreter exit.
     """
 
     def __init__(
@@ -100,7 +109,10 @@ class KafkaPublisher(ClosedOnExit):
         on_delivery: DeliveryListener | None = None,
         extra_config: Mapping[str, Any] | None = None,
         close_timeout: float = 10.0,
+        batch: BatchLimits | None = None,
     ) -> None:
+        """``batch``: how spans are gathered into messages (``BatchLimits(max_spans=1)``:
+        one message per span, each sent at once)."""
         config: dict[str, Any] = {
             "bootstrap.servers": bootstrap,
             "client.id": "coalmine-sdk",
@@ -122,8 +134,13 @@ class KafkaPublisher(ClosedOnExit):
         self._topic = topic
         self._on_delivery = on_delivery
         self._close_timeout = close_timeout
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._published = self._delivered = self._failed = self._dropped = 0
+        self._max_pending = max_queue_messages
+        self._max_pending_bytes = max_queue_kbytes * 1024
+        self._pending_bytes = 0
+        self._batcher = SpanBatcher(batch or BatchLimits())
+        self._wake = threading.Event()
         self._closed = False
         self._warn_dropped = RateLimitedLog(logger, logging.WARNING)
         self._warn_failed = RateLimitedLog(logger, logging.WARNING)
@@ -162,40 +179,61 @@ class KafkaPublisher(ClosedOnExit):
         except Exception as exc:  # cannot happen for a validated event; never raise anyway
             self._drop(f"cannot encode event: {type(exc).__name__}: {exc}")
             return
-        # Ingest rejects bigger messages; sending one would only move the loss downstream.
+        # Ingest rejects bigger spans; sending one would only move the loss downstream.
         if len(value) > MAX_EVENT_BYTES:
             self._drop(f"event is {len(value)} bytes (limit {MAX_EVENT_BYTES})")
             return
-        problem = self._produce(event, value)
+        span = Span(event.trace_id, str(event.event_id), value)
+        problem = self._accept(span, ends_trace=event.parent_span_id is None)
         if problem is not None:
             self._drop(problem)
             return
         self._poll(0)
 
-    def _produce(self, event: TraceEvent, value: bytes) -> str | None:
-        """Hand the message to librdkafka; return why not, if it was not taken."""
-        # Under the lock so that close() cannot slip between the check and the produce and
-        # leave a message that is neither delivered nor failed. produce() runs no callbacks.
+    def _accept(self, span: Span, *, ends_trace: bool) -> str | None:
+        """Take the span into a batch and send the batches it fills; return why not, if it
+        was not taken."""
+        # Under the lock so that close() cannot slip between the check and the batching and
+        # leave a span that is neither delivered nor failed. produce() runs no callbacks.
         with self._lock:
             if self._closed:
                 return "publisher is closed"
+            pending = self._published - self._delivered - self._failed
+            if (
+                pending >= self._max_pending
+                or self._pending_bytes + len(span.value) > self._max_pending_bytes
+            ):
+                return "the send queue is full (is the broker reachable?)"
+            self._published += 1
+            self._pending_bytes += len(span.value)
+            self._send(self._batcher.add(span, ends_trace, time.monotonic()))
+            if self._batcher.next_deadline() is not None:
+                self._wake.set()
+            return None
+
+    def _send(self, batches: list[Batch]) -> None:
+        """Hand batches to librdkafka (under the lock); a batch it does not take fails."""
+        for batch in batches:
+            event_ids = tuple(span.event_id for span in batch.spans)
+            size = sum(len(span.value) for span in batch.spans)
             try:
                 self._producer.produce(
                     self._topic,
-                    value=value,
-                    key=event.trace_id.encode(),
+                    value=join_spans([span.value for span in batch.spans]),
+                    key=batch.key.encode(),
                     headers=_HEADERS,
-                    on_delivery=functools.partial(self._delivery_report, str(event.event_id)),
+                    on_delivery=functools.partial(self._delivery_report, event_ids, size),
                 )
             except BufferError:
-                return "the send queue is full (is the broker reachable?)"
+                self._fail(event_ids, size, "the send queue is full (is the broker reachable?)")
             except Exception as exc:  # KafkaException (fatal producer state), anything else
-                return f"{type(exc).__name__}: {exc}"
-            self._published += 1
-            return None
+                self._fail(event_ids, size, f"{type(exc).__name__}: {exc}")
 
     def flush(self, timeout: float) -> int:
-        """Wait up to ``timeout`` seconds for outstanding deliveries; return how many remain."""
+        """Send every held span now and wait up to ``timeout`` seconds for outstanding
+        deliveries; return how many messages remain."""
+        with self._lock:
+            self._send(self._batcher.drain(time.monotonic()))
         try:
             return int(self._producer.flush(timeout))
         except Exception as exc:  # a user's on_delivery raising is caught below; be safe anyway
@@ -211,6 +249,7 @@ class KafkaPublisher(ClosedOnExit):
             self._closed = True
         atexit.unregister(self._close_at_exit)
         self._stop_polling.set()
+        self._wake.set()
         self._poller.join()
         remaining = self.flush(self._close_timeout if timeout is None else timeout)
         if remaining:
@@ -227,16 +266,29 @@ class KafkaPublisher(ClosedOnExit):
 
     # -- callbacks (run on whichever thread calls poll/flush) --
 
-    def _delivery_report(self, event_id: str, err: KafkaError | None, msg: Message) -> None:
-        error = None if err is None else err.str()
+    def _delivery_report(
+        self, event_ids: tuple[str, ...], size: int, err: KafkaError | None, msg: Message
+    ) -> None:
+        if err is None:
+            with self._lock:
+                self._delivered += len(event_ids)
+                self._pending_bytes -= size
+            self._report(event_ids, None)
+        else:
+            self._fail(event_ids, size, err.str())
+
+    def _fail(self, event_ids: tuple[str, ...], size: int, error: str) -> None:
+        # The lock is re-entrant: _send() fails batches while holding it.
         with self._lock:
-            if error is None:
-                self._delivered += 1
-            else:
-                self._failed += 1
-        if error is not None:
-            self._warn_failed("delivery to %s failed: %s", self._topic, error)
-        if self._on_delivery is not None:
+            self._failed += len(event_ids)
+            self._pending_bytes -= size
+        self._warn_failed("delivery to %s failed: %s", self._topic, error)
+        self._report(event_ids, error)
+
+    def _report(self, event_ids: tuple[str, ...], error: str | None) -> None:
+        if self._on_delivery is None:
+            return
+        for event_id in event_ids:
             try:
                 self._on_delivery(event_id, error)
             except Exception:
@@ -259,8 +311,16 @@ class KafkaPublisher(ClosedOnExit):
             logger.error("serving delivery reports failed: %s", exc)
 
     def _poll_loop(self) -> None:
+        """Sends the batches whose time has come, and serves delivery reports."""
         while not self._stop_polling.is_set():
-            self._poll(0.2)
+            self._poll(0)
+            with self._lock:
+                now = time.monotonic()
+                self._send(self._batcher.due(now))
+                deadline = self._batcher.next_deadline()
+                self._wake.clear()
+            wait = POLL_INTERVAL_S if deadline is None else deadline - now
+            self._wake.wait(min(POLL_INTERVAL_S, max(0.0, wait)))
 
     def _close_at_exit(self) -> None:
         self.close()

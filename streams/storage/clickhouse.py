@@ -305,12 +305,13 @@ class SpanWriter:
         return list(seen.values()), refused
 
     def _stored(self, rows: Sequence[SpanRow]) -> dict[Any, tuple[Owner, int]]:
-        """Per stored event id of ``rows``: the message it came from and its content hash."""
+        """Per stored event id of ``rows``: the span it came from and its content hash."""
         times = [row.start_time for row in rows]
         # min(): a rebalance race may have stored an id twice until the merge folds it.
         result = self._client.query(
-            "SELECT event_id, min((kafka_partition, kafka_offset)), "
-            f"argMin(content_hash, (kafka_partition, kafka_offset)) FROM {self._table} "
+            "SELECT event_id, min((kafka_partition, kafka_offset, kafka_index)), "
+            "argMin(content_hash, (kafka_partition, kafka_offset, kafka_index)) "
+            f"FROM {self._table} "
             "WHERE start_time BETWEEN {lo:DateTime64(6)} AND {hi:DateTime64(6)} "
             "AND event_id IN {ids:Array(UUID)} GROUP BY event_id",
             parameters={
@@ -320,16 +321,16 @@ class SpanWriter:
             },
         )
         return {
-            event_id: ((int(owner[0]), int(owner[1])), int(stored_hash))
+            event_id: ((int(owner[0]), int(owner[1]), int(owner[2])), int(stored_hash))
             for event_id, owner, stored_hash in result.result_rows
         }
 
 
 def _conflict(event_id: Any, stored_from: Owner) -> str:
     return (
-        f"event_id {event_id} is already stored from another message (partition "
-        f"{stored_from[0]}, offset {stored_from[1]}) with different content; an event id "
-        "names one event"
+        f"event_id {event_id} is already stored from another span (partition "
+        f"{stored_from[0]}, offset {stored_from[1]}, index {stored_from[2]}) with different "
+        "content; an event id names one event"
     )
 
 

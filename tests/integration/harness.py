@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, Message
 
+from schemas.framing import split_spans
 from streams.devtools import localkafka
 from streams.devtools.worker_process import WorkerProcess
 from streams.sdk.kafka_security import client_config
@@ -104,10 +105,27 @@ def worker(kafka_settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
         yield w
 
 
+def message_spans(message: Message) -> list[bytes]:
+    """The spans a ``coalmine.traces`` message carries (one, or a batch)."""
+    value = message.value() or b""
+    return split_spans(value) or [value]
+
+
+def consume_spans(kafka: Settings | str, topic: str, expected: int) -> list[bytes]:
+    """Every span of ``topic``'s messages, read until ``expected`` spans arrived."""
+    messages = consume_all(kafka, topic, expected, count=lambda m: len(message_spans(m)))
+    return [span for message in messages for span in message_spans(message)]
+
+
 def consume_all(
-    kafka: Settings | str, topic: str, expected: int, timeout_s: float = 60.0
+    kafka: Settings | str,
+    topic: str,
+    expected: int,
+    timeout_s: float = 60.0,
+    count: Callable[[Message], int] = lambda _: 1,
 ) -> list[Message]:
-    """Read ``topic`` from the start until ``expected`` records arrived (or time runs out).
+    """Read ``topic`` from the start until ``expected`` records arrived (or time runs out);
+    ``count``: how much one record counts (its spans, say).
     ``kafka``: the settings to connect with, or the bootstrap of a plaintext broker."""
     connect = client_config(kafka) if isinstance(kafka, Settings) else {"bootstrap.servers": kafka}
     consumer = Consumer(
@@ -120,12 +138,14 @@ def consume_all(
     )
     consumer.subscribe([topic])
     received: list[Message] = []
+    counted = 0
     deadline = time.monotonic() + timeout_s
     try:
-        while len(received) < expected and time.monotonic() < deadline:
+        while counted < expected and time.monotonic() < deadline:
             for message in consumer.consume(num_messages=1000, timeout=0.5):
                 assert message.error() is None, message.error()
                 received.append(message)
+                counted += count(message)
     finally:
         consumer.close()
     return received

@@ -18,7 +18,7 @@ import pytest
 from schemas.topics import DLQ_REASON, LATE_HEADER, TRACES_DLQ, VERSION_STATS
 from schemas.window_stats import QUANTILE_MAX_RELATIVE_ERROR, WindowStats, latency_histogram
 from streams.devtools.worker_process import WorkerProcess
-from streams.sdk import KafkaPublisher, Tracer
+from streams.sdk import BatchLimits, KafkaPublisher, Tracer
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.integration.harness import (
@@ -157,12 +157,17 @@ def traced_stream(tracer: Tracer, rng: random.Random, count: int) -> None:
             request.end(end_time=end)
 
 
+@pytest.mark.parametrize("spans_per_message", [1, 50], ids=["single", "batched"])
 def test_window_aggregates_equal_the_spans_after_sigkills(
-    kafka_settings: Settings, tmp_path: Path
+    kafka_settings: Settings, tmp_path: Path, spans_per_message: int
 ) -> None:
+    """Batched: a message's spans fall in several windows (stragglers, cross-request
+    batches), so its acknowledgement waits for the rows of all of them."""
     settings = windowed_settings(kafka_settings, tmp_path)
     ensure_topics(settings)
-    publisher = KafkaPublisher.from_settings(settings)
+    publisher = KafkaPublisher.from_settings(
+        settings, batch=BatchLimits(max_spans=spans_per_message)
+    )
     tracers = [Tracer("research-agent", version, publisher) for version in ("v7", "v8")]
     stream_rng = random.Random(7)
 

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from schemas.framing import MAX_MESSAGE_BYTES
 from schemas.topics import (
     DLQ_ORIGINAL_VALUE_BYTES,
     DLQ_REASON,
+    DLQ_SOURCE_INDEX,
     DLQ_SOURCE_OFFSET,
     DLQ_SOURCE_TOPIC,
     DLQ_TRUNCATED,
@@ -297,6 +299,66 @@ def test_no_message_stalls_or_crashes_the_pipeline(settings: Settings, tmp_path:
         assert worker.stop() == 0, worker.log_tail()
 
 
+def batchable(case: Case) -> bool:
+    """A case that can be one line of a batch: a value with no newline that is not blank,
+    sent without a key or headers of its own, small enough for a batch."""
+    value = case.value
+    return (
+        value is not None
+        and b"\n" not in value
+        and bool(value.strip(b" \t\r"))
+        and case.key is None
+        and not case.headers
+        and len(value) <= 2 * MAX_EVENT_BYTES
+    )
+
+
+def test_each_bad_span_of_a_batch_is_dead_lettered_alone_and_its_neighbours_land(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Every case that fits on a line, as spans of one batch between valid spans: each bad
+    span is dead-lettered alone (its own bytes, its index, the batch's key and headers),
+    every other span is stored, and the aggregates still equal the spans."""
+    cases = {name: case for name, case in CASES.items() if batchable(case)}
+    assert len(cases) >= 60
+    neighbours = [event()]
+    lines = [neighbours[0]]
+    index_of: dict[int, str] = {}
+    for name, case in cases.items():
+        index_of[len(lines)] = name
+        lines.append(case.value or b"")
+        neighbours.append(event())
+        lines.append(neighbours[-1])
+    value = b"\n".join(lines)
+    assert len(value) <= MAX_MESSAGE_BYTES
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    headers: list[tuple[str, str | bytes | None]] = [("origin", b"batch-test")]
+    producer.produce(settings.topic(TRACES), value, key=b"the-batch", headers=headers)
+    assert producer.flush(30) == 0
+
+    valid = [name for name, case in cases.items() if case.reason is None]
+    bad = {name for name, case in cases.items() if case.reason is not None}
+    with running_worker(settings, tmp_path / "worker.log") as worker:
+        expected = len(neighbours) + len(valid)
+        assert wait_for(worker, "SELECT count() FROM coalmine.spans", expected) == expected
+        ids = {row[0] for row in worker.sql("SELECT toString(event_id) FROM coalmine.spans")}
+        assert {json.loads(n)["event_id"] for n in neighbours} <= ids
+        dead = consume_all(settings.kafka_bootstrap, settings.topic(TRACES_DLQ), len(bad), 120)
+        by_name = {index_of[int(headers_of(m)[DLQ_SOURCE_INDEX])]: m for m in dead}
+        assert by_name.keys() == bad
+        for name in bad:
+            letter = by_name[name]
+            assert (letter.key(), letter.value()) == (b"the-batch", cases[name].value)
+            assert headers_of(letter)["origin"] == b"batch-test"
+            assert_dead_letter(letter, cases[name], settings)
+        assert worker.health()["status"] == "ok"
+        requests = worker.scalar("SELECT countIf(kind = 'request') FROM coalmine.spans")
+        counted = "SELECT toUInt64(sum(requests)) FROM coalmine.version_stats"
+        assert wait_for(worker, counted, requests, timeout_s=60) == requests
+        assert_aggregates_match_the_spans(worker)
+        assert worker.stop() == 0, worker.log_tail()
+
+
 def assert_every_bad_message_was_dead_lettered(settings: Settings) -> None:
     dead_expected = {name for name, case in CASES.items() if case.reason is not None}
     dead_expected.add("conflicting duplicate")
@@ -310,7 +372,7 @@ def assert_every_bad_message_was_dead_lettered(settings: Settings) -> None:
     for name in dead_expected - {"huge key with a bad value", "conflicting duplicate"}:
         assert_dead_letter(by_name[name], CASES[name], settings)
     conflict_reason = headers_of(by_name["conflicting duplicate"])[DLQ_REASON]
-    assert b"already stored from another message" in conflict_reason
+    assert b"already stored from another span" in conflict_reason
     huge_key = [m for m in dead if len(m.key() or b"") > 100_000]
     assert len(huge_key) == 1 and b"Invalid JSON" in headers_of(huge_key[0])[DLQ_REASON]
     assert headers_of(huge_key[0])[DLQ_TRUNCATED] == b"value,headers,key"

@@ -10,7 +10,7 @@ import pytest
 
 from schemas.trace import TraceEvent
 from streams.devtools.worker_process import WorkerProcess
-from streams.sdk import KafkaPublisher, Tracer
+from streams.sdk import BatchLimits, KafkaPublisher, Tracer
 from streams.topics import ensure_topics
 from tests.integration.harness import (
     isolated_settings,
@@ -150,13 +150,16 @@ class AcknowledgedIds:
                 self.failed += 1
 
 
+@pytest.mark.parametrize("spans_per_message", [1, 50], ids=["single", "batched"])
 def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(
-    kafka_settings: Any, tmp_path: Any
+    kafka_settings: Any, tmp_path: Any, spans_per_message: int
 ) -> None:
     settings = isolated_settings(kafka_settings, tmp_path)
     ensure_topics(settings)
     acknowledged = AcknowledgedIds()
-    publisher = KafkaPublisher.from_settings(settings, on_delivery=acknowledged)
+    publisher = KafkaPublisher.from_settings(
+        settings, on_delivery=acknowledged, batch=BatchLimits(max_spans=spans_per_message)
+    )
     tracer = Tracer("research-agent", "v7", publisher)
 
     def produce() -> None:

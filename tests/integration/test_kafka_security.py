@@ -20,7 +20,7 @@ from streams.sdk import KafkaPublisher, Tracer
 from streams.sdk.kafka_security import tls_context
 from streams.settings import SASL_MECHANISMS, Settings
 from streams.topics import ensure_topics
-from tests.integration.harness import consume_all, isolated_settings, running_worker, wait_for
+from tests.integration.harness import consume_spans, isolated_settings, running_worker, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -58,8 +58,8 @@ def test_sdk_admin_and_consumer_authenticate_with_each_mechanism(
     publisher = publish_requests(settings, 3)
 
     assert (publisher.stats.delivered, publisher.stats.failed) == (3, 0)
-    messages = consume_all(settings, settings.topic(TRACES), expected=3)
-    assert [json.loads(m.value() or b"")["agent"] for m in messages] == ["secure-bot"] * 3
+    spans = consume_spans(settings, settings.topic(TRACES), expected=3)
+    assert [json.loads(span)["agent"] for span in spans] == ["secure-bot"] * 3
 
 
 def test_worker_stores_spans_sent_with_credentials_and_none_sent_with_a_wrong_password(

@@ -16,9 +16,9 @@ from confluent_kafka.cimpl import NewTopic  # not re-exported by confluent_kafka
 from schemas.topics import TRACES
 from schemas.trace import MAX_ATTRIBUTE_VALUE_CHARS, MAX_EVENT_BYTES, TraceEvent
 from streams.devtools import generate
-from streams.sdk import KafkaPublisher, SdkSettings
+from streams.sdk import BatchLimits, KafkaPublisher, SdkSettings
 from streams.settings import Settings
-from tests.integration.harness import consume_all
+from tests.integration.harness import consume_all, message_spans
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,10 @@ def test_published_events_come_back_unchanged_and_in_trace_order(kafka_bootstrap
     events = _events(400)
     topic = _new_topic(kafka_bootstrap)
     log = DeliveryLog()
-    publisher = KafkaPublisher(kafka_bootstrap, topic, on_delivery=log)
+    # Small batches: enough messages (keys) to spread over every partition.
+    publisher = KafkaPublisher(
+        kafka_bootstrap, topic, on_delivery=log, batch=BatchLimits(max_spans=5)
+    )
     for event in events:
         publisher.publish(event)
     assert publisher.flush(30) == 0
@@ -68,17 +71,23 @@ def test_published_events_come_back_unchanged_and_in_trace_order(kafka_bootstrap
     )
     assert log.reports == {str(e.event_id): None for e in events}
 
-    messages = consume_all(kafka_bootstrap, topic, len(events))
-    assert len(messages) == len(events)
-    received = [TraceEvent.model_validate_json(m.value() or b"") for m in messages]
-    assert sorted(received, key=lambda e: e.event_id) == sorted(events, key=lambda e: e.event_id)
-    for msg, event in zip(messages, received, strict=True):
-        assert msg.key() == event.trace_id.encode()
+    messages = consume_all(
+        kafka_bootstrap, topic, len(events), count=lambda m: len(message_spans(m))
+    )
+    received = []
+    for msg in messages:
+        spans = message_spans(msg)
+        assert len(spans) <= 5
+        batch = [TraceEvent.model_validate_json(span) for span in spans]
+        assert msg.key() == batch[0].trace_id.encode()
         assert dict(msg.headers() or []) == {
             "content-type": b"application/json",
             "schema_version": b"1",
         }
-    # The key keeps a trace on one partition, so its spans arrive in the order published.
+        received.extend(batch)
+    assert sorted(received, key=lambda e: e.event_id) == sorted(events, key=lambda e: e.event_id)
+    # A request's spans travel in one message (or, past 5, in messages keyed by the request's
+    # trace on one partition), so they arrive in the order published.
     sent_order: dict[str, list[uuid.UUID]] = defaultdict(list)
     received_order: dict[str, list[uuid.UUID]] = defaultdict(list)
     for event in events:
@@ -161,9 +170,14 @@ def test_generate_run_delivers_everything_it_reports(kafka_settings: Settings) -
     assert final.requests == 300
     assert final.spans == final.delivered > 300
     assert (final.failed, final.dropped, final.invalid) == (0, 0, 0)
-    messages = consume_all(settings.kafka_bootstrap, settings.topic(TRACES), final.delivered)
-    assert len(messages) == final.delivered
-    events = [TraceEvent.model_validate_json(m.value() or b"") for m in messages]
+    messages = consume_all(
+        settings.kafka_bootstrap,
+        settings.topic(TRACES),
+        final.delivered,
+        count=lambda m: len(message_spans(m)),
+    )
+    events = [TraceEvent.model_validate_json(s) for m in messages for s in message_spans(m)]
+    assert len(events) == final.delivered
     assert sum(e.kind == "request" for e in events) == 300
     # run() created the topic with the configured partition count.
     assert len({m.partition() for m in messages}) == settings.traces_partitions

@@ -12,7 +12,7 @@ from schemas.topics import TRACES
 from streams.devtools.control_records import ControlWriter, example_version, rollout_state
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.integration.harness import consume_all, isolated_settings
+from tests.integration.harness import consume_all, consume_spans, isolated_settings
 from tests.unit.test_readme_examples import python_block
 
 pytestmark = pytest.mark.integration
@@ -30,8 +30,8 @@ def test_readme_sdk_example_publishes_its_spans(
         compile(python_block('tenant="acme"'), str(README), "exec"), {"__name__": "readme_example"}
     )
 
-    messages = consume_all(settings.kafka_bootstrap, settings.topic(TRACES), expected=4)
-    spans = {json.loads(m.value() or b"")["name"]: json.loads(m.value() or b"") for m in messages}
+    values = consume_spans(settings.kafka_bootstrap, settings.topic(TRACES), expected=4)
+    spans = {json.loads(value)["name"]: json.loads(value) for value in values}
     assert set(spans) == {"answer-question", "kb", "draft", "lookup"}
     request = spans["answer-question"]
     assert (request["agent"], request["version"], request["tenant"]) == (

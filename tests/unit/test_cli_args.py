@@ -25,6 +25,8 @@ BAD_ARGUMENTS = [
     (["bench", "ingest", "--events", "-5"], "'-5' must be between 1 and 10,000,000"),
     (["bench", "ingest", "--events", "0"], "'0' must be between 1 and 10,000,000"),
     (["bench", "ingest", "--events", "1e3"], "'1e3' is not a whole number"),
+    (["bench", "ingest", "--spans-per-message", "1,0"], "'0' must be between 1 and 1,000"),
+    (["bench", "ingest", "--spans-per-message", "5,x"], "'x' is not a whole number"),
     (["bench", "ingest", "--events", "100000001"], "must be between 1 and 10,000,000"),
     (["generate", "--rate", "nan"], "argument --rate: 'nan' is not a finite number"),
     (["generate", "--rate", "2e6"], "argument --rate: '2e6' must be between"),

@@ -1,31 +1,38 @@
-"""``coalmine bench ingest``: the worker against a raw consume-and-insert loop, same run.
+"""``coalmine bench ingest``: the worker against a raw consume-and-insert loop on the same
+messages, same run, for messages of 1, 5 and 50 spans (``--spans-per-message``).
 
-Both sides read the same JSON events from Kafka and insert them into the same ``spans`` table
+Both sides read the same JSON spans from Kafka and insert them into the same ``spans`` table
 (each into its own fresh chDB folder). The raw loop is the floor of what any consumer costs
-here: confluent-kafka batches, ``json.loads``, a row tuple, one insert per batch, a commit; no
-validation, pricing, dead letters or de-duplication. Figures:
+here: confluent-kafka batches, a split at newlines, ``json.loads``, a row tuple, one insert per
+batch, a commit; no validation, pricing, windows, dead letters or de-duplication. For each
+message size the sides run alternated A B B A (raw, worker, worker, raw), so that a slow
+spell of the machine (shared with other work) falls on both, and best is compared with best.
+Figures:
 
-* throughput: a backlog of ``events`` is produced first; events/s is the stored count over the
-  span of ``ingested_at`` (first row to last), so start-up and group joins are not counted.
-* latency, event to queryable: events produced live at ``rate``/s, each with
-  ``end_time`` = its produce time; latency = ``ingested_at - end_time`` (rows are queryable
-  when the insert returns), as p50/p99.
-* aggregation cost: backlog throughput of the worker with windows on (the default) and off
-  (``COALMINE_WINDOW_SECONDS=0``), measured on, off, off, on and compared best against best,
-  so that a slow spell of the machine does not land on one side only.
-* window lag: for each live event, the time from its ``end_time`` to the record of its
-  (agent, version, window) on ``coalmine.version-stats`` (the Kafka timestamp of the last
-  on-time partial of that window), p50/p99. It is bounded below by the window length and the
-  allowed lateness: a window is emitted once it can no longer change.
+* throughput: a backlog of ``events`` spans is produced first; spans/s is the stored count
+  over the span of ``ingested_at`` (first row to last), so start-up and group joins are not
+  counted.
+* CPU µs per span: CPU time of the consuming process (the worker, or the benchmark process
+  for the raw loop; both hold chDB inside) while it works off the backlog, per span stored.
+* latency, event to queryable (first run of each side): spans produced live at ``rate``/s,
+  each with ``end_time`` = when it is made, gathered into messages of the size measured (a
+  message leaves when it is full, or 5 ms after its first span, as the SDK's linger);
+  latency = ``ingested_at - end_time`` (rows are queryable when the insert returns), p50/p99.
+* window lag (worker): for each live span, the time from its ``end_time`` to the record of its
+  (agent, version, window) on ``coalmine.version-stats``, p50/p99. It is bounded below by the
+  window length and the allowed lateness: a window is emitted once it can no longer change.
+* ``--breakdown`` adds, per size, the worker with windows off and with a sink that discards
+  rows (Faust plus validation, without ClickHouse).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -37,6 +44,7 @@ from typing import Any
 import numpy as np
 from confluent_kafka import Consumer, Message, Producer
 
+from schemas.framing import SEPARATOR, join_spans
 from schemas.topics import LATE_HEADER, TRACES, VERSION_STATS
 from schemas.trace import TraceEvent
 from schemas.window_stats import WindowStats
@@ -54,56 +62,103 @@ from streams.topics import ensure_topics
 
 STORED_TIMEOUT_S = 300.0
 RAW_BATCH = 2000
+LIVE_LINGER_S = 0.005
+SPANS_PER_MESSAGE = (1, 5, 50)
 
 
 @dataclass(frozen=True)
 class Figures:
     name: str
     throughput: float
-    latency_p50_ms: float
-    latency_p99_ms: float
+    latency_p50_ms: float = nan
+    latency_p99_ms: float = nan
     window_lag_p50_ms: float = nan
     window_lag_p99_ms: float = nan
+    cpu_us_per_span: float = nan
+
+
+def best(runs: Sequence[Figures]) -> Figures:
+    """The fastest run, with the latency of the run that measured it."""
+    fastest = max(runs, key=lambda f: f.throughput)
+    timed = next((f for f in runs if not isnan(f.latency_p50_ms)), fastest)
+    return replace(
+        timed,
+        throughput=fastest.throughput,
+        cpu_us_per_span=min(f.cpu_us_per_span for f in runs),
+    )
 
 
 LiveEvent = tuple[str, str, datetime]
 """(agent, version, end_time) of an event produced live."""
 
 
-def run(settings: Settings, *, events: int, rate: float = 2000.0, live_s: float = 15.0) -> int:
+@dataclass(frozen=True)
+class Run:
+    """One side of one comparison: how the backlog is laid out and what consumes it."""
+
+    settings: Settings
+    plan: TrafficPlan
+    backlog: int
+    spans_per_message: int
+    live_s: float = 0.0
+    """Seconds of live traffic after the backlog (0: none, no latency figures)."""
+
+
+def run(
+    settings: Settings,
+    *,
+    events: int,
+    spans_per_message: Sequence[int] = SPANS_PER_MESSAGE,
+    breakdown: bool = False,
+    rate: float = 2000.0,
+    live_s: float = 15.0,
+) -> int:
     plan = TrafficPlan(rate=rate, seed=11)
-    say(f"ingest benchmark: backlog of {events} events, then {live_s:.0f} s live at {rate:.0f}/s")
+    say(
+        f"ingest benchmark: backlog of {events} spans in messages of "
+        f"{', '.join(map(str, spans_per_message))} span(s), then {live_s:.0f} s live at "
+        f"{rate:.0f}/s; raw loop and worker alternated A B B A"
+    )
+    summary: list[tuple[int, Figures, Figures]] = []
     with ExitStack() as cleanup, tempfile.TemporaryDirectory(prefix="coalmine-bench-") as tmp:
         local = local_address(settings)
         if local is not None and not process.answers(*local):
             cleanup.enter_context(localkafka.LocalKafka(settings))
-        raw = measure_raw(side_settings(settings, Path(tmp), "raw"), plan, events, live_s)
-        say(_row(raw))
-        worker = measure_worker(side_settings(settings, Path(tmp), "worker"), plan, events, live_s)
-        say(_row(worker))
-        on_off = {True: [worker.throughput], False: []}
-        for run, windows in enumerate((False, False, True)):
-            name = f"windows-{'on' if windows else 'off'}-{run}"
-            side = side_settings(settings, Path(tmp), name)
-            side = side if windows else replace(side, window_seconds=0)
-            on_off[windows].append(measure_backlog(side, plan, events))
-            say(f"  windows {'on' if windows else 'off'}: {on_off[windows][-1]:,.0f} events/s")
-        spans_only = Figures("worker, windows off", max(on_off[False]), nan, nan)
-        ceiling = measure_faust_alone(side_settings(settings, Path(tmp), "faust"), plan, events)
-        say(_row(ceiling))
+        for size in spans_per_message:
+            say(f"{size} span(s) per message:")
+            sides: dict[str, list[Figures]] = {"raw": [], "worker": []}
+            for order, side in enumerate(("raw", "worker", "worker", "raw")):
+                side_run = Run(
+                    side_settings(settings, Path(tmp), f"{side}-{size}-{order}"),
+                    plan,
+                    events,
+                    size,
+                    live_s if order < 2 else 0.0,
+                )
+                figures = measure_raw(side_run) if side == "raw" else measure_worker(side_run)
+                sides[side].append(figures)
+                say(_row(figures))
+            if breakdown:
+                off = replace(side_settings(settings, Path(tmp), f"off-{size}"), window_seconds=0)
+                say(
+                    _row(
+                        replace(measure_worker(Run(off, plan, events, size)), name="  windows off")
+                    )
+                )
+                faust = Run(side_settings(settings, Path(tmp), f"faust-{size}"), plan, events, size)
+                say(_row(measure_faust_alone(faust)))
+            summary.append((size, best(sides["raw"]), best(sides["worker"])))
     say("")
-    say(f"{'':28}{'events/s':>12}{'p50 ms':>10}{'p99 ms':>10}{'window p50':>12}{'p99 ms':>10}")
-    for figures in (raw, worker, spans_only, ceiling):
-        say(_row(figures))
     say(
-        f"{'ratio worker/raw':28}{worker.throughput / raw.throughput:>12.2f}"
-        f"{worker.latency_p50_ms / raw.latency_p50_ms:>10.2f}"
-        f"{worker.latency_p99_ms / raw.latency_p99_ms:>10.2f}"
+        f"{'spans/msg':>9}  {'':24}{'spans/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'win p50':>9}{'p99 ms':>9}{'CPU us/span':>13}"
     )
-    say(f"{'ratio windows on/off':28}{max(on_off[True]) / spans_only.throughput:>12.2f}")
-    say(f"{'ratio rows discarded/raw':28}{ceiling.throughput / raw.throughput:>12.2f}")
+    for size, raw, worker in summary:
+        say(f"{size:>9}  {_row(raw)}")
+        say(f"{'':>9}  {_row(worker)}")
+        say(f"{'':>9}  {'ratio worker/raw':24}{worker.throughput / raw.throughput:>10.2f}")
     say(
-        f"window lag: {settings.window_seconds} s windows, "
+        f"best of two runs each; window lag: {settings.window_seconds} s windows, "
         f"{settings.allowed_lateness_s:g} s allowed lateness"
     )
     return 0
@@ -126,32 +181,48 @@ def events(plan: TrafficPlan, count: int) -> list[TraceEvent]:
     return list(islice(simulate(plan, start, count), count))
 
 
-def produce_backlog(settings: Settings, plan: TrafficPlan, count: int) -> None:
-    producer = Producer({**client_config(settings), "linger.ms": 20})
-    topic = settings.topic(TRACES)
-    for i, event in enumerate(events(plan, count)):
-        _produce(producer, topic, event.model_dump_json().encode(), str(i))
+def produce_backlog(run: Run) -> None:
+    """The backlog: ``run.backlog`` spans, ``run.spans_per_message`` to a message."""
+    producer = Producer({**client_config(run.settings), "linger.ms": 20})
+    topic = run.settings.topic(TRACES)
+    values = [event.model_dump_json().encode() for event in events(run.plan, run.backlog)]
+    size = run.spans_per_message
+    for i in range(0, len(values), size):
+        _produce(producer, topic, join_spans(values[i : i + size]), str(i))
     producer.flush(60)
 
 
-def produce_live(settings: Settings, plan: TrafficPlan, duration_s: float) -> list[LiveEvent]:
-    """Spans paced at the plan's rate, each stamped ``end_time`` = when it is produced and
-    marked with the attribute ``bench=live``."""
-    pool = events(replace(plan, seed=plan.seed + 1), int(plan.rate * duration_s))
-    producer = Producer({**client_config(settings), "linger.ms": 5})
-    topic = settings.topic(TRACES)
+def produce_live(run: Run) -> list[LiveEvent]:
+    """Spans paced at the plan's rate, each stamped ``end_time`` = when it is made and marked
+    with the attribute ``bench=live``, sent in messages of ``run.spans_per_message`` (a
+    message leaves when full, or :data:`LIVE_LINGER_S` after its first span)."""
+    pool = events(replace(run.plan, seed=run.plan.seed + 1), int(run.plan.rate * run.live_s))
+    producer = Producer({**client_config(run.settings), "linger.ms": 5})
+    topic = run.settings.topic(TRACES)
     began = time.monotonic()
     sent: list[LiveEvent] = []
+    waiting: list[bytes] = []
+    first_waiting = 0.0
     while len(sent) < len(pool):
-        due = min(len(pool), int((time.monotonic() - began) * plan.rate))
+        due = min(len(pool), int((time.monotonic() - began) * run.plan.rate))
         for event in pool[len(sent) : due]:
             now = datetime.now(UTC)
             live = event.model_copy(
                 update={"start_time": now, "end_time": now, "attributes": {"bench": "live"}}
             )
-            _produce(producer, topic, live.model_dump_json().encode(), str(len(sent)))
+            if not waiting:
+                first_waiting = time.monotonic()
+            waiting.append(live.model_dump_json().encode())
             sent.append((live.agent, live.version, now))
-        time.sleep(0.005)
+            if len(waiting) == run.spans_per_message:
+                _produce(producer, topic, join_spans(waiting), str(len(sent)))
+                waiting = []
+        if waiting and time.monotonic() - first_waiting >= LIVE_LINGER_S:
+            _produce(producer, topic, join_spans(waiting), str(len(sent)))
+            waiting = []
+        time.sleep(0.001)
+    if waiting:
+        _produce(producer, topic, join_spans(waiting), str(len(sent)))
     producer.flush(60)
     return sent
 
@@ -166,32 +237,28 @@ def _produce(producer: Producer, topic: str, value: bytes, key: str) -> None:
             producer.poll(0.1)
 
 
-def measure_worker(settings: Settings, plan: TrafficPlan, backlog: int, live_s: float) -> Figures:
-    with _worker_after_backlog(settings, plan, backlog) as (worker, throughput):
-        live = produce_live(settings, plan, live_s)
-        _wait_stored(worker.scalar, "coalmine.spans", backlog + len(live))
+def measure_worker(run: Run) -> Figures:
+    settings = run.settings
+    with _worker_after_backlog(run) as (worker, throughput, cpu_us):
+        if not run.live_s:
+            return Figures("coalmine worker", throughput, cpu_us_per_span=cpu_us)
+        live = produce_live(run)
+        _wait_stored(worker.scalar, "coalmine.spans", run.backlog + len(live))
         p50, p99 = worker.sql(LATENCY_QUERY)[0]
         time.sleep(settings.window_seconds + settings.allowed_lateness_s + 1.0)
         lag_p50, lag_p99 = window_lag(settings, live)
-    return Figures("coalmine worker", throughput, float(p50), float(p99), lag_p50, lag_p99)
-
-
-def measure_backlog(settings: Settings, plan: TrafficPlan, backlog: int) -> float:
-    """Events/s of a worker working off a backlog of ``backlog`` events."""
-    with _worker_after_backlog(settings, plan, backlog) as (_, throughput):
-        return throughput
+    return Figures("coalmine worker", throughput, float(p50), float(p99), lag_p50, lag_p99, cpu_us)
 
 
 @contextmanager
-def _worker_after_backlog(
-    settings: Settings, plan: TrafficPlan, backlog: int
-) -> Iterator[tuple[WorkerProcess, float]]:
-    """A worker that has stored a backlog of ``backlog`` events, and its events/s doing so."""
+def _worker_after_backlog(run: Run) -> Iterator[tuple[WorkerProcess, float, float]]:
+    """A worker that has stored a backlog, its spans/s and CPU µs per span doing so."""
+    settings = run.settings
     ensure_topics(settings)
-    produce_backlog(settings, plan, backlog)
+    produce_backlog(run)
     with WorkerProcess(settings, settings.chdb_path.parent / "worker.log") as worker:
-        stored = _wait_stored(worker.scalar, "coalmine.spans", backlog)
-        yield worker, _throughput(lambda q: worker.sql(q)[0], "coalmine.spans", stored)
+        stored, cpu_us = _drain(worker.scalar, run.backlog, worker.cpu_seconds)
+        yield worker, _throughput(lambda q: worker.sql(q)[0], "coalmine.spans", stored), cpu_us
 
 
 def window_lag(settings: Settings, live: list[LiveEvent]) -> tuple[float, float]:
@@ -238,18 +305,20 @@ def _read_all(settings: Settings, topic: str, idle_s: float = 3.0) -> list[Messa
     return records
 
 
-def measure_faust_alone(settings: Settings, plan: TrafficPlan, backlog: int) -> Figures:
+def measure_faust_alone(run: Run) -> Figures:
     """The worker with a sink that discards rows: Faust plus validation, without ClickHouse."""
+    settings = run.settings
     ensure_topics(settings)
-    produce_backlog(settings, plan, backlog)
+    produce_backlog(run)
     command = ("streams.devtools.bench.discarding_worker",)
     log = settings.chdb_path.parent / "faust.log"
     with WorkerProcess(settings, log, command=command) as worker:
         first_seen = _poll_written(worker, 1)
-        began = time.monotonic()
-        done = _poll_written(worker, backlog)
-        elapsed = time.monotonic() - began
-    return Figures("worker, rows discarded", (done - first_seen) / elapsed, nan, nan)
+        began, cpu_began = time.monotonic(), worker.cpu_seconds()
+        done = _poll_written(worker, run.backlog)
+        elapsed, cpu = time.monotonic() - began, worker.cpu_seconds() - cpu_began
+    spans = max(1, done - first_seen)
+    return Figures("  rows discarded", spans / elapsed, cpu_us_per_span=cpu * 1e6 / spans)
 
 
 def _poll_written(worker: WorkerProcess, at_least: int) -> int:
@@ -262,9 +331,10 @@ def _poll_written(worker: WorkerProcess, at_least: int) -> int:
     raise TimeoutError(f"fewer than {at_least} events processed after {STORED_TIMEOUT_S} s")
 
 
-def measure_raw(settings: Settings, plan: TrafficPlan, backlog: int, live_s: float) -> Figures:
+def measure_raw(run: Run) -> Figures:
+    settings = run.settings
     ensure_topics(settings)
-    produce_backlog(settings, plan, backlog)
+    produce_backlog(run)
     client = clickhouse.connect(settings)
     clickhouse.migrate(client)
     stop = threading.Event()
@@ -272,16 +342,25 @@ def measure_raw(settings: Settings, plan: TrafficPlan, backlog: int, live_s: flo
     loop.start()
     try:
         scalar = lambda q: client.query(q).result_rows[0][0]  # noqa: E731
-        stored = _wait_stored(scalar, "coalmine.spans", backlog)
+        stored, cpu_us = _drain(scalar, run.backlog, _own_cpu_seconds)
         throughput = _throughput(lambda q: client.query(q).result_rows[0], "coalmine.spans", stored)
-        sent = len(produce_live(settings, plan, live_s))
-        _wait_stored(scalar, "coalmine.spans", backlog + sent)
+        if not run.live_s:
+            return Figures("raw consume+insert loop", throughput, cpu_us_per_span=cpu_us)
+        sent = len(produce_live(run))
+        _wait_stored(scalar, "coalmine.spans", run.backlog + sent)
         p50, p99 = client.query(LATENCY_QUERY).result_rows[0]
     finally:
         stop.set()
         loop.join()
         client.close()
-    return Figures("raw consume+insert loop", throughput, float(p50), float(p99))
+    return Figures(
+        "raw consume+insert loop", throughput, float(p50), float(p99), cpu_us_per_span=cpu_us
+    )
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def raw_loop(settings: Settings, client: Any, stop: threading.Event) -> None:
@@ -298,16 +377,24 @@ def raw_loop(settings: Settings, client: Any, stop: threading.Event) -> None:
     try:
         while not stop.is_set():
             messages = consumer.consume(RAW_BATCH, timeout=settings.batch_max_seconds)
-            rows = [_raw_row(m) for m in messages if not m.error()]
+            rows = [row for m in messages if not m.error() for row in _raw_rows(m)]
+            for start in range(0, len(rows), RAW_BATCH):  # inserts the size the worker makes
+                chunk = rows[start : start + RAW_BATCH]
+                client.insert("coalmine.spans", chunk, column_names=clickhouse.SPAN_COLUMNS)
             if rows:
-                client.insert("coalmine.spans", rows, column_names=clickhouse.SPAN_COLUMNS)
                 consumer.commit(asynchronous=False)
     finally:
         consumer.close()
 
 
-def _raw_row(message: Message) -> tuple[Any, ...]:
-    e = json.loads(message.value() or b"")
+def _raw_rows(message: Message) -> list[tuple[Any, ...]]:
+    partition, offset = message.partition() or 0, message.offset() or 0
+    lines = (message.value() or b"").split(SEPARATOR)
+    return [_raw_row(line, partition, offset, index) for index, line in enumerate(lines)]
+
+
+def _raw_row(value: bytes, partition: int, offset: int, index: int) -> tuple[Any, ...]:
+    e = json.loads(value)
     start = datetime.fromisoformat(e["start_time"])
     end = datetime.fromisoformat(e["end_time"])
     return (
@@ -319,8 +406,28 @@ def _raw_row(message: Message) -> tuple[Any, ...]:
         e.get("cost_usd") or 0.0, "reported",
         e.get("tool_name") or "", e.get("task_completed"), e.get("quality_score"),
         {k: str(v) for k, v in e.get("attributes", {}).items()},
-        content_hash(message.value() or b""), message.partition(), message.offset(),
+        content_hash(value), partition, offset, index,
     )  # fmt: skip
+
+
+def _drain(
+    scalar: Callable[[str], Any], expected: int, cpu_seconds: Callable[[], float]
+) -> tuple[int, float]:
+    """Wait for ``expected`` stored spans; returns the count and the CPU µs per span spent
+    from the first stored span to the last."""
+    deadline = time.monotonic() + STORED_TIMEOUT_S
+    first: tuple[int, float] | None = None
+    count = 0
+    while time.monotonic() < deadline:
+        count = int(scalar("SELECT count() FROM coalmine.spans"))
+        if count and first is None:
+            first = (count, cpu_seconds())
+        if count >= expected:
+            assert first is not None
+            spans = count - first[0]
+            return count, (cpu_seconds() - first[1]) * 1e6 / spans if spans else nan
+        time.sleep(0.2)
+    raise TimeoutError(f"only {count} of {expected} spans stored after {STORED_TIMEOUT_S} s")
 
 
 def _wait_stored(scalar: Callable[[str], Any], table: str, expected: int) -> int:
@@ -350,13 +457,13 @@ LATENCY_QUERY = (
 
 def _row(f: Figures) -> str:
     return (
-        f"{f.name:28}{f.throughput:>12,.0f}{_ms(f.latency_p50_ms)}{_ms(f.latency_p99_ms)}"
-        f"  {_ms(f.window_lag_p50_ms)}{_ms(f.window_lag_p99_ms)}"
+        f"{f.name:24}{f.throughput:>10,.0f}{_ms(f.latency_p50_ms)}{_ms(f.latency_p99_ms)}"
+        f"{_ms(f.window_lag_p50_ms)}{_ms(f.window_lag_p99_ms)}{_ms(f.cpu_us_per_span, 13)}"
     )
 
 
-def _ms(value: float) -> str:
-    return f"{'-':>10}" if isnan(value) else f"{value:>10.0f}"
+def _ms(value: float, width: int = 9) -> str:
+    return f"{'-':>{width}}" if isnan(value) else f"{value:>{width}.0f}"
 
 
 def say(message: str) -> None:

@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 
+from schemas.framing import MAX_MESSAGE_BYTES, MAX_SPANS_PER_MESSAGE, split_spans
 from schemas.topics import (
     DLQ_ORIGINAL_KEY_BYTES,
     DLQ_ORIGINAL_VALUE_BYTES,
     DLQ_REASON,
+    DLQ_SOURCE_INDEX,
     DLQ_SOURCE_OFFSET,
     DLQ_SOURCE_PARTITION,
     DLQ_SOURCE_TOPIC,
@@ -260,9 +262,9 @@ def test_owned_rows_are_those_whose_message_stored_the_span() -> None:
     ]
     rows = route(messages, PRICES, BOUNDS).rows
     owners = {
-        uuid.UUID(int=1): (3, 10),  # stored by this batch's first message; offset 12 repeats it
-        uuid.UUID(int=2): (3, 11),  # re-delivered after a crash: still its own
-        uuid.UUID(int=3): (1, 500),  # a duplicate of a span stored from another message
+        uuid.UUID(int=1): (3, 10, 0),  # stored by this batch's first message; 12 repeats it
+        uuid.UUID(int=2): (3, 11, 0),  # re-delivered after a crash: still its own
+        uuid.UUID(int=3): (1, 500, 0),  # a duplicate of a span stored from another message
     }
     kept = owned_rows(rows, owners)
     assert [row.kafka_offset for row in kept] == [10, 11]
@@ -333,3 +335,85 @@ def test_a_dead_letter_too_large_for_its_topic_is_cut_with_its_original_sizes(
     assert size <= 2000
     assert (letter.value or b"") == value[: len(letter.value or b"")]
     assert ("origin", b"x") in letter.headers or b"headers" in cut
+
+
+def batch_message(*spans: bytes, offset: int = 9) -> RawMessage:
+    return RawMessage("coalmine.traces", 2, offset, b"key", b"\n".join(spans), (("h", b"1"),))
+
+
+def test_each_span_of_a_batch_is_routed_alone_and_a_bad_one_dead_lettered_with_its_index() -> None:
+    good = [encoded(event_id=str(uuid.UUID(int=n))) for n in (1, 2)]
+    bad = encoded(event_id=str(uuid.UUID(int=3)), input_tokens=-1)
+    routed = route([batch_message(good[0], bad, good[1])], PRICES, BOUNDS)
+    assert [(r.kafka_offset, r.kafka_index) for r in routed.rows] == [(9, 0), (9, 2)]
+    assert [r.content_hash for r in routed.rows] == [content_hash(v) for v in good]
+    (rejection,) = routed.rejected
+    assert (rejection.index, rejection.value) == (1, bad)
+    letter = dead_letter(rejection)
+    assert (letter.key, letter.value) == (b"key", bad)  # the bad span alone
+    headers = dict(letter.headers)
+    assert "input_tokens" in headers[DLQ_REASON].decode()
+    assert (headers["h"], headers[DLQ_SOURCE_OFFSET], headers[DLQ_SOURCE_INDEX]) == (
+        b"1",
+        b"9",
+        b"1",
+    )
+
+
+def test_a_single_span_is_rejected_whole_without_an_index() -> None:
+    (rejection,) = route([batch_message(b"{not json")], PRICES, BOUNDS).rejected
+    assert rejection.index is None
+    assert DLQ_SOURCE_INDEX not in dict(dead_letter(rejection).headers)
+
+
+@pytest.mark.parametrize(
+    ("value", "spans"),
+    [
+        (encoded() + b"\n", None),  # a trailing newline: still one span
+        (json.dumps(event(), indent=2).encode(), None),  # pretty-printed: one document
+        (b" \n\t ", None),
+        (encoded() + b"\r\n\r\n" + encoded(span_id="c" * 16), 2),
+        (encoded() + b"\n" + b"not json", 2),  # the second line is a bad span
+    ],
+    ids=["trailing-newline", "pretty-printed", "blank", "crlf-and-blank-lines", "bad-line"],
+)
+def test_the_framing_rule(value: bytes, spans: int | None) -> None:
+    found = split_spans(value)
+    assert (None if found is None else len(found)) == spans
+
+
+def test_a_pretty_printed_span_is_stored_as_before_batches() -> None:
+    routed = route([batch_message(json.dumps(event(), indent=2).encode())], PRICES, BOUNDS)
+    assert [r.kafka_index for r in routed.rows] == [0] and routed.rejected == []
+
+
+def test_a_message_over_the_batch_limits_is_rejected_whole() -> None:
+    many = batch_message(*[encoded()] * (MAX_SPANS_PER_MESSAGE + 1))
+    huge = batch_message(encoded(), b" " * MAX_MESSAGE_BYTES)
+    routed = route([many, huge], PRICES, BOUNDS)
+    assert routed.rows == []
+    reasons = [(r.index, r.reason) for r in routed.rejected]
+    assert reasons == [
+        (None, f"message holds {MAX_SPANS_PER_MESSAGE + 1} spans; the limit is 1000"),
+        (None, f"message is {len(huge.value or b'')} bytes; the limit is {MAX_MESSAGE_BYTES}"),
+    ]
+
+
+def test_two_spans_of_one_message_with_one_event_id_count_once() -> None:
+    same = encoded()
+    rows = route([batch_message(same, same)], PRICES, BOUNDS).rows
+    owners = {rows[0].event_id: (2, 9, 0)}  # the sink stored the first
+    assert [r.kafka_index for r in owned_rows(rows, owners)] == [0]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"agent" : "x", ' + encoded()[1:],  # blank before a colon: counting cannot tell
+        encoded(attributes={"note": 'say \\":'}).replace(b'"agent"', b'"agent": "x", "agent"'),
+    ],
+    ids=["blank-before-colon", "quote-colon-inside-a-string"],
+)
+def test_a_duplicate_key_is_found_where_counting_keys_cannot_rule_it_out(value: bytes) -> None:
+    with pytest.raises(InvalidEventError, match="'agent' appears twice"):
+        decode(value)

@@ -121,3 +121,27 @@ def test_a_failure_no_retry_can_mend_stops_the_batch_with_the_cause() -> None:
     with pytest.raises(PipelineBugError, match="ClickHouse insert failed and retrying cannot help"):
         asyncio.run(processor.process(batch()))
     assert processor.counters.sink_retries == 0
+
+
+def test_a_batch_with_many_spans_is_written_in_inserts_of_the_configured_size() -> None:
+    spans = FlakySpans(failures=1)
+    processor = IngestProcessor(
+        spans,
+        RecordedDeadLetters(),
+        builtin_prices(),
+        lambda: False,
+        retry=NO_WAIT,
+        clock=START.timestamp,
+        max_rows_per_write=2,
+    )
+    message = RawMessage(
+        "coalmine.traces",
+        0,
+        7,
+        b"k",
+        b"\n".join(encoded(event_id=str(uuid.uuid4())) for _ in range(5)),
+    )
+    owned = asyncio.run(processor.process([message]))
+    assert owned is not None and [row.kafka_index for row in owned] == [0, 1, 2, 3, 4]
+    assert [len(b) for b in spans.batches] == [2, 2, 1]
+    assert processor.counters.spans_written == 5

@@ -13,7 +13,7 @@ from typing import Any
 from schemas.topics import LATE_HEADER
 from schemas.window_stats import WindowStats
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
-from streams.ingest.route import Header, Owner, SpanRow
+from streams.ingest.route import Header, MessagePosition, SpanRow
 from streams.runtime.processor import Retrier, RetryPolicy
 from streams.runtime.windows import StreamWindows
 from tests.unit.ingest.test_aggregate import EPOCH, T0, TOPIC, span
@@ -113,7 +113,7 @@ class Worker:
     def __post_init__(self) -> None:
         self.journal = self.store.journal
         self.topic = MemoryTopic(self.journal, self.topic_failures)
-        self.windows = StreamWindows[Owner](
+        self.windows = StreamWindows[MessagePosition](
             WindowAggregator(TOPIC, WINDOW_S, LATENESS_S),
             self.topic,
             self.store,
@@ -121,16 +121,19 @@ class Worker:
             self.clock,
         )
 
-    async def ack(self, token: Owner) -> bool:
+    async def ack(self, token: MessagePosition) -> bool:
         self.journal.append(("ack", token))
         return True
 
-    def acked(self) -> list[Owner]:
+    def acked(self) -> list[MessagePosition]:
         return [token for what, token in self.journal if what == "ack"]
 
     def add(
-        self, rows: Sequence[SpanRow], extra: Sequence[Owner] = (), epoch: int | None = None
-    ) -> list[Owner] | None:
+        self,
+        rows: Sequence[SpanRow],
+        extra: Sequence[MessagePosition] = (),
+        epoch: int | None = None,
+    ) -> list[MessagePosition] | None:
         """A stored batch: ``rows`` owned by their messages, ``extra`` messages without one."""
         positions = [(row.kafka_partition, row.kafka_offset) for row in rows] + list(extra)
         batch = {position: position for position in positions}
@@ -281,7 +284,7 @@ def test_a_batch_begun_before_a_revocation_is_not_counted() -> None:
 
 
 def test_a_revocation_during_the_coverage_read_loads_no_coverage() -> None:
-    async def scenario(worker: Worker) -> list[Owner] | None:
+    async def scenario(worker: Worker) -> list[MessagePosition] | None:
         gate = worker.store.gate = asyncio.Event()
         rows = spans(0, range(3))
         batch = {(0, offset): (0, offset) for offset in range(3)}
@@ -337,3 +340,27 @@ def test_a_stopping_worker_that_cannot_read_coverage_counts_nothing() -> None:
     worker.clock.now = CLOSE
     assert worker.flush()
     assert worker.topic.records == []
+
+
+def test_a_message_with_spans_in_two_windows_is_acknowledged_once_both_rows_are_stored() -> None:
+    worker = new_worker()
+    # The message at offset 0 carries three spans: two in the first window, one in the next.
+    batch = [
+        *spans(0, range(1), seconds=1.0, kafka_index=0),
+        *spans(0, range(1), seconds=2.0, kafka_index=1),
+        *spans(0, range(1), seconds=WINDOW_S + 1.0, kafka_index=2),
+        *spans(0, range(1, 2), seconds=1.0),
+    ]
+    assert worker.add(batch) == []
+    worker.clock.now = CLOSE
+    assert worker.flush()
+    first = f"{TOPIC}/0@0"
+    # Offset 1 is counted only in the first window; offset 0 waits for the second.
+    assert worker.journal == [("topic", first), ("store", [first]), ("ack", (0, 1))]
+    assert worker.store.rows[0].stats.requests == 3
+    worker.clock.now = CLOSE + WINDOW_S
+    assert worker.flush()
+    assert worker.acked() == [(0, 1), (0, 0)]  # once, after the second row
+    assert [row.stats.requests for row in worker.store.rows] == [3, 1]
+    # Both rows begin in the message at offset 0; the second at its span 2.
+    assert [row.stats.source for row in worker.store.rows] == [first, f"{first}#2"]

@@ -18,7 +18,7 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 
 def row(offset: int) -> SpanRow:
     values: dict[str, Any] = dict.fromkeys(SpanRow._fields)
-    values.update(kafka_partition=0, kafka_offset=offset)
+    values.update(kafka_partition=0, kafka_offset=offset, kafka_index=0)
     return SpanRow(**values)
 
 
@@ -40,8 +40,8 @@ class RefusingInsert:
 def test_rows_with_refused_values_are_isolated_and_the_rest_stored() -> None:
     insert = RefusingInsert({3, 17}, DatabaseError("Code: 321. Value out of range"))
     refused = isolate_refused_rows([row(i) for i in range(32)], insert, position, "span")
-    assert sorted(refused) == [(0, 3), (0, 17)]
-    assert "Code: 321" in refused[(0, 3)]
+    assert sorted(refused) == [(0, 3, 0), (0, 17, 0)]
+    assert "Code: 321" in refused[(0, 3, 0)]
     assert sorted(insert.stored) == [i for i in range(32) if i not in {3, 17}]
     assert insert.calls <= 2 * 2 * 6  # two bad rows: about two paths of log2(32) halvings
 
