@@ -25,11 +25,11 @@ from schemas.topics import COMMANDS, ROLLBACKS
 from streams.controller import client
 from streams.controller.inputs import Applied, Duplicate
 from streams.controller.machine import apply
+from streams.devtools.controller_process import ControllerProcess
 from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.integration.controller_harness import (
-    ControllerProcess,
     deployment_records,
     outcomes,
     produce,
