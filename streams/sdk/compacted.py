@@ -1,7 +1,17 @@
-"""Reading a compacted topic as a table: every partition from the beginning up to the end
-it had when asked, the latest value per key (None for a tombstone).
+"""Reading compacted topics (state: deployments, versions) from their beginning, without a
+consumer group: the one implementation, :class:`PartitionReader`, used two ways.
 
-No consumer group: each reader sees the whole topic, commits nothing and joins nothing.
+* Synchronously, as a table (the controller, ``coalmine status``): :class:`CompactedReader`
+  and :func:`read_to_end` read one topic up to the end it had when asked and keep the latest
+  value per key (None for a tombstone); :meth:`CompactedReader.catch_up` can be called again
+  to follow the topic.
+* In a background thread, record by record (the SDK's Router):
+  :class:`~streams.sdk.follow.TopicFollower`.
+
+No consumer group: each reader sees whole topics, commits nothing and joins nothing, so it
+disturbs nobody. "The end" is a partition's high watermark when the reader assigned it (or
+when :meth:`PartitionReader.mark_ends` was last called): what had been written by then.
+This module needs only the standard library and confluent-kafka: the SDK uses it.
 """
 
 from __future__ import annotations
@@ -9,12 +19,22 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from streams.errors import CoalmineError
+
+BATCH_MAX = 500
+"""Records :meth:`PartitionReader.read` returns at most at once."""
 
 Table = dict[bytes, bytes | None]
 T = TypeVar("T")
@@ -29,6 +49,14 @@ _SETTLING = frozenset(
     }
 )
 """What a broker answers for a moment after it starts or a topic is created."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    """None: a tombstone (the key was deleted)."""
 
 
 def retrying(call: Callable[[], T], what: str, timeout_s: float) -> T:
@@ -46,84 +74,161 @@ def retrying(call: Callable[[], T], what: str, timeout_s: float) -> T:
             time.sleep(0.2)
 
 
+class PartitionReader:
+    """A consumer that reads every partition of the topics given to :meth:`assign` from
+    offset zero, and knows whether it has reached their ends.
+
+    * :meth:`assign` a topic: every partition of it, if it exists, with its current end.
+    * :meth:`read`: the next records of any of them (up to :data:`BATCH_MAX`, waiting only
+      for the first); a record that comes with an error goes to ``on_error``.
+    * :attr:`at_ends`: whether every assigned partition has been read up to its end.
+    * :meth:`mark_ends`: take every partition's current end as the end to reach.
+
+    Broker calls raise :class:`KafkaException` (wrap them in :func:`retrying` or wait them
+    out); :meth:`read` does not raise. Not thread-safe: one thread uses a reader.
+    ``config``: the connection (``client_config``) and any other librdkafka settings.
+    """
+
+    def __init__(
+        self, config: dict[str, Any], *, name: str, on_error: Callable[[str], None]
+    ) -> None:
+        self._consumer = Consumer(
+            {
+                # librdkafka wants a group id even when nothing joins or commits.
+                "group.id": f"{name}-{uuid.uuid4().hex}",
+                **config,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": False,
+                # A position the log no longer has: state is read from the start, never skipped.
+                "auto.offset.reset": "earliest",
+            }
+        )
+        self._on_error = on_error
+        self._next: dict[tuple[str, int], int] = {}
+        """Per assigned partition: the offset of the next record to read."""
+        self._ends: dict[tuple[str, int], int] = {}
+
+    @property
+    def assigned(self) -> bool:
+        return bool(self._next)
+
+    @property
+    def at_ends(self) -> bool:
+        return all(self._next[where] >= end for where, end in self._ends.items())
+
+    def assign(self, topic: str, timeout_s: float) -> bool:
+        """Read every partition of ``topic`` from the beginning up to its end now, and on;
+        False if the topic does not exist (yet)."""
+        described = self._consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if described is None or not described.partitions:
+            return False
+        if described.error is not None:
+            if described.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return False
+            raise KafkaException(described.error)
+        partitions = [(topic, p) for p in sorted(described.partitions)]
+        ends = self._current_ends(partitions, timeout_s)  # before assigning: may raise
+        self._consumer.incremental_assign(
+            [TopicPartition(t, p, OFFSET_BEGINNING) for t, p in partitions]
+        )
+        self._next.update(dict.fromkeys(partitions, 0))
+        self._ends.update(ends)
+        return True
+
+    def mark_ends(self, timeout_s: float) -> None:
+        """The ends to reach are now every assigned partition's current end."""
+        self._ends = self._current_ends(list(self._next), timeout_s)
+
+    def _current_ends(
+        self, partitions: list[tuple[str, int]], timeout_s: float
+    ) -> dict[tuple[str, int], int]:
+        ends = {}
+        for topic, partition in partitions:
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout_s
+            )
+            ends[(topic, partition)] = high
+        return ends
+
+    def read(self, timeout_s: float) -> list[Record]:
+        """The next record (waiting up to ``timeout_s``) and whatever else is already
+        fetched. ``consume(n, timeout)`` alone would wait out its timeout for n records,
+        adding the timeout to every change's latency."""
+        first = self._consumer.poll(timeout_s)
+        if first is None:
+            if not self.at_ends:
+                self._skip_unfilled_offsets()
+            return []
+        return self._records([first, *self._consumer.consume(BATCH_MAX - 1, 0)])
+
+    def _skip_unfilled_offsets(self) -> None:
+        """Offsets a record does not fill (transaction markers, tombstones compacted away at
+        a partition's end) end no message: the position has passed them."""
+        assignment = [TopicPartition(t, p) for t, p in self._next]
+        for position in self._consumer.position(assignment):
+            if position.offset >= 0:
+                where = (position.topic, position.partition)
+                self._next[where] = max(self._next[where], position.offset)
+
+    def _records(self, messages: list[Message]) -> list[Record]:
+        records = []
+        for message in messages:
+            error = message.error()
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if error is not None:
+                self._on_error(f"reading {topic or 'a topic'}: {error.str()}")
+            elif topic is not None and partition is not None and offset is not None:
+                self._next[(topic, partition)] = offset + 1
+                records.append(Record(topic, message.key(), message.value()))
+        return records
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 class CompactedReader:
-    """A consumer assigned to every partition of ``topic`` from the beginning; :meth:`catch_up`
-    reads what has been written so far (the high watermarks when called) into :attr:`table`,
-    and can be called again to follow the topic."""
+    """``topic`` read as a table: :meth:`catch_up` reads what has been written so far into
+    :attr:`table` (the latest value per key), and can be called again to follow the topic.
+    Each call gives up with a :class:`CoalmineError` after ``timeout_s``."""
 
     def __init__(self, consumer_config: dict[str, Any], topic: str, timeout_s: float) -> None:
         self.topic = topic
         self.timeout_s = timeout_s
         self.table: Table = {}
-        self._consumer = Consumer(
-            {
-                # librdkafka wants a group id even when nothing joins or commits.
-                "group.id": f"coalmine-reader-{uuid.uuid4().hex}",
-                **consumer_config,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": False,
-            }
-        )
-        self._next: dict[int, int] = {}
+        self._reader = PartitionReader(consumer_config, name="coalmine-reader", on_error=self._fail)
         try:
-            partitions = retrying(self._partitions, f"read {topic}", timeout_s)
+            retrying(self._assign, f"read {topic}", timeout_s)
         except CoalmineError:
-            self._consumer.close()
+            self._reader.close()
             raise
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        self._next = dict.fromkeys(partitions, 0)
 
-    def _partitions(self) -> list[int]:
-        metadata = self._consumer.list_topics(self.topic, timeout=self.timeout_s).topics[self.topic]
-        if metadata.error is not None:
-            raise KafkaException(metadata.error)
-        return sorted(metadata.partitions)
+    def _assign(self) -> None:
+        if not self._reader.assign(self.topic, self.timeout_s):
+            raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+
+    def _fail(self, problem: str) -> None:
+        raise CoalmineError(f"cannot read {self.topic}: {problem}")
 
     def catch_up(self) -> Table:
         """Read up to the current end of every partition; returns :attr:`table`."""
         deadline = time.monotonic() + self.timeout_s
-        ends = {}
-        for partition in self._next:
-            _, high = retrying(
-                partial(
-                    self._consumer.get_watermark_offsets,
-                    TopicPartition(self.topic, partition),
-                    timeout=self.timeout_s,
-                ),
-                f"read the end of {self.topic}",
-                self.timeout_s,
-            )
-            ends[partition] = high
-        while any(self._next[p] < end for p, end in ends.items()):
+        retrying(
+            lambda: self._reader.mark_ends(self.timeout_s),
+            f"read the end of {self.topic}",
+            self.timeout_s,
+        )
+        while not self._reader.at_ends:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise CoalmineError(f"reading {self.topic} to its end took over {self.timeout_s} s")
-            messages = self._consumer.consume(num_messages=1000, timeout=min(left, 0.5))
-            if not messages:
-                # Offsets a record does not fill (transaction markers) end no message: the
-                # position has passed them.
-                for position in self._consumer.position(self._assignment()):
-                    if position.offset >= 0:
-                        self._next[position.partition] = position.offset
-            for message in messages:
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    raise CoalmineError(f"cannot read {self.topic}: {error.str()}")
-                key, at, offset = message.key(), message.partition(), message.offset()
-                if key is not None:
-                    self.table[key] = message.value()
-                if at is not None and offset is not None:
-                    self._next[at] = offset + 1
+            for record in self._reader.read(min(left, 0.5)):
+                if record.key is not None:
+                    self.table[record.key] = record.value
         return self.table
 
-    def _assignment(self) -> list[TopicPartition]:
-        return [TopicPartition(self.topic, p) for p in self._next]
-
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close()
 
 
 def read_to_end(consumer_config: dict[str, Any], topic: str, timeout_s: float) -> Table:

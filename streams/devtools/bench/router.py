@@ -46,7 +46,7 @@ from streams.devtools.localkafka import process
 from streams.devtools.localkafka.config import local_address
 from streams.devtools.router_probe import RouterProbe
 from streams.errors import CoalmineError
-from streams.sdk.follow import Record
+from streams.sdk.compacted import Record
 from streams.sdk.router import BUCKETS, RoutingTable, bucket, rollout_hasher, rollout_salt
 from streams.settings import Settings
 from streams.topics import ensure_topics
