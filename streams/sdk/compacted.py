@@ -78,7 +78,8 @@ class PartitionReader:
     """A consumer that reads every partition of the topics given to :meth:`assign` from
     offset zero, and knows whether it has reached their ends.
 
-    * :meth:`assign` a topic: every partition of it, if it exists, with its current end.
+    * :meth:`partitions` of a topic (none while it does not exist); :meth:`assign` them,
+      each with its current end.
     * :meth:`read`: the next records of any of them (up to :data:`BATCH_MAX`, waiting only
       for the first); a record that comes with an error goes to ``on_error``.
     * :attr:`at_ends`: whether every assigned partition has been read up to its end.
@@ -117,24 +118,28 @@ class PartitionReader:
     def at_ends(self) -> bool:
         return all(self._next[where] >= end for where, end in self._ends.items())
 
-    def assign(self, topic: str, timeout_s: float) -> bool:
-        """Read every partition of ``topic`` from the beginning up to its end now, and on;
-        False if the topic does not exist (yet)."""
+    def partitions(self, topic: str, timeout_s: float) -> list[int]:
+        """The partitions of ``topic``; none if it does not exist (yet)."""
         described = self._consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if described is None or not described.partitions:
-            return False
+            return []
         if described.error is not None:
             if described.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                return False
+                return []
             raise KafkaException(described.error)
-        partitions = [(topic, p) for p in sorted(described.partitions)]
-        ends = self._current_ends(partitions, timeout_s)  # before assigning: may raise
+        return sorted(described.partitions)
+
+    def assign(self, partitions: dict[str, list[int]], timeout_s: float) -> None:
+        """Read these partitions (by topic) from the beginning up to their ends now, and on.
+        All at once: the first fetch asks for all of them, so no topic's records wait for
+        another's."""
+        where = [(topic, p) for topic, numbers in partitions.items() for p in numbers]
+        ends = self._current_ends(where, timeout_s)  # before assigning: may raise
         self._consumer.incremental_assign(
-            [TopicPartition(t, p, OFFSET_BEGINNING) for t, p in partitions]
+            [TopicPartition(t, p, OFFSET_BEGINNING) for t, p in where]
         )
-        self._next.update(dict.fromkeys(partitions, 0))
+        self._next.update(dict.fromkeys(where, 0))
         self._ends.update(ends)
-        return True
 
     def mark_ends(self, timeout_s: float) -> None:
         """The ends to reach are now every assigned partition's current end."""
@@ -204,8 +209,10 @@ class CompactedReader:
             raise
 
     def _assign(self) -> None:
-        if not self._reader.assign(self.topic, self.timeout_s):
+        partitions = self._reader.partitions(self.topic, self.timeout_s)
+        if not partitions:
             raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+        self._reader.assign({self.topic: partitions}, self.timeout_s)
 
     def _fail(self, problem: str) -> None:
         raise CoalmineError(f"cannot read {self.topic}: {problem}")

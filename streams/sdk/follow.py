@@ -32,7 +32,11 @@ POLL_TIMEOUT_S = 0.1
 """How long one read waits for a record; also how soon :meth:`TopicFollower.close` is seen."""
 METADATA_TIMEOUT_S = 5.0
 REDISCOVER_S = 5.0
-"""How often topics that did not exist yet (or whose metadata failed) are looked up again."""
+"""How often topics that did not exist yet are looked up again."""
+RETRY_S = 0.2
+"""How soon a topic is looked up again when the broker did not answer for it: a topic just
+created has no leader for a moment, and its records must not wait :data:`REDISCOVER_S`.
+(A broker that is down makes each lookup wait :data:`METADATA_TIMEOUT_S` anyway.)"""
 
 RecordsHandler = Callable[[list[Record]], None]
 
@@ -95,15 +99,15 @@ class TopicFollower:
         while not self._stop.is_set():
             if unassigned and time.monotonic() >= next_lookup:
                 next_lookup = time.monotonic() + REDISCOVER_S
-                for topic in sorted(unassigned):
+                found = self._look_up(reader, unassigned, unanswered)
+                if found:
                     try:
-                        found = reader.assign(topic, METADATA_TIMEOUT_S)
+                        reader.assign(found, METADATA_TIMEOUT_S)
+                        unassigned -= found.keys()
                     except KafkaException as exc:
-                        self._warn("cannot read the metadata of %s yet: %s", topic, exc.args[0])
-                        continue
-                    unanswered.discard(topic)
-                    if found:
-                        unassigned.discard(topic)
+                        self._warn("cannot read the ends of %s yet: %s", found, exc.args[0])
+                if unanswered or unassigned & found.keys():
+                    next_lookup = time.monotonic() + RETRY_S
             if reader.assigned:
                 records = reader.read(POLL_TIMEOUT_S)
                 if records:
@@ -115,6 +119,23 @@ class TopicFollower:
                 self.caught_up.set()
                 if self._on_caught_up is not None:
                     self._on_caught_up()
+
+    def _look_up(
+        self, reader: PartitionReader, topics: set[str], unanswered: set[str]
+    ) -> dict[str, list[int]]:
+        """The partitions of those ``topics`` that exist; each topic whose lookup was
+        answered (found or known missing) leaves ``unanswered``."""
+        found = {}
+        for topic in sorted(topics):
+            try:
+                partitions = reader.partitions(topic, METADATA_TIMEOUT_S)
+            except KafkaException as exc:
+                self._warn("cannot read the metadata of %s yet: %s", topic, exc.args[0])
+                continue
+            unanswered.discard(topic)
+            if partitions:
+                found[topic] = partitions
+        return found
 
     def _hand_over(self, records: list[Record]) -> None:
         try:
