@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,6 +22,18 @@ from streams.devtools.control_records import ControlWriter, example_version
 from streams.devtools.controller_process import ControllerProcess
 from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
+
+
+def coalmine(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``coalmine ARGS`` run on ``settings``, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env={**os.environ, **settings.as_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @contextmanager

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -32,6 +29,7 @@ from streams.devtools.router_probe import RouterProbe
 from streams.sdk.router import Router
 from streams.settings import Settings
 from streams.topics import ensure_topics
+from tests.integration.controller_harness import coalmine
 from tests.integration.harness import consume_all
 
 AGENT = "support-bot"
@@ -50,18 +48,11 @@ def controller(kafka_settings: Settings, tmp_path: Path) -> Iterator[Settings]:
         yield settings
 
 
-def coalmine(settings: Settings, *args: str) -> DeploymentState:
+def deployment_after(settings: Settings, *args: str) -> DeploymentState:
     """Run ``coalmine ARGS`` (a deployment command, which waits for the controller's outcome)
     and return the agent's deployment state it left, as ``coalmine status --json`` says."""
     for command in (args, ("status", AGENT, "--json")):
-        done = subprocess.run(
-            [sys.executable, "-m", "streams.cli", *command],
-            env={**os.environ, **settings.as_env()},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = coalmine(settings, *command)
         assert done.returncode == 0, f"coalmine {' '.join(command)}: {done.stderr}"
     (state,) = json.loads(done.stdout)
     return DeploymentState.model_validate(state)
@@ -120,7 +111,7 @@ def test_a_three_step_rollout_reaches_routers_in_two_processes_and_a_rollback_en
 ) -> None:
     settings = controller
     register(settings, "v1", "v2")
-    first = coalmine(settings, "deploy", AGENT, "v1")  # the first version: stable at once
+    first = deployment_after(settings, "deploy", AGENT, "v1")  # the first version: stable at once
     assert (first.phase, first.stable_version) == (Phase.IDLE, "v1")
     with RouterProbe(settings, AGENT, routers=2) as one, RouterProbe(settings, AGENT) as two:
         assert one.ready == [True, True] and two.ready == [True]
@@ -133,7 +124,7 @@ def test_a_three_step_rollout_reaches_routers_in_two_processes_and_a_rollback_en
             ("promote", AGENT),
         ]
         for args, weight in zip(steps, weights, strict=True):
-            state = coalmine(settings, *args)
+            state = deployment_after(settings, *args)
             assert (state.phase, state.canary_version, state.canary_weight) == (
                 Phase.CANARY, "v2", weight,
             )  # fmt: skip
@@ -172,7 +163,7 @@ def test_a_three_step_rollout_reaches_routers_in_two_processes_and_a_rollback_en
             after = probe.ask(op="route", keys=KEYS, default="v0")
             assert after["versions"] == {"v1": KEYS} and after["canary"] == []
             assert after["generations"] == [rolled_back]
-    final = coalmine(settings, "status", AGENT)  # read again: nothing changed since
+    final = deployment_after(settings, "status", AGENT)  # read again: nothing changed since
     assert (final.phase, final.generation, final.canary_weight) == (
         Phase.ROLLED_BACK, rolled_back, 0.0,
     )  # fmt: skip
@@ -187,8 +178,8 @@ def test_generate_sends_an_agents_traffic_to_the_versions_its_deployment_names(
 ) -> None:
     settings = controller
     register(settings, "v12", "v13")
-    coalmine(settings, "deploy", AGENT, "v12")
-    everything = coalmine(
+    deployment_after(settings, "deploy", AGENT, "v12")
+    everything = deployment_after(
         settings, "deploy", AGENT, "v13", "--plan", str(plan_file(tmp_path, (1.0,)))
     )
     assert (everything.canary_version, everything.canary_weight) == ("v13", 1.0)
