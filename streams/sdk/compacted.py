@@ -85,8 +85,10 @@ class PartitionReader:
     * :attr:`at_ends`: whether every assigned partition has been read up to its end.
     * :meth:`mark_ends`: take every partition's current end as the end to reach.
 
-    Broker calls raise :class:`KafkaException` (wrap them in :func:`retrying` or wait them
-    out); :meth:`read` does not raise. Not thread-safe: one thread uses a reader.
+    :meth:`partitions`, :meth:`assign` and :meth:`mark_ends` ask the broker and raise
+    :class:`KafkaException` when it does not answer (wrap them in :func:`retrying`, or try
+    again later); :meth:`read` raises only what ``on_error`` raises. Not thread-safe: one
+    thread uses a reader.
     ``config``: the connection (``client_config``) and any other librdkafka settings.
     """
 
