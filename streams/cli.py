@@ -130,7 +130,7 @@ def _bench_router(args: argparse.Namespace, settings: Settings) -> int:
 
     return router.run(
         settings,
-        changes=args.changes,
+        rollbacks=args.rollbacks,
         processes=args.processes,
         routers=args.routers,
         fetch_wait_ms=args.fetch_wait_ms,
@@ -258,10 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ing.set_defaults(handler=_bench_ingest)
     rtr = bench_commands.add_parser(
-        "router", help="route() cost and how fast a deployment change reaches every router"
+        "router", help="route() cost and how fast a rollback command reaches every router"
     )
     rtr.add_argument(
-        "--changes", type=int_in(Range(1, 10_000)), default=50, help="default %(default)s"
+        "--rollbacks",
+        type=int_in(Range(1, 10_000)),
+        default=50,
+        help="RollbackCommands measured (default %(default)s)",
     )
     rtr.add_argument(
         "--processes", type=int_in(Range(1, 64)), default=4, help="default %(default)s"

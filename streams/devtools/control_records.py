@@ -1,8 +1,9 @@
-"""Deployment states and agent versions produced by hand, for tests and benchmarks that need
-routers to follow something before (or without) the controller.
+"""Control records produced by hand, for tests and benchmarks: agent versions, rollback
+requests and commands for the controller, and deployment states where a test is about the
+routers alone.
 
 :func:`example_version` makes a registrable version of a simulated agent; :class:`ControlWriter`
-produces versions and deployment states to their compacted topics, key as the registry says.
+produces records to their topics, key as the registry says.
 The controller is the single writer of ``coalmine.deployments`` in production; these records
 stand in for its output where a test wants to set a state directly.
 """
@@ -13,9 +14,10 @@ import logging
 from datetime import UTC, datetime
 
 from confluent_kafka import KafkaError, Message, Producer
+from pydantic import BaseModel
 
 from schemas.deployment import DeploymentChange, DeploymentState, Phase
-from schemas.topics import DEPLOYMENTS, VERSIONS
+from schemas.topics import DEPLOYMENTS, VERSIONS, Topic
 from schemas.version import AgentBundle, AgentVersion, ModelSpec, bundle_digest
 from streams.errors import CoalmineError
 from streams.logs import RateLimitedLog
@@ -80,6 +82,7 @@ class ControlWriter(ClosedOnExit):
                 **client_config(settings),
                 "linger.ms": 0,
                 "acks": "all",
+                "enable.idempotence": True,  # records of one key keep their order on retries
                 # A benchmark stops its broker while this producer still exists: its farewell
                 # lines go through logging, not straight to stderr.
                 "logger": RateLimitedLog(logging.getLogger("coalmine.devtools"), logging.WARNING),
@@ -88,10 +91,20 @@ class ControlWriter(ClosedOnExit):
         self._failures: list[str] = []
 
     def version(self, version: AgentVersion) -> None:
-        self._produce(self._settings.topic(VERSIONS), version.key, version.model_dump_json())
+        self.record(VERSIONS, version.key, version)
 
     def state(self, state: DeploymentState) -> None:
-        self._produce(self._settings.topic(DEPLOYMENTS), state.agent, state.model_dump_json())
+        self.record(DEPLOYMENTS, state.agent, state)
+
+    def record(self, topic: Topic, key: str, value: BaseModel) -> None:
+        """Produce ``value`` as JSON to ``topic`` (a rollback request, a command, ...)."""
+        self._producer.produce(
+            self._settings.topic(topic),
+            value.model_dump_json().encode(),
+            key.encode(),
+            on_delivery=self._delivered,
+        )
+        self._producer.poll(0)
 
     def flush(self) -> None:
         """Wait until the broker has every record produced; raise if one failed."""
@@ -106,10 +119,6 @@ class ControlWriter(ClosedOnExit):
 
     def close(self) -> None:
         self.flush()
-
-    def _produce(self, topic: str, key: str, value: str) -> None:
-        self._producer.produce(topic, value.encode(), key.encode(), on_delivery=self._delivered)
-        self._producer.poll(0)
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:

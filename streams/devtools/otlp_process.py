@@ -9,18 +9,20 @@ from dataclasses import replace
 from pathlib import Path
 
 from streams.devtools import localkafka
-from streams.devtools.worker_process import WorkerProcess
+from streams.devtools.child_process import ChildProcess, killed_after
 from streams.settings import Settings
 
 
-class ReceiverProcess(WorkerProcess):
+class ReceiverProcess(ChildProcess):
     """The receiver on a free loopback port, ready once the port takes connections."""
+
+    name = "OTLP receiver"
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         port = localkafka.free_loopback_port()
         super().__init__(replace(settings, otlp_port=port), log_path, ("streams.cli", "otlp"))
 
-    def answers(self) -> bool:
+    def ready(self) -> bool:
         try:
             socket.create_connection(("127.0.0.1", self.settings.otlp_port), timeout=0.5).close()
         except OSError:
@@ -31,9 +33,5 @@ class ReceiverProcess(WorkerProcess):
 @contextmanager
 def running_receiver(settings: Settings, log_path: Path) -> Iterator[Settings]:
     """A started receiver; yields the settings it runs with and kills it afterwards."""
-    process = ReceiverProcess(settings, log_path)
-    process.start()
-    try:
+    with killed_after(ReceiverProcess(settings, log_path)) as process:
         yield process.settings
-    finally:
-        process.kill()

@@ -1,27 +1,41 @@
-"""Reading a state topic (compacted ``coalmine.versions``, ``coalmine.deployments``) from its
-beginning to its end, without a consumer group: every reader sees every record, commits
-nothing and joins nothing. The ``versions`` and deployment commands read a topic once with
-:func:`read_to_end`; the controller keeps a :class:`CompactedReader` and catches up again
-before it checks a version. :func:`latest` folds records into the table compaction converges
-to (the last value per key).
+"""Reading compacted topics (state: deployments, versions) from their beginning, without a
+consumer group: the one implementation, :class:`PartitionReader`, used two ways.
+
+* Synchronously (the controller, ``coalmine status``, the ``versions`` commands):
+  :class:`CompactedReader` and :func:`read_to_end` read one topic up to the end it had when
+  asked, records in order (a label's *first* version record is the version); :func:`latest`
+  folds them into the table compaction converges to (the last value per key, None for a
+  tombstone); :meth:`CompactedReader.catch_up` can be called again to follow the topic.
+* In a background thread, record by record (the SDK's Router):
+  :class:`~streams.sdk.follow.TopicFollower`.
+
+No consumer group: each reader sees whole topics, commits nothing and joins nothing, so it
+disturbs nobody. "The end" is a partition's high watermark when the reader assigned it (or
+when :meth:`PartitionReader.mark_ends` was last called): what had been written by then.
+This module needs only the standard library and confluent-kafka: the SDK uses it.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from streams.errors import CoalmineError
 
-FETCH_WAIT_MS = 10
-CONSUME_WAIT_S = 0.02
-"""consume() returns early only with a full batch: short waits, many rounds."""
+BATCH_MAX = 500
+"""Records :meth:`PartitionReader.read` returns at most at once."""
 
 Table = dict[bytes, bytes | None]
 T = TypeVar("T")
@@ -38,23 +52,19 @@ _SETTLING = frozenset(
 """What a broker answers for a moment after it starts or a topic is created."""
 
 
-class TopicReadError(CoalmineError):
-    """The topic could not be read to its end: the broker does not answer, or took too long."""
-
-
-@dataclass(frozen=True)
-class TopicRecord:
-    """One record as read: ``value`` None is a tombstone."""
-
-    partition: int
-    offset: int
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
     key: bytes | None
     value: bytes | None
+    """None: a tombstone (the key was deleted)."""
+    partition: int = 0
+    offset: int = 0
 
 
 def retrying(call: Callable[[], T], what: str, timeout_s: float) -> T:
     """``call()``, retried while Kafka answers with a transient error, for up to
-    ``timeout_s``; then a :class:`TopicReadError` saying it could not ``what``."""
+    ``timeout_s``; then a :class:`CoalmineError` saying it could not ``what``."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -63,19 +73,139 @@ def retrying(call: Callable[[], T], what: str, timeout_s: float) -> T:
             error: KafkaError = exc.args[0]
             transient = error.retriable() or error.code() in _SETTLING
             if not transient or time.monotonic() > deadline:
-                raise TopicReadError(f"cannot {what}: {error.str()}") from None
+                raise CoalmineError(f"cannot {what}: {error.str()}") from None
             time.sleep(0.2)
 
 
+class PartitionReader:
+    """A consumer that reads every partition of the topics given to :meth:`assign` from
+    offset zero, and knows whether it has reached their ends.
+
+    * :meth:`partitions` of a topic (none while it does not exist); :meth:`assign` them,
+      each with its current end.
+    * :meth:`read`: the next records of any of them (up to :data:`BATCH_MAX`, waiting only
+      for the first); a record that comes with an error goes to ``on_error``.
+    * :attr:`at_ends`: whether every assigned partition has been read up to its end.
+    * :meth:`mark_ends`: take every partition's current end as the end to reach.
+
+    :meth:`partitions`, :meth:`assign` and :meth:`mark_ends` ask the broker and raise
+    :class:`KafkaException` when it does not answer (wrap them in :func:`retrying`, or try
+    again later); :meth:`read` raises only what ``on_error`` raises. Not thread-safe: one
+    thread uses a reader.
+    ``config``: the connection (``client_config``) and any other librdkafka settings.
+    """
+
+    def __init__(
+        self, config: dict[str, Any], *, name: str, on_error: Callable[[str], None]
+    ) -> None:
+        self._consumer = Consumer(
+            {
+                # librdkafka wants a group id even when nothing joins or commits.
+                "group.id": f"{name}-{uuid.uuid4().hex}",
+                **config,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": False,
+                # A position the log no longer has: state is read from the start, never skipped.
+                "auto.offset.reset": "earliest",
+            }
+        )
+        self._on_error = on_error
+        self._next: dict[tuple[str, int], int] = {}
+        """Per assigned partition: the offset of the next record to read."""
+        self._ends: dict[tuple[str, int], int] = {}
+
+    @property
+    def assigned(self) -> bool:
+        return bool(self._next)
+
+    @property
+    def at_ends(self) -> bool:
+        return all(self._next[where] >= end for where, end in self._ends.items())
+
+    def partitions(self, topic: str, timeout_s: float) -> list[int]:
+        """The partitions of ``topic``; none if it does not exist (yet)."""
+        described = self._consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if described is None or not described.partitions:
+            return []
+        if described.error is not None:
+            if described.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return []
+            raise KafkaException(described.error)
+        return sorted(described.partitions)
+
+    def assign(self, partitions: dict[str, list[int]], timeout_s: float) -> None:
+        """Read these partitions (by topic) from the beginning up to their ends now, and on.
+        All at once: the first fetch asks for all of them, so no topic's records wait for
+        another's."""
+        where = [(topic, p) for topic, numbers in partitions.items() for p in numbers]
+        ends = self._current_ends(where, timeout_s)  # before assigning: may raise
+        self._consumer.incremental_assign(
+            [TopicPartition(t, p, OFFSET_BEGINNING) for t, p in where]
+        )
+        self._next.update(dict.fromkeys(where, 0))
+        self._ends.update(ends)
+
+    def mark_ends(self, timeout_s: float) -> None:
+        """The ends to reach are now every assigned partition's current end."""
+        self._ends = self._current_ends(list(self._next), timeout_s)
+
+    def _current_ends(
+        self, partitions: list[tuple[str, int]], timeout_s: float
+    ) -> dict[tuple[str, int], int]:
+        ends = {}
+        for topic, partition in partitions:
+            _, high = self._consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=timeout_s
+            )
+            ends[(topic, partition)] = high
+        return ends
+
+    def read(self, timeout_s: float) -> list[Record]:
+        """The next record (waiting up to ``timeout_s``) and whatever else is already
+        fetched. ``consume(n, timeout)`` alone would wait out its timeout for n records,
+        adding the timeout to every change's latency."""
+        first = self._consumer.poll(timeout_s)
+        if first is None:
+            if not self.at_ends:
+                self._skip_unfilled_offsets()
+            return []
+        return self._records([first, *self._consumer.consume(BATCH_MAX - 1, 0)])
+
+    def _skip_unfilled_offsets(self) -> None:
+        """Offsets a record does not fill (transaction markers, tombstones compacted away at
+        a partition's end) end no message: the position has passed them."""
+        assignment = [TopicPartition(t, p) for t, p in self._next]
+        for position in self._consumer.position(assignment):
+            if position.offset >= 0:
+                where = (position.topic, position.partition)
+                self._next[where] = max(self._next[where], position.offset)
+
+    def _records(self, messages: list[Message]) -> list[Record]:
+        records = []
+        for message in messages:
+            error = message.error()
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            if error is not None:
+                self._on_error(f"reading {topic or 'a topic'}: {error.str()}")
+            elif topic is not None and partition is not None and offset is not None:
+                self._next[(topic, partition)] = offset + 1
+                records.append(Record(topic, message.key(), message.value(), partition, offset))
+        return records
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
 class CompactedReader:
-    """A consumer assigned to every partition of ``topic`` from the beginning; :meth:`catch_up`
-    returns what was written since the last call, up to the ends the partitions have when
-    called. ``missing_ok``: a topic that does not exist reads as empty (and stays so for this
-    reader) instead of being waited for."""
+    """``topic`` read from its beginning: :meth:`catch_up` returns what was written since the
+    last call, up to the ends the partitions have when called. Each call gives up with a
+    :class:`CoalmineError` after ``timeout_s``. ``missing_ok``: a topic that does not exist
+    reads as empty (and stays so for this reader) instead of being waited for."""
 
     def __init__(
         self,
-        consumer_config: Mapping[str, Any],
+        consumer_config: dict[str, Any],
         topic: str,
         timeout_s: float,
         *,
@@ -83,86 +213,55 @@ class CompactedReader:
     ) -> None:
         self.topic = topic
         self.timeout_s = timeout_s
-        self._consumer = Consumer(
-            {
-                # librdkafka wants a group id even when nothing joins or commits.
-                "group.id": f"coalmine-reader-{uuid.uuid4().hex}",
-                "fetch.wait.max.ms": FETCH_WAIT_MS,
-                **consumer_config,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": False,
-            }
-        )
+        self._missing_ok = missing_ok
+        self._reader = PartitionReader(consumer_config, name="coalmine-reader", on_error=self._fail)
         try:
-            partitions = retrying(partial(self._partitions, missing_ok), f"read {topic}", timeout_s)
+            retrying(self._assign, f"read {topic}", timeout_s)
         except CoalmineError:
-            self._consumer.close()
+            self._reader.close()
             raise
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        self._next = dict.fromkeys(partitions, 0)
 
-    def _partitions(self, missing_ok: bool) -> list[int]:
-        metadata = self._consumer.list_topics(self.topic, timeout=self.timeout_s).topics[self.topic]
-        if metadata.error is not None:
-            if missing_ok and metadata.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                return []
-            raise KafkaException(metadata.error)
-        return sorted(metadata.partitions)
+    def _assign(self) -> None:
+        partitions = self._reader.partitions(self.topic, self.timeout_s)
+        if not partitions:
+            if self._missing_ok:
+                return
+            raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
+        self._reader.assign({self.topic: partitions}, self.timeout_s)
 
-    def catch_up(self) -> list[TopicRecord]:
+    def _fail(self, problem: str) -> None:
+        raise CoalmineError(f"cannot read {self.topic}: {problem}")
+
+    def catch_up(self) -> list[Record]:
         """The records written since the last call, in offset order per partition."""
+        if not self._reader.assigned:
+            return []
         deadline = time.monotonic() + self.timeout_s
-        ends = {partition: self._end(partition) for partition in self._next}
-        records: list[TopicRecord] = []
-        while any(self._next[p] < end for p, end in ends.items()):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TopicReadError(
-                    f"{self.topic} was not read to its end within {self.timeout_s:.0f} s "
-                    f"({len(records)} records read)"
-                )
-            messages = self._consumer.consume(num_messages=1000, timeout=CONSUME_WAIT_S)
-            if not messages:
-                # Offsets a record does not fill (transaction markers) end no message: the
-                # position has passed them.
-                for position in self._consumer.position(self._assignment()):
-                    if position.offset >= 0:
-                        self._next[position.partition] = position.offset
-            for message in messages:
-                error = message.error()
-                if error is not None:
-                    raise TopicReadError(f"cannot read {self.topic}: {error.str()}")
-                partition, offset = message.partition() or 0, message.offset() or 0
-                records.append(TopicRecord(partition, offset, message.key(), message.value()))
-                self._next[partition] = offset + 1
-        return records
-
-    def _end(self, partition: int) -> int:
-        _, high = retrying(
-            partial(
-                self._consumer.get_watermark_offsets,
-                TopicPartition(self.topic, partition),
-                timeout=self.timeout_s,
-            ),
+        retrying(
+            lambda: self._reader.mark_ends(self.timeout_s),
             f"read the end of {self.topic}",
             self.timeout_s,
         )
-        end: int = high
-        return end
-
-    def _assignment(self) -> list[TopicPartition]:
-        return [TopicPartition(self.topic, p) for p in self._next]
+        records: list[Record] = []
+        while not self._reader.at_ends:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise CoalmineError(
+                    f"{self.topic} was not read to its end within {self.timeout_s:.0f} s "
+                    f"({len(records)} records read)"
+                )
+            records.extend(self._reader.read(min(left, 0.5)))
+        return records
 
     def close(self) -> None:
-        self._consumer.close()
+        self._reader.close()
 
 
 def read_to_end(
-    consumer_config: Mapping[str, Any], topic: str, timeout_s: float = 30.0
-) -> list[TopicRecord]:
+    consumer_config: dict[str, Any], topic: str, timeout_s: float = 30.0
+) -> list[Record]:
     """Every record of ``topic`` as of now, in offset order per partition; a topic that does
-    not exist reads as empty. Raises :class:`TopicReadError` when the broker does not answer
+    not exist reads as empty. Raises :class:`CoalmineError` when the broker does not answer
     or the end is not reached within ``timeout_s``."""
     reader = CompactedReader(consumer_config, topic, timeout_s, missing_ok=True)
     try:
@@ -171,6 +270,6 @@ def read_to_end(
         reader.close()
 
 
-def latest(records: Iterable[TopicRecord]) -> Table:
+def latest(records: list[Record]) -> Table:
     """The last value of every key (None: deleted), as compaction leaves the topic."""
     return {record.key: record.value for record in records if record.key is not None}

@@ -45,7 +45,8 @@ from schemas.topics import DEPLOYMENTS, VERSIONS
 from schemas.version import AgentBundle, AgentVersion
 from streams.logs import RateLimitedLog
 from streams.sdk.closing import ClosedOnExit
-from streams.sdk.follow import Record, TopicFollower
+from streams.sdk.compacted import Record
+from streams.sdk.follow import TopicFollower
 from streams.sdk.settings import SdkSettings
 
 logger = logging.getLogger("coalmine.sdk.router")

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.version import AgentVersion, version_key
 from streams.errors import CoalmineError
-from streams.sdk.compacted import TopicRecord
+from streams.sdk.compacted import Record
 from streams.versions.load import describe_validation_error
 
 M = TypeVar("M", bound=BaseModel)
@@ -131,13 +131,13 @@ class VersionCatalog:
     skipped: list[Skipped] = field(default_factory=list)
 
     @classmethod
-    def of(cls, records: Iterable[TopicRecord]) -> VersionCatalog:
+    def of(cls, records: Iterable[Record]) -> VersionCatalog:
         catalog = cls()
         for record in records:
             catalog.observe(record)
         return catalog
 
-    def observe(self, record: TopicRecord) -> AgentVersion | None:
+    def observe(self, record: Record) -> AgentVersion | None:
         """Fold one record in; returns the version when it is a new one."""
         try:
             version = parse_version_record(record.key, record.value)
@@ -155,7 +155,7 @@ class VersionCatalog:
             )
         return None
 
-    def observe_all(self, records: Iterable[TopicRecord]) -> dict[tuple[str, str], str]:
+    def observe_all(self, records: Iterable[Record]) -> dict[tuple[str, str], str]:
         """Fold ``records`` in; returns the digest of every version by (agent, version)."""
         for record in records:
             self.observe(record)

@@ -1,112 +1,60 @@
-"""A real ``coalmine controller`` process, and what the controller's tests produce and read."""
+"""A running ``coalmine controller``, and what the controller's tests produce and read."""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from pydantic import BaseModel
 
 from schemas.command import CommandOutcome
 from schemas.deployment import DeploymentState
-from schemas.topics import COMMAND_OUTCOMES, DEPLOYMENTS, VERSIONS, Topic
-from schemas.version import AgentBundle, AgentVersion, ModelSpec, bundle_digest
-from streams.errors import CoalmineError
+from schemas.topics import COMMAND_OUTCOMES, DEPLOYMENTS, Topic
+from streams.devtools.child_process import killed_after
+from streams.devtools.control_records import ControlWriter, example_version
+from streams.devtools.controller_process import ControllerProcess
 from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
 
-READY_LINE = b"controller started"
-READY_TIMEOUT_S = 60.0
 
-
-class ControllerProcess:
-    def __init__(self, settings: Settings, log_path: Path) -> None:
-        self.settings = settings
-        self.log_path = log_path
-        self._process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        """Start a controller and return once it has rebuilt its state and subscribed."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        ready_before = self._log().count(READY_LINE)
-        with self.log_path.open("ab") as log:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "controller", "--gate-interval", "0.5"],
-                env={**os.environ, **self.settings.as_env()},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.starts += 1
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while self._log().count(READY_LINE) == ready_before:
-            if self._process.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise CoalmineError(f"the controller did not start:\n{self.log_tail()}")
-            time.sleep(0.05)
-
-    def _log(self) -> bytes:
-        return self.log_path.read_bytes() if self.log_path.exists() else b""
-
-    def kill(self) -> None:
-        process, self._process = self._process, None
-        if process is not None:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-
-    def alive(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self._log().decode(errors="replace").splitlines()[-lines:])
+def coalmine(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``coalmine ARGS`` run on ``settings``, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env={**os.environ, **settings.as_env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @contextmanager
 def running_controller(settings: Settings, log_path: Path) -> Iterator[ControllerProcess]:
-    process = ControllerProcess(settings, log_path)
-    process.start()
-    try:
+    with killed_after(ControllerProcess(settings, log_path)) as process:
         yield process
-    finally:
-        process.kill()
 
 
 def produce(settings: Settings, topic: Topic, records: list[tuple[str, BaseModel]]) -> None:
-    producer = Producer({**client_config(settings), "acks": "all", "enable.idempotence": True})
-    for key, value in records:
-        producer.produce(settings.topic(topic), key=key.encode(), value=value.model_dump_json())
-    assert producer.flush(30) == 0
+    with ControlWriter(settings) as writer:
+        for key, value in records:
+            writer.record(topic, key, value)
 
 
 def register(settings: Settings, agent: str, *versions: str) -> dict[str, str]:
     """Publish versions of ``agent`` on ``coalmine.versions``; returns their digests."""
-    records: list[tuple[str, BaseModel]] = []
-    for label in versions:
-        bundle = AgentBundle(
-            prompts={"system": f"You are {agent} {label}."},
-            model=ModelSpec(provider="openai", model="gpt-4o-mini"),
-        )
-        version = AgentVersion(
-            agent=agent,
-            version=label,
-            digest=bundle_digest(bundle),
-            created_at=datetime.now(UTC),
-            created_by="test",
-            bundle=bundle,
-        )
-        records.append((version.key, version))
-    produce(settings, VERSIONS, records)
-    return {v.version: v.digest for _, v in records if isinstance(v, AgentVersion)}
+    made = [example_version(agent, label) for label in versions]
+    with ControlWriter(settings) as writer:
+        for version in made:
+            writer.version(version)
+    return {v.version: v.digest for v in made}
 
 
 def read_all(settings: Settings, topic: Topic) -> list[bytes]:

@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, Message
 
 from schemas.framing import split_spans
 from streams.devtools import localkafka
+from streams.devtools.child_process import killed_after
 from streams.devtools.worker_process import WorkerProcess
 from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
@@ -90,12 +91,8 @@ def killed_mid_stream(
 def running_worker(settings: Settings, log_path: Path) -> Iterator[WorkerProcess]:
     """A worker on ``settings``' topics (created first); killed afterwards."""
     ensure_topics(settings)
-    process = WorkerProcess(settings, log_path)
-    process.start()
-    try:
+    with killed_after(WorkerProcess(settings, log_path)) as process:
         yield process
-    finally:
-        process.kill()
 
 
 @pytest.fixture

@@ -5,10 +5,7 @@ during a stream of commands."""
 from __future__ import annotations
 
 import itertools
-import os
 import random
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -25,11 +22,12 @@ from schemas.topics import COMMANDS, ROLLBACKS
 from streams.controller import client
 from streams.controller.inputs import Applied, Duplicate
 from streams.controller.machine import apply
+from streams.devtools.controller_process import ControllerProcess
 from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.integration.controller_harness import (
-    ControllerProcess,
+    coalmine,
     deployment_records,
     outcomes,
     produce,
@@ -154,17 +152,6 @@ def _wait_outcomes(settings: Settings, command_id: str, count: int) -> list[Comm
             return mine
         time.sleep(0.3)
     raise AssertionError(f"fewer than {count} outcomes for {command_id}")
-
-
-def coalmine(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        env={**os.environ, **settings.as_env()},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_the_command_line_says_what_happened_in_one_line(

@@ -12,7 +12,7 @@ from schemas.topics import TRACES
 from streams.devtools.control_records import ControlWriter, example_version, rollout_state
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.integration.harness import consume_all, consume_spans, isolated_settings
+from tests.integration.harness import consume_spans, isolated_settings
 from tests.unit.test_readme_examples import python_block
 
 pytestmark = pytest.mark.integration
@@ -58,8 +58,8 @@ def test_readme_routing_example_runs_the_deployed_version_with_its_bundle(
         monkeypatch.setenv(name, value)
     exec(compile(python_block("Router("), str(README), "exec"), {"__name__": "readme_example"})
 
-    messages = consume_all(settings.kafka_bootstrap, settings.topic(TRACES), expected=4)
-    spans = [json.loads(m.value() or b"") for m in messages]
+    values = consume_spans(settings.kafka_bootstrap, settings.topic(TRACES), expected=4)
+    spans = [json.loads(value) for value in values]
     assert {(s["name"], s["version"]) for s in spans} == {
         ("answer-question", "v13"),
         ("draft", "v13"),

@@ -22,12 +22,12 @@ from schemas.command import Command, CommandAction
 from schemas.deployment import DeploymentState
 from schemas.plan import RolloutPlan, RolloutStep
 from schemas.topics import COMMANDS, VERSIONS
-from schemas.version import AgentBundle, AgentVersion, ModelSpec, bundle_digest
 from streams.controller import process as process_module
 from streams.controller.inputs import Applied, EvalFigures
 from streams.controller.machine import VersionDigests, apply
 from streams.controller.process import CONTROL_TOPICS, Controller
 from streams.devtools import localkafka
+from streams.devtools.control_records import example_version
 from streams.devtools.localkafka import process
 from streams.devtools.localkafka.config import local_address
 from streams.errors import CoalmineError
@@ -103,19 +103,11 @@ def _produce_backlog(
 ) -> tuple[list[Command], dict[tuple[str, str], str]]:
     producer = Producer({**client_config(settings), "acks": "all", "linger.ms": 20})
     now = datetime.now(UTC)
-    bundle = AgentBundle(model=ModelSpec(provider="openai", model="gpt-4o-mini"))
     agents = [f"agent-{i}" for i in range(AGENTS)]
     versions: dict[tuple[str, str], str] = {}
     for agent in agents:
         for label in ("v1", "v2"):
-            version = AgentVersion(
-                agent=agent,
-                version=label,
-                digest=bundle_digest(bundle),
-                created_at=now,
-                created_by="bench",
-                bundle=bundle,
-            )
+            version = example_version(agent, label)
             versions[(agent, label)] = version.digest
             producer.produce(
                 settings.topic(VERSIONS), key=version.key, value=version.model_dump_json()

@@ -7,11 +7,15 @@ every router.
   them, the hashes a router could use: cost per call, and how independent two rollouts'
   canaries are (at weight 0.5 independent halves share a quarter of the keys; ``crc32``
   shares none or all of them, being linear).
-* **propagation**: ``routers`` routers in each of ``processes`` probe processes
-  (:mod:`streams.devtools.router_probe`) follow one agent; each of ``changes`` deployment
-  changes is made by a :data:`Trigger`, and its latency is the time from just before the
-  trigger to the moment the *last* router applied it (``time.time()`` in every process, one
-  machine). Printed as p50 / p99 / max over the changes.
+* **propagation of a rollback**: ``routers`` routers in each of ``processes`` probe processes
+  (:mod:`streams.devtools.router_probe`) follow one agent, whose deployments a
+  ``coalmine controller`` (started here, a child process) writes. ``rollbacks`` times over:
+  a ``deploy`` command through the controller puts a 10% canary up and every router is waited
+  for (not measured); then a RollbackCommand is produced on ``coalmine.rollbacks``. Measured:
+  from just before that record is produced to the moment the *last* router applied the
+  rolled-back state (``time.time()`` in every process, one machine) — the broker's write, the
+  controller's read, decision, acked state record, and every router's read of it. Printed as
+  p50 / p99 / max over the rollbacks.
 """
 
 from __future__ import annotations
@@ -19,22 +23,30 @@ from __future__ import annotations
 import hashlib
 import logging
 import statistics
+import tempfile
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-from schemas.deployment import DeploymentState, Phase
-from schemas.version import AgentVersion
+from schemas.command import CommandAction
+from schemas.plan import RolloutPlan, RolloutStep
+from schemas.rollback import RollbackCommand
+from schemas.topics import ROLLBACKS
+from streams.controller.client import new_command, send
 from streams.devtools import localkafka
 from streams.devtools.control_records import ControlWriter, example_version, rollout_state
+from streams.devtools.controller_process import ControllerProcess
 from streams.devtools.localkafka import process
 from streams.devtools.localkafka.config import local_address
 from streams.devtools.router_probe import RouterProbe
 from streams.errors import CoalmineError
-from streams.sdk.follow import Record
+from streams.sdk.compacted import Record
 from streams.sdk.router import BUCKETS, RoutingTable, bucket, rollout_hasher, rollout_salt
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -42,17 +54,16 @@ from streams.topics import ensure_topics
 AGENT = "bench-bot"
 COST_KEYS = 200_000
 SEEN_TIMEOUT_S = 30.0
-PAUSE_BETWEEN_CHANGES_S = 0.2
-
-Trigger = Callable[[int], int]
-"""Makes deployment change number ``n`` (0, 1, ...) happen and returns the generation every
-router must reach. The one place the benchmark changes a deployment."""
+COMMAND_TIMEOUT_S = 30.0
+PAUSE_BEFORE_ROLLBACK_S = 0.2
+STABLE, CANARY = "v1", "v2"
+HELD_CANARY = RolloutPlan(steps=(RolloutStep(weight=0.1, min_duration_s=3600),))
 
 
 def run(
     settings: Settings,
     *,
-    changes: int = 50,
+    rollbacks: int = 50,
     processes: int = 4,
     routers: int = 5,
     fetch_wait_ms: int | None = None,
@@ -71,12 +82,12 @@ def run(
             cleanup.enter_context(localkafka.LocalKafka(settings))
         settings = replace(settings, topic_prefix=f"bench-router-{uuid.uuid4().hex[:8]}")
         ensure_topics(settings)
-        writer = ControlWriter(settings)
-        trigger = produce_state_trigger(writer)
-        trigger(-1)  # the first state, before any router starts
+        logs = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="bench-router-")))
+        cleanup.enter_context(ControllerProcess(settings, logs / "controller.log"))
+        cycle = RollbackCycle(settings, cleanup.enter_context(ControlWriter(settings)))
         say(
-            f"propagation: {processes} processes x {routers} routers, {changes} changes, "
-            f"fetch.wait.max.ms={settings.sdk_router_fetch_wait_ms}"
+            f"propagation of a RollbackCommand: {processes} processes x {routers} routers, "
+            f"{rollbacks} rollbacks, fetch.wait.max.ms={settings.sdk_router_fetch_wait_ms}"
         )
         probes = [
             cleanup.enter_context(RouterProbe(settings, AGENT, routers=routers))
@@ -84,11 +95,11 @@ def run(
         ]
         if not all(ready for probe in probes for ready in probe.ready):
             raise CoalmineError("a router did not get ready")
-        latencies = measure_propagation(probes, trigger, changes)
+        latencies = measure_propagation(probes, cycle, rollbacks)
     slowest = [max(per_router) for per_router in latencies]
     every = [t for per_router in latencies for t in per_router]
-    say(f"  slowest router per change, ms: {_percentiles(slowest)}")
-    say(f"  every router and change, ms:   {_percentiles(every)}")
+    say(f"  produced -> last router serving stable, ms: {_percentiles(slowest)}")
+    say(f"  produced -> each router, ms:                 {_percentiles(every)}")
     return 0
 
 
@@ -194,54 +205,71 @@ def measure_hashes(calls: int = 100_000) -> list[tuple[str, float, float]]:
 # --------------------------------------------------------------------------- propagation
 
 
-def produce_state_trigger(writer: ControlWriter) -> Trigger:
-    """Today's trigger: produce the next deployment state by hand, alternating a 10% canary
-    and its rollback (the controller will produce these in answer to commands)."""
-    stable, canary = example_version(AGENT, "v1"), example_version(AGENT, "v2")
-    for version in (stable, canary):
-        writer.version(version)
+class RollbackCycle:
+    """The agent's deployments, through the controller: :meth:`canary` deploys a 10% canary
+    (held: its step lasts an hour), :meth:`roll_back` produces a RollbackCommand of it. Each
+    returns the generation the routers must reach; the controller is the agent's only
+    writer, so a rollback makes the next generation."""
 
-    def change(n: int) -> int:
-        generation = n + 2
-        writer.state(_alternating_state(stable, canary, generation))
-        writer.flush()
-        return generation
+    def __init__(self, settings: Settings, writer: ControlWriter) -> None:
+        self._settings = settings
+        self._writer = writer
+        for label in (STABLE, CANARY):
+            self._writer.version(example_version(AGENT, label))
+        self._writer.flush()
+        self._generation = self._command(CommandAction.DEPLOY, version=STABLE)  # stable at once
 
-    return change
+    def canary(self) -> int:
+        self._generation = self._command(CommandAction.DEPLOY, version=CANARY, plan=HELD_CANARY)
+        return self._generation
 
+    def roll_back(self) -> int:
+        request = RollbackCommand(
+            id=f"bench-{uuid.uuid4().hex}",
+            time=datetime.now(UTC),
+            agent=AGENT,
+            from_version=CANARY,
+            reason="benchmark",
+            issued_by="bench",
+        )
+        self._writer.record(ROLLBACKS, AGENT, request)
+        self._writer.flush()
+        self._generation += 1
+        return self._generation
 
-def _alternating_state(
-    stable: AgentVersion, canary: AgentVersion, generation: int
-) -> DeploymentState:
-    rolled_back = generation % 2 == 1
-    return rollout_state(
-        stable,
-        canary,
-        weight=0.0 if rolled_back else 0.1,
-        rollout_id=f"bench-{generation // 2}",
-        generation=generation,
-        phase=Phase.ROLLED_BACK if rolled_back else Phase.CANARY,
-    )
+    def _command(self, action: CommandAction, **fields: Any) -> int:
+        command = new_command(AGENT, action, issued_by="bench", **fields)
+        outcome = send(self._settings, command, COMMAND_TIMEOUT_S)
+        if outcome is None or outcome.state is None:
+            why = "no answer" if outcome is None else outcome.reason
+            raise CoalmineError(f"the controller did not apply {action.value}: {why}")
+        return outcome.state.generation
 
 
 def measure_propagation(
-    probes: Sequence[RouterProbe], trigger: Trigger, changes: int
+    probes: Sequence[RouterProbe], cycle: RollbackCycle, rollbacks: int
 ) -> list[list[float]]:
-    """Per change, the milliseconds until each router had applied it."""
+    """Per rollback, the milliseconds until each router had applied it."""
     latencies = []
-    for n in range(changes):
-        time.sleep(PAUSE_BETWEEN_CHANGES_S)
+    for _ in range(rollbacks):
+        _await(probes, cycle.canary())
+        time.sleep(PAUSE_BEFORE_ROLLBACK_S)
         began = time.time()
-        generation = trigger(n)
-        seen = [
-            t
-            for probe in probes
-            for t in probe.ask(op="await", generation=generation, timeout=SEEN_TIMEOUT_S)["seen"]
-        ]
-        if None in seen:
-            raise CoalmineError(f"a router did not see generation {generation} within 30 s")
+        seen = _await(probes, cycle.roll_back())
         latencies.append([(t - began) * 1000 for t in seen])
     return latencies
+
+
+def _await(probes: Sequence[RouterProbe], generation: int) -> list[float]:
+    """When each router first had ``generation`` (wall clock)."""
+    seen = [
+        t
+        for probe in probes
+        for t in probe.ask(op="await", generation=generation, timeout=SEEN_TIMEOUT_S)["seen"]
+    ]
+    if None in seen:
+        raise CoalmineError(f"a router did not see generation {generation} within 30 s")
+    return seen
 
 
 def _percentiles(values: list[float]) -> str:

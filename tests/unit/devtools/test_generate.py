@@ -25,7 +25,7 @@ from streams.devtools.control_records import example_version, rollout_state
 from streams.devtools.generate import GeneratorProgress, TrafficPlan, simulate
 from streams.devtools.traffic import MODELS
 from streams.sdk import PublisherStats, RoutingTable
-from streams.sdk.follow import Record
+from streams.sdk.compacted import Record
 from streams.settings import Settings
 from tests.unit.sdk.test_tracer import ListPublisher
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from schemas.deployment import DeploymentState, Phase
 from schemas.version import AgentVersion
 from streams.devtools.control_records import example_version, rollout_state
-from streams.sdk.follow import Record
+from streams.sdk.compacted import Record
 from streams.sdk.router import (
     BUCKETS,
     RoutingTable,

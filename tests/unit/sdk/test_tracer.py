@@ -22,7 +22,7 @@ from schemas.trace import (
 )
 from streams.devtools.control_records import example_version, rollout_state
 from streams.sdk import OutcomeSpan, Publisher, RoutingTable, Tracer
-from streams.sdk.follow import Record
+from streams.sdk.compacted import Record
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

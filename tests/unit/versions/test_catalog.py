@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from schemas.version import AgentBundle, AgentVersion, ModelSpec, bundle_digest
-from streams.sdk.compacted import TopicRecord
+from streams.sdk.compacted import Record
 from streams.versions.catalog import (
     Decision,
     VersionCatalog,
@@ -36,9 +36,11 @@ def version(
     )
 
 
-def record(offset: int, v: AgentVersion | None = None, key: bytes | None = None) -> TopicRecord:
+def record(offset: int, v: AgentVersion | None = None, key: bytes | None = None) -> Record:
     value = None if v is None else v.model_dump_json().encode()
-    return TopicRecord(0, offset, key if key is not None or v is None else v.key.encode(), value)
+    return Record(
+        "versions", key if key is not None or v is None else v.key.encode(), value, 0, offset
+    )
 
 
 def test_the_decision_compares_digests_only() -> None:
@@ -72,11 +74,15 @@ def test_tombstones_junk_and_misfiled_records_are_skipped_with_a_reason() -> Non
     good = version()
     catalog = VersionCatalog.of(
         [
-            TopicRecord(0, 0, b"support-bot/v1", None),
-            TopicRecord(0, 1, b"support-bot/v1", b"{not json"),
+            Record("versions", b"support-bot/v1", None, 0, 0),
+            Record("versions", b"support-bot/v1", b"{not json", 0, 1),
             record(2, good, key=b"support-bot/v9"),
-            TopicRecord(
-                0, 3, b"x", good.model_dump_json().replace(good.digest[-4:], "0000").encode()
+            Record(
+                "versions",
+                b"x",
+                good.model_dump_json().replace(good.digest[-4:], "0000").encode(),
+                0,
+                3,
             ),
             record(4, good),
         ]
