@@ -106,6 +106,14 @@ def test_an_agent_with_the_sdk_alone_publishes_and_loads_nothing_of_the_worker(
     )
 
 
+def refused_in_one_line(coalmine: Path, env: dict[str, str], cwd: Path, command: list[str]) -> str:
+    """The one stderr line of ``coalmine COMMAND``, which must exit 2."""
+    refused = run([coalmine, *command], env, cwd, check=False)
+    assert refused.returncode == 2, refused.stderr
+    (line,) = refused.stderr.splitlines()
+    return line
+
+
 def test_the_command_line_without_the_worker_extra_says_how_to_get_it(
     sdk_venv: Path, tmp_path: Path
 ) -> None:
@@ -115,9 +123,7 @@ def test_the_command_line_without_the_worker_extra_says_how_to_get_it(
     assert "worker" in shown.stdout
 
     for command in (["worker"], ["migrate"], ["sql", "SELECT 1"], ["bench", "ingest"]):
-        refused = run([coalmine, *command], env, tmp_path, check=False)
-        assert refused.returncode == 2, refused.stderr
-        (line,) = refused.stderr.splitlines()
+        line = refused_in_one_line(coalmine, env, tmp_path, command)
         assert line.startswith(f"coalmine: error: `coalmine {command[0]}` needs the worker extra")
         assert line.endswith("pip install 'coalmine[worker]'")
 
@@ -127,9 +133,7 @@ def test_the_receiver_without_the_otlp_extra_says_how_to_get_it(
 ) -> None:
     coalmine, env = sdk_venv / "coalmine", clean_env({})
     for command in (["otlp"], ["bench", "otlp"]):
-        refused = run([coalmine, *command], env, tmp_path, check=False)
-        assert refused.returncode == 2, refused.stderr
-        (line,) = refused.stderr.splitlines()
+        line = refused_in_one_line(coalmine, env, tmp_path, command)
         assert line.startswith(f"coalmine: error: `coalmine {' '.join(command)}` needs the otlp")
         assert line.endswith("pip install 'coalmine[otlp]'")
 
