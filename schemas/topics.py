@@ -172,11 +172,27 @@ DEPLOYMENTS: Final = Topic(
     cleanup_policy="compact",
     partitions=_one_partition,
 )
+JUDGEMENTS: Final = Topic(
+    "judgements",
+    key="`agent`",
+    value=ValueModel("schemas.judgement:Judgement", "judgement"),
+    value_doc="the judge's verdict and evidence after each compared window of a canary",
+    partitions=_one_partition,
+)
+ALERTS: Final = Topic(
+    "alerts",
+    key="`agent`",
+    value=ValueModel("schemas.alert:Alert", "alert"),
+    value_doc="a transition a person should know about (regression, drift, cost spike, …)",
+    partitions=_one_partition,
+)
 
 TOPICS: Final = (
     TRACES,
     TRACES_DLQ,
     VERSION_STATS,
+    JUDGEMENTS,
+    ALERTS,
     VERSIONS,
     COMMANDS,
     ROLLBACKS,

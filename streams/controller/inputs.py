@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from schemas.command import Command
 from schemas.deployment import DeploymentState
+from schemas.judgement import Verdict
 from schemas.rollback import RollbackCommand
-from streams.detector.types import Verdict
 
 Evidence = Mapping[str, str | float | int | bool | None]
 

@@ -48,6 +48,7 @@ from schemas.deployment import (
     GateFigures,
     Phase,
 )
+from schemas.judgement import Verdict
 from schemas.plan import DEFAULT_PLAN, MAX_STEPS, EvalGate, RolloutPlan
 from schemas.rollback import RollbackCommand
 from streams.controller.inputs import (
@@ -63,7 +64,6 @@ from streams.controller.inputs import (
     Tick,
     Unchanged,
 )
-from streams.detector.types import Verdict
 
 VersionDigests = Mapping[tuple[str, str], str]
 """(agent, version) → digest of every registered version (``coalmine.versions``)."""

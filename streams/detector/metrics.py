@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from schemas.judgement import Metric
 from schemas.window_stats import LATENCY_BUCKET_COUNT, WindowStats, bucket_representative_ms
-from streams.detector.types import Metric
 
 LOG_LATENCY_MS = np.log(
     np.array([bucket_representative_ms(i) for i in range(LATENCY_BUCKET_COUNT)])

@@ -4,52 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 
-
-class Verdict(StrEnum):
-    """What a judge says after a window.
-
-    Ordered by severity for aggregation: ROLLBACK > ALERT > INCONCLUSIVE > CONTINUE > PASS
-    (a decision is PASS only when every enabled metric passes).
-    """
-
-    CONTINUE = "continue"
-    """Not enough evidence either way yet; keep watching."""
-    ALERT = "alert"
-    """Evidence that the canary is worse at the looser alert level (``alpha_alert``)."""
-    ROLLBACK = "rollback"
-    """Evidence at the rollback level (``alpha_rollback``); the minimum-evidence guards hold.
-    Latched: once returned, a judge keeps returning it."""
-    PASS = "pass"
-    """Every enabled metric's confidence sequence excludes a degradation beyond its tolerance:
-    the canary is shown not worse, and a controller may promote."""
-    INCONCLUSIVE = "inconclusive"
-    """The configured horizon (``JudgeConfig.horizon_s``) has passed with neither a rollback
-    nor a pass: at the tolerances asked for, this much traffic cannot tell. A controller
-    should hold the rollout or ask a person."""
-
-
-class Metric(StrEnum):
-    """What the judges compare. Rate metrics count a *bad* event, so higher is always worse."""
-
-    ERROR_RATE = "error_rate"
-    """Failed requests per request."""
-    TASK_FAILURE_RATE = "task_failure_rate"
-    """Attempted tasks not completed per attempted task (1 - task completion rate)."""
-    TOOL_ERROR_RATE = "tool_error_rate"
-    """Failed tool calls per tool call."""
-    LATENCY_P95_EXCEEDANCE = "latency_p95_exceedance"
-    """Share of requests slower than the baseline's p95, frozen before the comparison."""
-    LATENCY_P99_EXCEEDANCE = "latency_p99_exceedance"
-    """Share of requests slower than the baseline's p99, frozen before the comparison."""
-    LATENCY_LOG_MEAN = "latency_log_mean"
-    """Mean of log latency (from the histogram), a whole-distribution shift."""
-    LOG_COST_MEAN = "log_cost_mean"
-    """Mean of ln(cost + 1e-6 USD) per request; a difference is a log cost ratio."""
-    QUALITY_MEAN = "quality_mean"
-    """Mean quality score in [0, 1]; lower is worse."""
-
+from schemas.judgement import Metric, Verdict
 
 RATE_METRICS = frozenset(
     {

@@ -49,6 +49,8 @@ def test_topic_creation_takes_partitions_and_config_from_the_registry() -> None:
             "x.traces": (partitions, {"cleanup.policy": "delete"}),
             "x.traces.dlq": (partitions, {"cleanup.policy": "delete"}),
             "x.version-stats": (partitions, {"cleanup.policy": "delete"}),
+            "x.judgements": (1, {"cleanup.policy": "delete"}),
+            "x.alerts": (1, {"cleanup.policy": "delete"}),
             "x.versions": (1, {"cleanup.policy": "compact"}),
             "x.commands": (1, {"cleanup.policy": "delete"}),
             "x.rollbacks": (1, {"cleanup.policy": "delete"}),

@@ -35,8 +35,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import mannwhitneyu, norm
 
+from schemas.judgement import Verdict
 from schemas.window_stats import LATENCY_BUCKET_COUNT, WindowStats, quantile_from_buckets
-from streams.detector.types import Verdict
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from schemas.judgement import Verdict
 from schemas.window_stats import WindowStats
 from streams.detector.bench.baselines import (
     BaselineDecision,
@@ -36,7 +37,6 @@ from streams.detector.bench.simulate import (
 from streams.detector.bench.summary import Outcome, Row, summarize
 from streams.detector.drift import DriftDetector
 from streams.detector.judge import CanaryJudge
-from streams.detector.types import Verdict
 
 DEFAULT_SEED = 20261124
 CHUNK_WINDOWS = 14_400

@@ -9,6 +9,7 @@ import pytest
 
 from schemas.command import Command, CommandAction
 from schemas.deployment import DeploymentState, Phase
+from schemas.judgement import Verdict
 from schemas.plan import EvalGate, RolloutPlan, RolloutStep
 from schemas.rollback import RollbackCommand
 from streams.controller.inputs import (
@@ -23,7 +24,6 @@ from streams.controller.inputs import (
     Unchanged,
 )
 from streams.controller.machine import apply, gate_figures
-from streams.detector.types import Verdict
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 AGENT = "bot"

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from schemas.command import Command, CommandAction
 from schemas.deployment import DeploymentState, Phase
+from schemas.judgement import Verdict
 from schemas.plan import EvalGate, RolloutPlan, RolloutStep
 from schemas.rollback import RollbackCommand
 from streams.controller.inputs import (
@@ -23,7 +24,6 @@ from streams.controller.inputs import (
     Tick,
 )
 from streams.controller.machine import LIVE, apply
-from streams.detector.types import Verdict
 from tests.unit.controller.test_machine import AGENT, T0, VERSIONS
 
 VERSION_NAMES = ("v1", "v2", "v3", "v9")

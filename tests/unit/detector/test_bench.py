@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from schemas.judgement import Verdict
 from schemas.window_stats import (
     LATENCY_BUCKET_COUNT,
     WindowStats,
@@ -50,7 +51,6 @@ from streams.detector.bench.summary import (
     share_at_most,
     summarize,
 )
-from streams.detector.types import Verdict
 
 K = 5.0  # standard errors of tolerance
 

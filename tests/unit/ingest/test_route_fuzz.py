@@ -90,7 +90,8 @@ def test_names_are_stored_only_when_printable(agent: str, version: str) -> None:
 def test_a_valid_message_cut_or_spliced_anywhere_never_raises(data: st.DataObject) -> None:
     value = json.dumps(event(attributes={"a": 1, "b": "x"})).encode()
     cut = data.draw(st.integers(0, len(value)))
-    insert = data.draw(st.binary(max_size=6))
+    # Without a newline: a newline makes the message a batch of lines, each routed on its own.
+    insert = data.draw(st.binary(max_size=6).filter(lambda b: b"\n" not in b))
     rows, _ = route_one(value[:cut] + insert + value[cut + len(insert) :])
     if rows:
         assert_storable(rows[0])
