@@ -113,6 +113,14 @@ def add_traffic_arguments(parser: argparse.ArgumentParser) -> None:
         help="added to the canary's mean quality and task completion rate (default %(default)s)",
     )
     parser.add_argument(
+        "--canary-onset",
+        type=float_in(Range(0, 10**7)),
+        default=0.0,
+        metavar="SECONDS",
+        help="the canary options apply from this many seconds into the run; before, the "
+        "canary behaves like stable (default %(default)s)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         default=7,
@@ -180,8 +188,10 @@ class _Simulation:
             self.tracers[key] = Tracer(agent, version, self.publisher, id_factory=self.id_factory)
         return self.tracers[key]
 
-    def step(self, start_at: Callable[[RequestDraw], datetime]) -> RequestDraw:
-        draw = self.drawer.request()
+    def step(self, at_s: float, start_at: Callable[[RequestDraw], datetime]) -> RequestDraw:
+        """Draw the request sent ``at_s`` seconds into the run and record it as starting at
+        ``start_at(draw)``."""
+        draw = self.drawer.request(at_s)
         record(draw, self.tracer(draw.agent.name, draw.version), start_at(draw))
         self.requests[(draw.agent.name, draw.version)] += 1
         return draw
@@ -235,7 +245,7 @@ def simulate(plan: TrafficPlan, start: datetime, n_requests: int) -> Iterator[Tr
     sim = _Simulation(plan, buffer)
     step = timedelta(seconds=1 / plan.rate)
     for i in range(n_requests):
-        sim.step(lambda _draw: start + i * step)  # noqa: B023 (called at once)
+        sim.step(i / plan.rate, lambda _draw: start + i * step)  # noqa: B023 (called at once)
         yield from buffer.drain()
 
 
@@ -252,6 +262,8 @@ class GeneratorProgress:
     failed: int
     dropped: int
     invalid: int
+    started_at: datetime
+    """When the run began (wall clock): the plan's canary onset is this plus its seconds."""
     done: bool = False
 
     def line(self) -> str:
@@ -337,6 +349,7 @@ class _Pacer:
         self.sim = sim
         self.publisher = publisher
         self.began = time.monotonic()
+        self.started_at = datetime.now(UTC)
         self.sent = 0
 
     def run(self, stop: threading.Event, report: Callable[[GeneratorProgress], None]) -> None:
@@ -349,7 +362,10 @@ class _Pacer:
             if (delay > 0 and stop.wait(delay)) or stop.is_set():
                 return
             # The request is recorded when it ends, as a real agent's would be: it ends now.
-            self.sim.step(lambda draw: datetime.now(UTC) - timedelta(seconds=draw.duration_s))
+            self.sim.step(
+                time.monotonic() - self.began,
+                lambda draw: datetime.now(UTC) - timedelta(seconds=draw.duration_s),
+            )
             self.sent += 1
             if time.monotonic() >= next_report:
                 next_report += PROGRESS_EVERY_S
@@ -365,6 +381,7 @@ class _Pacer:
             failed=s.failed,
             dropped=s.dropped,
             invalid=self.sim.invalid_spans,
+            started_at=self.started_at,
             done=done,
         )
 

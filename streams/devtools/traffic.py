@@ -5,7 +5,8 @@ what one request of theirs looks like, drawn as plain data from a seeded generat
 :class:`RequestDraw` values (which agent and version, its steps, their latencies, tokens and
 errors). Nothing here does I/O or reads a clock, so the same seed gives the same traffic.
 Canary versions differ from their stable versions only by the plan's canary knobs (error
-rate, latency factor, quality delta), so a detector can be checked against a known truth.
+rate, latency factor, quality delta), from the plan's ``canary_onset_s`` on, so a detector can
+be checked against a known truth and a known moment.
 Which version serves a request is the plan's canary share, or, given a version chooser (a
 router following the agent's deployment), the deployment's.
 """
@@ -142,6 +143,9 @@ class TrafficPlan:
     canary_error_rate: float | None = None
     canary_latency_factor: float = 1.0
     canary_quality_delta: float = 0.0
+    canary_onset_s: float = 0.0
+    """Seconds into the run from which the canary knobs apply; before, a canary request
+    behaves like a stable one."""
     seed: int = 7
 
     def __post_init__(self) -> None:
@@ -158,6 +162,7 @@ class TrafficPlan:
                 self.canary_latency_factor
             ),
             "canary_quality_delta must be in [-1, 1]": -1 <= self.canary_quality_delta <= 1,
+            "canary_onset_s must be finite and not negative": 0 <= self.canary_onset_s < math.inf,
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
@@ -175,6 +180,7 @@ class TrafficPlan:
             canary_error_rate=args.canary_error_rate,
             canary_latency_factor=args.canary_latency_factor,
             canary_quality_delta=args.canary_quality_delta,
+            canary_onset_s=args.canary_onset,
             seed=args.seed,
         )
 
@@ -267,7 +273,9 @@ class RequestDrawer:
         self.users = random.Random(f"{plan.seed}:users")
         self.choose = choose
 
-    def request(self) -> RequestDraw:
+    def request(self, at_s: float) -> RequestDraw:
+        """The next request, sent ``at_s`` seconds into the run (which decides whether the
+        canary knobs apply yet)."""
         rng, plan = self.rng, self.plan
         agent = rng.choice(plan.agents)
         user = f"user-{self.users.randrange(USERS)}"
@@ -277,9 +285,10 @@ class RequestDrawer:
             version = agent.canary_version if canary else agent.stable_version
         else:
             version, canary = chosen
-        error_rate = plan.effective_canary_error_rate if canary else plan.error_rate
-        latency = plan.canary_latency_factor if canary else 1.0
-        delta = plan.canary_quality_delta if canary else 0.0
+        worse = canary and at_s >= plan.canary_onset_s
+        error_rate = plan.effective_canary_error_rate if worse else plan.error_rate
+        latency = plan.canary_latency_factor if worse else 1.0
+        delta = plan.canary_quality_delta if worse else 0.0
         steps = self._steps(agent, latency)
         failed = rng.random() < error_rate
         error_type = None

@@ -14,6 +14,7 @@ import statistics
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -106,6 +107,29 @@ def test_spans_link_to_their_request_and_lie_within_it(events: list[TraceEvent])
             assert before.end_time <= after.start_time
     assert len({e.event_id for e in events}) == len(events)
     assert len({e.span_id for e in events}) == len(events)
+
+
+def test_the_canary_behaves_like_stable_until_its_onset() -> None:
+    # 100 s at 100 requests/s, onset at 50 s: each half has ~500 canary requests.
+    plan = replace(PLAN, canary_onset_s=50.0)
+    requests = [e for e in simulate(plan, START, 10_000) if e.kind is SpanKind.REQUEST]
+    onset = START + timedelta(seconds=50)
+    before = [r for r in requests if r.start_time < onset and r.version in CANARY_VERSIONS]
+    after = [r for r in requests if r.start_time >= onset and r.version in CANARY_VERSIONS]
+
+    def failed(r: TraceEvent) -> bool:
+        return r.status is SpanStatus.ERROR
+
+    # Before: rate 0.02, n >= 400 (sd <= 0.0070); 0.035 is 5 sd, and 0.10 is 11 sd away.
+    assert share(before, failed) == pytest.approx(0.02, abs=0.035)
+    assert share(before, failed) < 0.06
+    # After: rate 0.10, n >= 400 (sd <= 0.015); 0.075 is 5 sd.
+    assert share(after, failed) == pytest.approx(0.10, abs=0.075)
+    assert share(after, failed) > 0.06
+    # Up to the onset the traffic is that of a plan whose canary is no worse than stable.
+    same = replace(plan, canary_error_rate=None, canary_latency_factor=1.0, canary_quality_delta=0)
+    unchanged = [e for e in simulate(same, START, 5_000) if e.kind is SpanKind.REQUEST]
+    assert requests[:5_000] == unchanged
 
 
 def test_request_shapes(events: list[TraceEvent]) -> None:
@@ -257,6 +281,7 @@ def test_requests_replace_the_duration() -> None:
         (("--requests", "2.5"), "argument --requests: '2.5' is not a whole number"),
         (("--canary-quality-delta", "2"), "'2' must be between -1 and 1"),
         (("--requests", "5", "--duration", "3"), "not allowed with argument"),
+        (("--canary-onset", "-1"), "argument --canary-onset: '-1' must be between"),
     ],
 )
 def test_bad_values_give_one_readable_line(
@@ -330,7 +355,7 @@ def test_run_reports_failure_when_events_are_lost() -> None:
 
 
 def test_the_progress_line_reads_well() -> None:
-    line = GeneratorProgress(10.0, 500, 2600, 2590, 0, 0, 0).line()
+    line = GeneratorProgress(10.0, 500, 2600, 2590, 0, 0, 0, START).line()
     assert line == (
         "generate:   10.0 s  500 requests (50.0/s)  2600 spans  2590 delivered  0 failed  0 dropped"
     )
