@@ -222,9 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_versions_parser(commands)
 
-    demo = commands.add_parser("demo", help="Kafka + worker + generated traffic, end to end")
+    demo = commands.add_parser(
+        "demo", help="the loop, end to end: a bad canary rolled back, a good one promoted"
+    )
     demo.add_argument(
-        "--duration", type=float_in(DURATION_S), default=60.0, help="seconds of traffic"
+        "--duration",
+        type=float_in(DURATION_S),
+        default=120.0,
+        help="at most this many seconds of traffic; the demo ends sooner once both canaries "
+        "are decided (default %(default)s)",
     )
     demo.add_argument("--rate", type=float_in(RATE), default=200.0, help="requests per second")
     demo.add_argument("--seed", type=int, default=7)

@@ -2,12 +2,13 @@
 stdin, one JSON line per answer on stdout: what the router benchmark and the integration tests
 use to see routers in other processes.
 
-``python -m streams.devtools.router_probe AGENT --routers N`` (settings from ``COALMINE_*``)
-starts N routers, waits until they are ready and prints ``{"ready": [...]}``. Commands:
+``python -m streams.devtools.router_probe AGENT [AGENT ...] --routers N`` (settings from
+``COALMINE_*``) starts N routers, each following every AGENT, waits until they are ready and
+prints ``{"ready": [...]}``. Commands (``agent`` defaults to the first AGENT):
 
-* ``{"op": "await", "generation": G, "timeout": T}`` → ``{"seen": [t, ...]}``: per router, the
-  wall-clock time (``time.time()``) its state for AGENT first reached generation G or later,
-  or null if that did not happen within T seconds.
+* ``{"op": "await", "generation": G, "timeout": T, "agent": A}`` → ``{"seen": [t, ...]}``: per
+  router, the wall-clock time (``time.time()``) its state for A first reached generation G or
+  later, or null if that did not happen within T seconds (asked later, the time it happened).
 * ``{"op": "route", "keys": N, "default": V}`` → ``{"canary": [i, ...], "versions": {...},
   "generations": [...], "bundles": n, "agree": bool}``: routes of keys ``user-0`` ..
   ``user-{N-1}`` by the first router (the indices of those on the canary, requests per version,
@@ -36,28 +37,34 @@ from streams.sdk.router import Route, Router
 from streams.sdk.settings import SdkSettings
 
 
-class _Watched:
-    """A router and when its state for one agent first reached each generation."""
+class WatchedRouter:
+    """A router and when its state for each of its agents first reached each generation
+    (also used in-process, by the demo and the incident benchmark, for the router their
+    traffic goes through)."""
 
-    def __init__(self, settings: SdkSettings, agent: str, name: str) -> None:
-        self.agent = agent
-        self.seen: dict[int, float] = {}
+    def __init__(self, settings: SdkSettings, agents: list[str], name: str) -> None:
+        self.agent = agents[0]
+        self.agents = agents
+        self.seen: dict[str, dict[int, float]] = {agent: {} for agent in agents}
         self.changed = threading.Condition()
-        self.router = Router(settings, agents=[agent], name=name)
+        self.router = Router(settings, agents=agents, name=name)
         self.router.add_listener(self._on_change)
 
     def _on_change(self) -> None:
-        state = self.router.deployment(self.agent)
-        if state is None:
-            return
         now = time.time()
         with self.changed:
-            self.seen.setdefault(state.generation, now)
+            for agent in self.agents:
+                state = self.router.deployment(agent)
+                if state is not None:
+                    self.seen[agent].setdefault(state.generation, now)
             self.changed.notify_all()
 
-    def reached(self, generation: int, timeout: float) -> float | None:
+    def reached(self, agent: str, generation: int, timeout: float) -> float | None:
+        """When (``time.time()``) the state of ``agent`` first had ``generation`` or a later
+        one, waiting up to ``timeout`` for it; None if it has not."""
+
         def first() -> float | None:
-            times = [t for g, t in self.seen.items() if g >= generation]
+            times = [t for g, t in self.seen[agent].items() if g >= generation]
             return min(times) if times else None
 
         with self.changed:
@@ -65,7 +72,7 @@ class _Watched:
             return first()
 
 
-def _route_keys(routers: list[_Watched], keys: int, default: str) -> dict[str, Any]:
+def _route_keys(routers: list[WatchedRouter], keys: int, default: str) -> dict[str, Any]:
     agent = routers[0].agent
     routes: list[Route] = [
         routers[0].router.route(agent, f"user-{i}", default) for i in range(keys)
@@ -83,11 +90,14 @@ def _route_keys(routers: list[_Watched], keys: int, default: str) -> dict[str, A
     }
 
 
-def _answer(routers: list[_Watched], command: dict[str, Any]) -> dict[str, Any]:
+def _answer(routers: list[WatchedRouter], command: dict[str, Any]) -> dict[str, Any]:
     op = command.get("op")
     if op == "await":
         generation, timeout = int(command["generation"]), float(command["timeout"])
-        return {"seen": [w.reached(generation, timeout) for w in routers]}
+        agent = str(command.get("agent", routers[0].agent))
+        if agent not in routers[0].seen:
+            return {"error": f"not following {agent!r}"}
+        return {"seen": [w.reached(agent, generation, timeout) for w in routers]}
     if op == "route":
         return _route_keys(routers, int(command["keys"]), str(command["default"]))
     if op == "stats":
@@ -97,11 +107,13 @@ def _answer(routers: list[_Watched], command: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="router_probe")
-    parser.add_argument("agent")
+    parser.add_argument("agents", nargs="+", metavar="agent")
     parser.add_argument("--routers", type=int, default=1)
     args = parser.parse_args()
     settings = SdkSettings.from_env()
-    routers = [_Watched(settings, args.agent, f"probe-router-{n}") for n in range(args.routers)]
+    routers = [
+        WatchedRouter(settings, args.agents, f"probe-router-{n}") for n in range(args.routers)
+    ]
     try:
         ready = [w.router.wait_ready() for w in routers]
         print(json.dumps({"ready": ready}), flush=True)
@@ -113,15 +125,16 @@ def main() -> None:
 
 
 class RouterProbe(ClosedOnExit):
-    """A probe process with ``routers`` routers of ``agent``, on ``settings``' cluster."""
+    """A probe process with ``routers`` routers following ``agents``, on ``settings``'
+    cluster."""
 
-    def __init__(self, settings: SdkSettings, agent: str, *, routers: int = 1) -> None:
+    def __init__(self, settings: SdkSettings, *agents: str, routers: int = 1) -> None:
         self._process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "streams.devtools.router_probe",
-                agent,
+                *agents,
                 "--routers",
                 str(routers),
             ],
