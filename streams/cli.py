@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
-from streams.cliargs import DURATION_S, RATE, float_in, int_in, ints_in
+from streams.cliargs import DURATION_S, RATE, float_in, floats_in, int_in, ints_in
 from streams.errors import CoalmineError
 from streams.settings import Range, Settings, SettingsError
 
@@ -167,6 +167,28 @@ def _bench_otlp(args: argparse.Namespace, settings: Settings) -> int:
     return bench.run(settings, spans=args.spans)
 
 
+def _bench_incident(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.devtools.bench import incident
+
+    options = incident.Options(
+        incidents=args.incidents,
+        canary_error_rates=args.canary_error_rates,
+        aa_incidents=args.aa_incidents,
+        agents=args.agents,
+        rate=args.rate,
+        canary_share=args.canary_share,
+        error_rate=args.error_rate,
+        warmup_s=args.onset,
+        timeout_s=args.timeout,
+        aa_observe_s=args.aa_observe,
+        processes=args.processes,
+        routers=args.routers,
+        judge_replications=args.judge_runs,
+        seed=args.seed,
+    )
+    return incident.run(settings, options, args.json)
+
+
 def _bench_controller(args: argparse.Namespace, settings: Settings) -> int:
     from streams.devtools.bench import controller
 
@@ -295,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="spans sent each way (default %(default)s)",
     )
     otlp.set_defaults(handler=_bench_otlp)
+    _add_bench_incident(bench_commands)
     ctl = bench_commands.add_parser("controller", help="commands the controller applies per second")
     ctl.add_argument(
         "--commands",
@@ -304,6 +327,94 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ctl.set_defaults(handler=_bench_controller)
     return parser
+
+
+def _add_bench_incident(
+    bench_commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    inc = bench_commands.add_parser(
+        "incident",
+        help="onset of a bad canary -> RollbackCommand -> every router switched, on the real "
+        "pipeline",
+    )
+    probability = float_in(Range(0, 1))
+    inc.add_argument(
+        "--incidents",
+        type=int_in(Range(1, 1000)),
+        default=10,
+        help="incidents per regression scenario (default %(default)s)",
+    )
+    inc.add_argument(
+        "--canary-error-rates",
+        type=floats_in(Range(0, 1)),
+        default=(0.02, 0.05),
+        metavar="RATE[,RATE...]",
+        help="one scenario per rate: the canary's error rate after the onset (default 0.02,0.05)",
+    )
+    inc.add_argument(
+        "--aa-incidents",
+        type=int_in(Range(0, 1000)),
+        default=10,
+        help="A/A incidents, the canary no different (0: none; default %(default)s)",
+    )
+    inc.add_argument(
+        "--agents",
+        type=int_in(Range(1, 50)),
+        default=5,
+        help="incidents at once, one per agent (default %(default)s)",
+    )
+    inc.add_argument(
+        "--rate",
+        type=float_in(RATE),
+        default=100.0,
+        help="requests/s per agent (default %(default)s)",
+    )
+    inc.add_argument("--canary-share", type=probability, default=0.1, help="default %(default)s")
+    inc.add_argument(
+        "--error-rate",
+        type=probability,
+        default=0.01,
+        help="the error rate of stable, and of the canary before the onset (default %(default)s)",
+    )
+    inc.add_argument(
+        "--onset",
+        type=float_in(Range(0, 3600)),
+        default=30.0,
+        help="seconds of traffic before the onset (default %(default)s)",
+    )
+    inc.add_argument(
+        "--timeout",
+        type=float_in(Range(1, 86_400)),
+        default=900.0,
+        help="seconds after the onset before an incident counts as missed (default %(default)s)",
+    )
+    inc.add_argument(
+        "--aa-observe",
+        type=float_in(Range(1, 86_400)),
+        default=300.0,
+        help="seconds each A/A incident is watched (default %(default)s)",
+    )
+    inc.add_argument(
+        "--processes",
+        type=int_in(Range(1, 64)),
+        default=2,
+        help="router probe processes (default %(default)s)",
+    )
+    inc.add_argument(
+        "--routers",
+        type=int_in(Range(1, 100)),
+        default=2,
+        help="routers per probe process (default %(default)s)",
+    )
+    inc.add_argument(
+        "--judge-runs",
+        type=int_in(Range(1, 100_000)),
+        default=200,
+        help="simulated runs of the pure judge per scenario (default %(default)s)",
+    )
+    inc.add_argument("--seed", type=int, default=11)
+    inc.add_argument("--json", type=Path, help="write the figures and every incident here")
+    inc.set_defaults(handler=_bench_incident)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

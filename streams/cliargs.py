@@ -53,6 +53,16 @@ def ints_in(allowed: Range) -> Callable[[str], tuple[int, ...]]:
     return parse
 
 
+def floats_in(allowed: Range) -> Callable[[str], tuple[float, ...]]:
+    """An argparse ``type`` for comma-separated finite numbers, each within ``allowed``."""
+    one = float_in(allowed)
+
+    def parse(text: str) -> tuple[float, ...]:
+        return tuple(one(part.strip()) for part in text.split(","))
+
+    return parse
+
+
 def _check(allowed: Range, value: float, text: str) -> None:
     if value not in allowed:
         raise argparse.ArgumentTypeError(f"{text!r} must be {allowed.describe()}")
