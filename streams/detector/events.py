@@ -58,6 +58,12 @@ class Judged:
             "judgement", self.rollout_id, self.generation, window_start.isoformat(), comparison
         )
 
+    def time_judgement_id(self, windows_compared: int, verdict: Verdict) -> str:
+        """A judgement made by time alone (the horizon), after ``windows_compared``."""
+        return event_id(
+            "judgement", self.rollout_id, self.generation, "time", windows_compared, verdict.value
+        )
+
     def alert_id(self, level: Verdict) -> str:
         return event_id("alert", self.rollout_id, self.generation, level.value)
 

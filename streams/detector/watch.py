@@ -131,6 +131,8 @@ class Outputs:
     judgements: list[Judgement] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
     rollbacks: list[RollbackCommand] = field(default_factory=list)
+    replays: list[Generation] = field(default_factory=list)
+    """Generations whose judge was just built: replay their stored partials."""
 
     def __bool__(self) -> bool:
         return bool(self.judgements or self.alerts or self.rollbacks)
@@ -229,10 +231,7 @@ class _Canary:
             issue.judgement(
                 self,
                 decision,
-                events.event_id(
-                    "judgement", self.judged.rollout_id, self.judged.generation,
-                    "time", decision.windows_compared, decision.verdict.value,
-                ),  # fmt: skip
+                self.judged.time_judgement_id(decision.windows_compared, decision.verdict),
             )
 
 
@@ -291,17 +290,27 @@ class _Issuer:
 
 
 class CanaryWatch:
-    """Every judged canary of the agents this watch is fed (see the module docstring).
+    """Every judged canary of the agents whose partials this watch is fed (module docstring).
 
-    The adapter calls :meth:`deployment` for each deployment state read, :meth:`replay` when
-    that returned a generation (with the stored partials of that generation), :meth:`partials`
-    for each batch read from ``coalmine.version-stats``, :meth:`tick` every second or so, and
-    :meth:`published` with the ids of alerts and rollback commands found on their topics.
+    The adapter calls :meth:`deployment` for each deployment state read, :meth:`partials` for
+    each batch read from ``coalmine.version-stats``, :meth:`tick` every second or so,
+    :meth:`replay` for each generation one of them returned (with the store's partials of that
+    generation), :meth:`published` with the ids of alerts and rollback commands found on
+    their topics, and :meth:`disown` when its partitions of ``coalmine.version-stats`` were
+    revoked.
+
+    **One judge per agent in the group.** The partials of an agent come from one partition,
+    so one worker of the group reads them: a watch judges an agent only once it has been fed
+    its partials (every worker follows every deployment, only the owner judges). A worker
+    that takes over an agent after a rebalance or a crash builds its judge at its first
+    partial and replays the rest from the store.
     """
 
     def __init__(self, settings: WatchSettings) -> None:
         self.settings = settings
+        self._generations: dict[str, Generation] = {}
         self._canaries: dict[str, _Canary] = {}
+        self._owned: set[str] = set()
         self._recent: dict[str, dict[RowIdentity, Partial]] = {}
         """Per agent, the partials of the last ``max_lateness_s`` (for a judge built later)."""
         self._published: set[str] = set()
@@ -318,14 +327,28 @@ class CanaryWatch:
         """Follow an agent's deployment state; returns the generation whose judge was just
         built (replay its stored partials with :meth:`replay`), or None."""
         generation = Generation.of(state)
-        current = self._canaries.get(state.agent)
         if generation is None:
+            self._generations.pop(state.agent, None)
             self._canaries.pop(state.agent, None)
             return None
-        if current is not None and current.judged == generation.judged:
+        self._generations[state.agent] = generation
+        return self._build(state.agent)
+
+    def _build(self, agent: str) -> Generation | None:
+        generation = self._generations.get(agent)
+        current = self._canaries.get(agent)
+        if generation is None or agent not in self._owned:
             return None
-        self._canaries[state.agent] = _Canary(generation, self.settings)
+        if current is not None and current.generation == generation:
+            return None
+        self._canaries[agent] = _Canary(generation, self.settings)
         return generation
+
+    def disown(self) -> None:
+        """This worker no longer reads the partials it judged: drop every judge."""
+        self._owned.clear()
+        self._canaries.clear()
+        self._recent.clear()
 
     def replay(self, generation: Generation, stored: Sequence[Partial], now: datetime) -> Outputs:
         """Start judging ``generation`` with the partials the store holds for it (and those
@@ -342,14 +365,23 @@ class CanaryWatch:
         return issue.out
 
     def partials(self, partials: Sequence[Partial], now: datetime) -> Outputs:
-        """Partials read from ``coalmine.version-stats``; compares whatever became due."""
+        """Partials read from ``coalmine.version-stats``; compares whatever became due. The
+        generations whose judge this built are in :attr:`Outputs.replays`."""
+        replays = []
         for partial in partials:
             agent = partial.stats.agent
             self._recent.setdefault(agent, {})[partial.identity] = partial
+            if agent not in self._owned:
+                self._owned.add(agent)
+                built = self._build(agent)
+                if built is not None:
+                    replays.append(built)
             canary = self._canaries.get(agent)
             if canary is not None and canary.replayed:
                 canary.add(partial, now)
-        return self.tick(now)
+        out = self.tick(now)
+        out.replays = replays
+        return out
 
     def tick(self, now: datetime) -> Outputs:
         """Time passes: windows become complete, horizons pass, old partials are forgotten."""

@@ -14,13 +14,14 @@ from schemas.judgement import Metric, Verdict
 from schemas.plan import JudgeOverrides, RolloutPlan, RolloutStep
 from schemas.window_stats import WindowStats
 from streams.detector.events import event_id
-from streams.detector.watch import CanaryWatch, Outputs, Partial, WatchSettings
+from streams.detector.watch import CanaryWatch, Generation, Outputs, Partial, WatchSettings
 from tests.unit.detector.sim import EPOCH, WINDOW_S, Arm, window, window_start
 
 SETTINGS = WatchSettings(window_seconds=WINDOW_S, allowed_lateness_s=2.0, emission_margin_s=1.0)
 PER_ARM = 250.0
 """Requests per arm and window (50 requests/s each)."""
 BAD = Arm(error_rate=0.06)
+SAME = Arm()
 
 
 def state(
@@ -52,11 +53,18 @@ def state(
     )
 
 
+def own(watch: CanaryWatch) -> Generation:
+    """Feed the watch a partial of the agent (of another version): the agent is now judged
+    here; returns the generation to replay."""
+    other = WindowStats.empty("agent", "v0", EPOCH - timedelta(minutes=1), WINDOW_S, "x")
+    (generation,) = watch.partials([Partial(other)], EPOCH).replays
+    return generation
+
+
 def started(deployment: DeploymentState | None = None) -> CanaryWatch:
     watch = CanaryWatch(SETTINGS)
-    generation = watch.deployment(deployment or state())
-    assert generation is not None
-    assert not watch.replay(generation, [], EPOCH)
+    assert watch.deployment(deployment or state()) is None  # no partial of it here yet
+    assert not watch.replay(own(watch), [], EPOCH)
     return watch
 
 
@@ -65,7 +73,7 @@ def due(i: int) -> datetime:
     return window_start(i + 1) + timedelta(seconds=SETTINGS.grace_s)
 
 
-def pair(rng: np.random.Generator, i: int, canary: Arm = Arm()) -> list[Partial]:
+def pair(rng: np.random.Generator, i: int, canary: Arm = SAME) -> list[Partial]:
     return [
         Partial(window(rng, i, "v1", PER_ARM, Arm())),
         Partial(window(rng, i, "v2", PER_ARM, canary)),
@@ -73,7 +81,7 @@ def pair(rng: np.random.Generator, i: int, canary: Arm = Arm()) -> list[Partial]
 
 
 def run(
-    watch: CanaryWatch, rng: np.random.Generator, windows: int, canary: Arm = Arm()
+    watch: CanaryWatch, rng: np.random.Generator, windows: int, canary: Arm = SAME
 ) -> tuple[Outputs, list[Partial]]:
     """Feed ``windows`` windows, each as it is emitted, and tick when it is complete."""
     out, fed = Outputs(), []
@@ -105,7 +113,11 @@ def test_a_worse_canary_is_rolled_back_once_with_its_evidence_in_words() -> None
 
     (rollback,) = out.rollbacks
     assert rollback.id == event_id("rollback", "deploy-1", 3)
-    assert (rollback.agent, rollback.from_version, rollback.issued_by) == ("agent", "v2", "detector")
+    assert (rollback.agent, rollback.from_version, rollback.issued_by) == (
+        "agent",
+        "v2",
+        "detector",
+    )
     critical = [a for a in out.alerts if a.severity is Severity.CRITICAL]
     assert len(critical) == 1 and len(out.alerts) <= 2  # ALERT then ROLLBACK, each once
     alert = critical[0]
@@ -127,7 +139,9 @@ def test_auto_rollback_off_alerts_without_a_rollback_command() -> None:
     assert out.judgements[-1].verdict is Verdict.ROLLBACK
     assert out.rollbacks == []
     critical = [a for a in out.alerts if a.severity is Severity.CRITICAL]
-    assert len(critical) == 1 and critical[0].message.endswith("auto_rollback is off: rollout paused")
+    assert len(critical) == 1 and critical[0].message.endswith(
+        "auto_rollback is off: rollout paused"
+    )
 
 
 def test_a_replay_of_the_stored_partials_reaches_the_same_decisions_and_sends_nothing_twice() -> (
@@ -139,8 +153,8 @@ def test_a_replay_of_the_stored_partials_reaches_the_same_decisions_and_sends_no
 
     restarted = CanaryWatch(SETTINGS)
     restarted.published([a.id for a in before.alerts] + [r.id for r in before.rollbacks])
-    generation = restarted.deployment(state())
-    assert generation is not None
+    assert restarted.deployment(state()) is None
+    generation = own(restarted)
     assert not restarted.tick(due(29))  # no judging before the replay
     shuffled = list(np.random.default_rng(0).permutation(np.array(fed, dtype=object)))
     again = restarted.replay(generation, shuffled + fed[:10], due(29))  # copies count once
@@ -157,8 +171,8 @@ def test_a_replay_without_published_ids_makes_the_same_ids() -> None:
     live = started()
     before, fed = run(live, np.random.default_rng(2), 30, BAD)
     restarted = CanaryWatch(SETTINGS)
-    generation = restarted.deployment(state())
-    assert generation is not None
+    restarted.deployment(state())
+    generation = own(restarted)
     again = restarted.replay(generation, fed, due(29))
     assert [a.id for a in again.alerts] == [a.id for a in before.alerts]
     assert [r.id for r in again.rollbacks] == [r.id for r in before.rollbacks]
@@ -208,8 +222,7 @@ def test_windows_before_the_generation_and_other_versions_are_not_judged() -> No
 
 
 def test_a_new_generation_gets_a_new_judge_and_a_canary_out_of_traffic_none() -> None:
-    watch = CanaryWatch(SETTINGS)
-    assert watch.deployment(state(3)) is not None
+    watch = started(state(3))
     assert watch.deployment(state(3)) is None  # the same generation again: nothing new
     fourth = watch.deployment(state(4, since=window_start(1)))
     assert fourth is not None and fourth.judged.generation == 4
@@ -219,6 +232,17 @@ def test_a_new_generation_gets_a_new_judge_and_a_canary_out_of_traffic_none() ->
     paused = watch.deployment(state(7, phase=Phase.PAUSED))
     assert paused is not None
     assert not watch.replay(fourth, [], EPOCH)  # a generation since replaced: ignored
+
+
+def test_only_the_worker_fed_an_agents_partials_judges_it_until_it_is_revoked() -> None:
+    watch = CanaryWatch(SETTINGS)
+    assert watch.deployment(state()) is None
+    assert watch.judged == {}  # every worker follows deployments; not this one's agent
+    generation = own(watch)
+    assert watch.judged == {"agent": generation.judged}
+    watch.disown()
+    assert watch.judged == {}
+    assert own(watch) == generation  # fed again: judged again, replayed from the store
 
 
 def test_an_a_a_canary_is_never_rolled_back_and_passes_at_loose_tolerances() -> None:
