@@ -25,12 +25,21 @@ from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
 from schemas.deployment import DeploymentState
-from schemas.topics import DEPLOYMENTS, TRACES, TRACES_DLQ, VERSION_STATS, VERSIONS
+from schemas.topics import (
+    ALERTS,
+    DEPLOYMENTS,
+    JUDGEMENTS,
+    ROLLBACKS,
+    TRACES,
+    TRACES_DLQ,
+    VERSION_STATS,
+    VERSIONS,
+)
 from schemas.version import AgentVersion
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
 from streams.ingest.pricing import PriceTable
 from streams.ingest.route import Header, RawMessage, RoutedBatch, SpanRow, SpanWrite
-from streams.runtime import faust_auth, sqlpage
+from streams.runtime import detect, faust_auth, sqlpage
 from streams.runtime.control import ControlRecorder
 from streams.runtime.health import HealthState, PartitionPosition, assess, next_offsets
 from streams.runtime.processor import (
@@ -309,6 +318,28 @@ def _acknowledged_once_stored(
     return agent
 
 
+def install_detector(
+    app: faust.App, settings: Settings, thread: ClickHouseThread, retry: Retrier
+) -> detect.Detector | None:
+    """The detector (:mod:`streams.runtime.detect`) on ``app``, unless switched off."""
+    if not settings.detector_enabled:
+        return None
+    writers = {
+        topic.name: FaustTopicWriter(app, settings.topic(topic))
+        for topic in (JUDGEMENTS, ALERTS, ROLLBACKS)
+    }
+    stored = detect.stored_partials(thread.run, settings.window_seconds)
+    detector = detect.Detector(settings, writers, stored, retry)
+    detect.install(
+        app,
+        settings,
+        detector,
+        lambda stream: _event_batches(stream, detect.BATCH_MAX, detect.BATCH_S),
+        _raw_message,
+    )
+    return detector
+
+
 def create_app(
     settings: Settings,
     thread: ClickHouseThread,
@@ -443,10 +474,13 @@ def create_app(
         health.forget_partitions()
         if windows is not None:
             await windows.forget()
+        if detector is not None:
+            detector.disown()
 
     control = install_control_agents(
         app, settings, thread, Retrier(stopping, RetryPolicy(), health)
     )
+    detector = install_detector(app, settings, thread, Retrier(stopping, RetryPolicy(), health))
 
     @app.page("/health")
     class Health(View):
@@ -466,6 +500,7 @@ def create_app(
                     **processor.counters.__dict__,
                     **window_counters,
                     **control.counters.__dict__,
+                    **(detector.counters.__dict__ if detector else {}),
                 }
             )
 
