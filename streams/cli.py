@@ -244,19 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_versions_parser(commands)
 
-    demo = commands.add_parser(
-        "demo", help="the loop, end to end: a bad canary rolled back, a good one promoted"
-    )
-    demo.add_argument(
-        "--duration",
-        type=float_in(DURATION_S),
-        default=120.0,
-        help="at most this many seconds of traffic; the demo ends sooner once both canaries "
-        "are decided (default %(default)s)",
-    )
-    demo.add_argument("--rate", type=float_in(RATE), default=200.0, help="requests per second")
-    demo.add_argument("--seed", type=int, default=7)
-    demo.set_defaults(handler=_demo)
+    _add_demo(commands)
 
     bench = commands.add_parser("bench", help="benchmarks that print their figures")
     bench_commands = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
@@ -327,6 +315,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ctl.set_defaults(handler=_bench_controller)
     return parser
+
+
+def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser(
+        "demo", help="the loop, end to end: a bad canary rolled back, a good one promoted"
+    )
+    demo.add_argument(
+        "--duration",
+        type=float_in(DURATION_S),
+        default=120.0,
+        help="at most this many seconds of traffic; the demo ends sooner once both canaries "
+        "are decided (default %(default)s)",
+    )
+    demo.add_argument("--rate", type=float_in(RATE), default=200.0, help="requests per second")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(handler=_demo)
 
 
 def _add_bench_incident(
