@@ -60,8 +60,7 @@ FROM coalmine.version_summary(since = '{since}', until = now() + INTERVAL 1 MINU
 ORDER BY agent, version
 """
 TIMELINE_QUERY = """
-SELECT formatDateTime(time, '%H:%i:%S.%f') AS time, source, event, version, canary_weight,
-       detail
+SELECT substring(toString(time), 12) AS time, source, event, version, canary_weight, detail
 FROM coalmine.deployment_timeline(agent = '{agent}', rollout_id = '{rollout_id}')
 """
 
@@ -298,11 +297,11 @@ def _status(rollouts: list[Rollout]) -> str:
     parts = []
     for r in rollouts:
         state = r.state
-        verdict = r.last_verdict.value if r.last_verdict is not None else "no judgement yet"
-        parts.append(
-            f"{r.agent} {state.phase.value} ({r.canary} at {state.canary_weight:.0%}, "
-            f"judge: {verdict} after {r.judgements} judgements)"
-        )
+        judge = "no judgement yet"
+        if r.last_verdict is not None:
+            judge = f"judge: {r.last_verdict.value} after {r.judgements} judgements"
+        weight = f"{r.canary} at {state.canary_weight:.0%}"
+        parts.append(f"{r.agent} {state.phase.value} ({weight}, {judge})")
     return "; ".join(parts)
 
 

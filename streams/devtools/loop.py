@@ -284,6 +284,7 @@ class LoopFollower:
             settings.topic(ROLLBACKS): self._parse(RollbackCommand, self.watch.rollback),
             settings.topic(DEPLOYMENTS): self._parse(DeploymentState, self.watch.deployment),
         }
+        self._rank = {topic: rank for rank, topic in enumerate(self._parsers)}
         if windows:
             self._parsers[settings.topic(VERSION_STATS)] = self._windows
         self._follower = TopicFollower(
@@ -318,8 +319,11 @@ class LoopFollower:
 
     def _on_records(self, records: list[Record]) -> None:
         at = time.time()
+        # Read together, records go in causal order: a judgement makes an alert, which makes
+        # a rollback command, which makes a state (each topic's own order kept).
+        causal = sorted(records, key=lambda r: self._rank.get(r.topic, len(self._rank)))
         with self._changed:
-            for record in records:
+            for record in causal:
                 if record.value is not None:
                     self._new += self._parsers[record.topic](record.value, at)
             self._changed.notify_all()
