@@ -206,9 +206,9 @@ class RolloutWatch:
         rollout.last_verdict = event.verdict
         if event.verdict is Verdict.ROLLBACK and rollout.deciding is None:
             rollout.deciding = event
-        if event.verdict is Verdict.PASS and all(
-            p.event.generation != event.generation for p in rollout.passes
-        ):
+        if event.verdict is Verdict.PASS:
+            if any(p.event.generation == event.generation for p in rollout.passes):
+                return []  # the PASS of this generation is latched: no news
             rollout.passes.append(Seen(event, at))
             return [(rollout, rollout.passes[-1])]
         return [(rollout, Seen(event, at))] if new and event.verdict is not Verdict.CONTINUE else []
