@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/coalmine bench otlp
 	$(BIN)/coalmine bench detector --json bench-results/detector.json --plot bench-results/detector.png
 	$(BIN)/coalmine bench controller
+	$(BIN)/coalmine bench incident --json bench-results/incident.json
 
 clean:
 	-$(BIN)/coalmine dev down
