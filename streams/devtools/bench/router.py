@@ -38,12 +38,12 @@ from schemas.command import CommandAction
 from schemas.plan import RolloutPlan, RolloutStep
 from schemas.rollback import RollbackCommand
 from schemas.topics import ROLLBACKS
-from streams.controller.client import new_command, send
 from streams.devtools import localkafka
 from streams.devtools.control_records import ControlWriter, example_version, rollout_state
 from streams.devtools.controller_process import ControllerProcess
 from streams.devtools.localkafka import process
 from streams.devtools.localkafka.config import local_address
+from streams.devtools.loop import command
 from streams.devtools.router_probe import RouterProbe
 from streams.errors import CoalmineError
 from streams.sdk.compacted import Record
@@ -54,7 +54,6 @@ from streams.topics import ensure_topics
 AGENT = "bench-bot"
 COST_KEYS = 200_000
 SEEN_TIMEOUT_S = 30.0
-COMMAND_TIMEOUT_S = 30.0
 PAUSE_BEFORE_ROLLBACK_S = 0.2
 STABLE, CANARY = "v1", "v2"
 HELD_CANARY = RolloutPlan(steps=(RolloutStep(weight=0.1, min_duration_s=3600),))
@@ -238,12 +237,7 @@ class RollbackCycle:
         return self._generation
 
     def _command(self, action: CommandAction, **fields: Any) -> int:
-        command = new_command(AGENT, action, issued_by="bench", **fields)
-        outcome = send(self._settings, command, COMMAND_TIMEOUT_S)
-        if outcome is None or outcome.state is None:
-            why = "no answer" if outcome is None else outcome.reason
-            raise CoalmineError(f"the controller did not apply {action.value}: {why}")
-        return outcome.state.generation
+        return command(self._settings, AGENT, action, **fields).generation
 
 
 def measure_propagation(
