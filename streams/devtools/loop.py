@@ -253,15 +253,26 @@ class WindowLag:
     partial; corrections come later): whether the pipeline keeps up. A window is due
     ``allowed_lateness_s`` after its end."""
 
-    first_s: dict[tuple[str, str, datetime], float] = field(default_factory=dict)
+    first: dict[tuple[str, str, datetime], tuple[float, float]] = field(default_factory=dict)
+    """Per (agent, version, window start): the window's end and its lag, in seconds."""
 
     def add(self, window: WindowStats, at: float) -> None:
         key = (window.agent, window.version, window.window_start)
-        self.first_s.setdefault(key, at - window.window_end.timestamp())
+        end = window.window_end.timestamp()
+        self.first.setdefault(key, (end, at - end))
 
     @property
     def lags_s(self) -> list[float]:
-        return list(self.first_s.values())
+        return [lag for _, lag in self.first.values()]
+
+    def during(self, spans: list[tuple[float, float]]) -> list[float]:
+        """The lags of windows that ended within one of ``spans`` (wall-clock start, end):
+        the last window before traffic stops waits for the idle flush, not for lateness."""
+        return [
+            lag
+            for end, lag in self.first.values()
+            if any(start <= end <= stop for start, stop in spans)
+        ]
 
 
 # --------------------------------------------------------------------------- reading

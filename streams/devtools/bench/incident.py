@@ -110,7 +110,7 @@ def run(settings: Settings, options: Options, json_path: Path | None) -> int:
         bench = _Bench(settings, options, cleanup)
         for scenario, count in work:
             results.append((scenario, bench.scenario(scenario, count)))
-        lags = bench.follower.lag.lags_s
+        lags = bench.follower.lag.during(bench.traffic_spans)
         achieved = bench.achieved_rates
     say(f"\npure judge on the same scenarios ({options.judge_replications} simulated runs)...")
     table = [
@@ -151,6 +151,8 @@ class _Bench:
         )
         self.options = options
         self.achieved_rates: list[float] = []
+        self.traffic_spans: list[tuple[float, float]] = []
+        """When traffic ran (wall clock), per round."""
         self.profiles = agent_profiles(options.agents)
         start_pipeline(self.settings, cleanup, tmp, say)
         register(
@@ -251,6 +253,7 @@ class _Bench:
             thread.join()
         if not last:
             raise CoalmineError("the traffic did not start")
+        self.traffic_spans.append((last[-1].started_at.timestamp(), time.time()))
         self.achieved_rates.append(last[-1].requests / last[-1].elapsed_s)
         return last[-1].started_at.timestamp() + plan.canary_onset_s
 

@@ -161,3 +161,5 @@ def test_a_window_lag_is_its_first_partial_after_its_end() -> None:
     lag.add(window("v13", 0), end + 3.0)
 
     assert sorted(lag.lags_s) == [2.5, 3.0]
+    lag.add(window("v12", 60), end + 60 + 62.0)  # after the traffic stopped: the idle flush
+    assert sorted(lag.during([(end - 10, end + 30)])) == [2.5, 3.0]
