@@ -76,6 +76,7 @@ def start_pipeline(
     ensure_topics(settings)
     say(f"starting the worker, which runs the detector (log: {logs / 'worker.log'})...")
     worker = cleanup.enter_context(WorkerProcess(settings, logs / "worker.log"))
+    say(f"worker ready; `coalmine sql` answers through {settings.worker_url}")
     say(f"starting the controller (log: {logs / 'controller.log'})...")
     controller = cleanup.enter_context(ControllerProcess(settings, logs / "controller.log"))
     return Pipeline(worker, controller)
