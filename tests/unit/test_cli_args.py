@@ -41,6 +41,13 @@ BAD_ARGUMENTS = [
     (["generate", "--canary-latency-factor", "inf"], "'inf' is not a finite number"),
     (["generate", "--canary-latency-factor", "0"], "'0' must be positive and at most 100"),
     (["generate", "--canary-quality-delta", "-2"], "'-2' must be between -1 and 1"),
+    (["generate", "--canary-onset", "nan"], "argument --canary-onset: 'nan' is not a finite"),
+    (["bench", "incident", "--incidents", "0"], "argument --incidents: '0' must be between 1"),
+    (["bench", "incident", "--canary-error-rates", "0.02,x"], "'x' is not a number"),
+    (["bench", "incident", "--canary-error-rates", "0.02,1.5"], "'1.5' must be between 0 and 1"),
+    (["bench", "incident", "--rate", "inf"], "argument --rate: 'inf' is not a finite number"),
+    (["bench", "incident", "--agents", "51"], "argument --agents: '51' must be between 1"),
+    (["bench", "incident", "--timeout", "0"], "argument --timeout: '0' must be between"),
 ]
 
 
