@@ -209,6 +209,7 @@ class _Bench:
         )
         say(f"\nround {self._rounds}: {scenario.name}, {len(agents)} incidents at once")
         onset = self._traffic(plan, rollouts, scenario.aa)
+        self._await_deciding_judgements(rollouts)
         incidents = []
         for rollout in rollouts:
             switched = self._switched(rollout)
@@ -256,6 +257,15 @@ class _Bench:
         self.traffic_spans.append((last[-1].started_at.timestamp(), time.time()))
         self.achieved_rates.append(last[-1].requests / last[-1].elapsed_s)
         return last[-1].started_at.timestamp() + plan.canary_onset_s
+
+    def _await_deciding_judgements(self, rollouts: list[Rollout]) -> None:
+        """The judgement a rollback came from may be read after the rollback itself (other
+        topic, other fetch): wait a little for it."""
+        deadline = time.monotonic() + SWITCH_TIMEOUT_S
+        while time.monotonic() < deadline and not self.follower.check(
+            lambda _watch: all(r.deciding is not None for r in rollouts if r.rollback)
+        ):
+            time.sleep(0.2)
 
     def _switched(self, rollout: Rollout) -> list[float | None]:
         ended = rollout.ended(Phase.ROLLED_BACK)
