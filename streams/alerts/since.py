@@ -18,10 +18,10 @@ def parse_since(text: str, now: datetime) -> datetime:
     text = text.strip()
     duration = _DURATION.fullmatch(text)
     if duration is not None:
-        back = timedelta(seconds=float(duration.group(1)) * UNITS[duration.group(2)])
-        if back > MAX_BACK:
+        seconds = float(duration.group(1)) * UNITS[duration.group(2)]
+        if seconds > MAX_BACK.total_seconds():
             raise ValueError(f"{text!r} is further back than {MAX_BACK.days:,} days")
-        return now - back
+        return now - timedelta(seconds=seconds)
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

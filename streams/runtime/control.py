@@ -25,6 +25,7 @@ from schemas.deployment import DeploymentState
 from schemas.judgement import Judgement
 from schemas.rollback import RollbackCommand
 from schemas.version import AgentVersion
+from streams.alerts.records import parse_event_record
 from streams.ingest.route import RawMessage
 from streams.logs import RateLimitedLog
 from streams.runtime.processor import Retrier
@@ -68,19 +69,6 @@ class DeploymentEventStore(Protocol):
 class DetectorEventStore(Protocol):
     async def write(self, table: EventTable[E], events: Sequence[Positioned[E]]) -> ControlWrite:
         """Store the first record of each (agent, id) once; any failure raised."""
-
-
-def parse_event_record(model: type[E], key: bytes | None, value: bytes | None) -> E:
-    """The event a detector topic's record holds (key = its agent), or
-    :class:`InvalidRecordError`."""
-    return parse_keyed_record(
-        model,
-        key,
-        value,
-        key_of=lambda event: event.agent,
-        what=f"a {model.__name__}",
-        deleted="events are never deleted",
-    )
 
 
 @dataclass

@@ -73,7 +73,9 @@ def regression_alert(
         observed=0.021,
         baseline=0.010,
         effect=2.1,
-        evidence=AlertEvidence(statistic=143.2, threshold=100.0, n_baseline=100_836, n_canary=11_204),
+        evidence=AlertEvidence(
+            statistic=143.2, threshold=100.0, n_baseline=100_836, n_canary=11_204
+        ),
         detector="canary_judge",
         parameters={"alpha_rollback": 0.01},
         message="canary v2 is worse than v1 on error rate: rolling back",
