@@ -67,7 +67,12 @@ def run(
     """Print the selected alerts; with ``follow``, until Ctrl-C (exit 0)."""
     # Following, broker trouble is waited out (the consumer reconnects by itself).
     on_error = RateLimitedLog(log, logging.WARNING) if follow else _fail
-    reader = PartitionReader(client_config(settings), name="coalmine-alerts", on_error=on_error)
+    config = {
+        **client_config(settings),
+        # librdkafka's own lines (a broker down: one per reconnect) at most once per 10 s.
+        "logger": RateLimitedLog(logging.getLogger("coalmine.librdkafka"), logging.WARNING),
+    }
+    reader = PartitionReader(config, name="coalmine-alerts", on_error=on_error)
     try:
         count = _print_alerts(
             reader, settings.topic(ALERTS), shown, follow=follow, as_json=as_json, out=out
