@@ -183,14 +183,20 @@ def test_the_command_line_shows_filters_and_follows_alerts(
     old = regression_alert(alert_id="old").model_copy(update={"time": now - timedelta(hours=3)})
     recent = regression_alert(alert_id="recent").model_copy(update={"time": now})
     other = regression_alert(agent="billing-bot", alert_id="other").model_copy(update={"time": now})
-    produce_at(settings, [(old, old.time), (recent, now), (other, now)])
+    # `early` says it is recent but was produced 3 h ago: --since seeks past it by the
+    # records' time index, where a filter on the alerts' own time would have shown it.
+    # `late` was produced now about two hours ago: the filter on the alerts' time drops it.
+    early = other.model_copy(update={"id": "early"})
+    late = old.model_copy(update={"id": "late", "time": now - timedelta(hours=2)})
+    records = [(early, old.time), (old, old.time), (recent, now), (other, now), (late, now)]
+    produce_at(settings, records)
 
     everything = coalmine(settings, "alerts")
     assert everything.returncode == 0, everything.stderr
     lines = everything.stdout.splitlines()
-    assert len(lines) == 3
-    assert lines[1].startswith(f"{now:%Y-%m-%d %H:%M:%S}Z support-bot v2 vs v1 canary_regression")
-    assert "error rate 2.1% vs 1.0%, e-value 143 > threshold 100 after 11,204 canary" in lines[1]
+    assert len(lines) == 5
+    assert lines[2].startswith(f"{now:%Y-%m-%d %H:%M:%S}Z support-bot v2 vs v1 canary_regression")
+    assert "error rate 2.1% vs 1.0%, e-value 143 > threshold 100 after 11,204 canary" in lines[2]
 
     recent_json = coalmine(settings, "alerts", "--since", "1h", "--json")
     assert [Alert.model_validate_json(line).id for line in recent_json.stdout.splitlines()] == [
@@ -199,14 +205,12 @@ def test_the_command_line_shows_filters_and_follows_alerts(
     ]
     since_iso = (now - timedelta(hours=4)).isoformat()
     one_agent = coalmine(settings, "alerts", "--since", since_iso, "--agent", "support-bot")
-    assert len(one_agent.stdout.splitlines()) == 2
+    assert len(one_agent.stdout.splitlines()) == 3
     assert coalmine(settings, "alerts", "--since", "0s").stdout == "no alerts\n"
 
     with following(settings, "--agent", "support-bot", "--json") as follower:
-        assert [Alert.model_validate_json(follower.line()).id for _ in range(2)] == [
-            "old",
-            "recent",
-        ]
+        shown = [Alert.model_validate_json(follower.line()).id for _ in range(3)]
+        assert shown == ["old", "recent", "late"]
         produce_at(settings, [(other.model_copy(update={"id": "later-other"}), now)])
         fresh = regression_alert(alert_id="fresh")
         produce_at(settings, [(fresh, datetime.now(UTC))])
