@@ -22,6 +22,6 @@ def parse_event_record(model: type[Event], key: bytes | None, value: bytes | Non
         key,
         value,
         key_of=lambda event: event.agent,
-        what=f"a {model.__name__}",
+        what=f"{'an' if model.__name__[0] in 'AEIOU' else 'a'} {model.__name__}",
         deleted="events are never deleted",
     )

@@ -190,9 +190,14 @@ def test_the_command_line_shows_filters_and_follows_alerts(
     late = old.model_copy(update={"id": "late", "time": now - timedelta(hours=2)})
     records = [(early, old.time), (old, old.time), (recent, now), (other, now), (late, now)]
     produce_at(settings, records)
+    junk = Producer(client_config(settings))
+    junk.produce(settings.topic(ALERTS), b"{not json", b"support-bot")
+    assert junk.flush(30) == 0
 
     everything = coalmine(settings, "alerts")
     assert everything.returncode == 0, everything.stderr
+    assert everything.stderr.startswith("coalmine: skipped the record at offset 5: not an Alert")
+    assert len(everything.stderr.splitlines()) == 1
     lines = everything.stdout.splitlines()
     assert len(lines) == 5
     assert lines[2].startswith(f"{now:%Y-%m-%d %H:%M:%S}Z support-bot v2 vs v1 canary_regression")
@@ -218,7 +223,8 @@ def test_the_command_line_shows_filters_and_follows_alerts(
         follower.process.send_signal(signal.SIGINT)
         assert follower.process.wait(30) == 0
         assert follower.process.stderr is not None
-        assert follower.process.stderr.read() == ""  # no traceback, no line
+        stderr = follower.process.stderr.read()  # the junk record's line, no traceback
+        assert stderr.splitlines() == everything.stderr.splitlines()
 
 
 @dataclass
