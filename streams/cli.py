@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from streams.alerts.cli import add_alerts_parser
 from streams.cliargs import DURATION_S, RATE, float_in, int_in, ints_in
 from streams.errors import CoalmineError
 from streams.settings import Range, Settings, SettingsError
@@ -221,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     from streams.versions.cli import add_versions_parser
 
     add_versions_parser(commands)
+    add_alerts_parser(commands)
 
     demo = commands.add_parser("demo", help="Kafka + worker + generated traffic, end to end")
     demo.add_argument(
