@@ -18,7 +18,18 @@ from streams.settings import Range, Settings, SettingsError
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 WORKER_EXTRA_MODULES = frozenset(
-    {"faust", "mode", "aiokafka", "uvloop", "clickhouse_connect", "chdb", "numpy", "scipy", "yaml"}
+    {
+        "faust",
+        "mode",
+        "aiokafka",
+        "aiohttp",
+        "uvloop",
+        "clickhouse_connect",
+        "chdb",
+        "numpy",
+        "scipy",
+        "yaml",
+    }
 )
 """What the ``worker`` extra installs (pyproject.toml); a subcommand that imports one of these
 on a base install, the SDK alone, asks for the extra instead of failing with a traceback."""
