@@ -353,8 +353,8 @@ class WindowStats(BaseModel):
 
         ``latency_ms`` has one entry per request; ``error`` (bool, same length) marks failed
         requests; ``cost_usd`` holds the costs of the priced spans; ``request_cost_usd`` the
-        cost totals of the priced requests; ``quality`` holds quality scores; ``task_completed`` holds one bool per
-        attempted task.
+        cost totals of the priced requests; ``quality`` holds quality scores;
+        ``task_completed`` holds one bool per attempted task.
         """
         latency = np.asarray(latency_ms, dtype=np.float64)
         cost = _costs(cost_usd)

@@ -312,6 +312,7 @@ class WindowAggregator(Generic[T]):
         row: SpanRow,
         token: T,
         now: float,
+        *,
         request_cost: float | None = None,
     ) -> bool:
         """Count a stored span row (with ``request_cost`` as in :meth:`WindowAccumulator.add`);

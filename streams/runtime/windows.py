@@ -113,7 +113,7 @@ class StreamWindows(Generic[T]):
         for row in rows:
             message = message_position(row)
             cost = costs.get(position(row)) if row.kind == "request" else None
-            if aggregator.add(message[0], message[1], row, tokens[message], now, cost):
+            if aggregator.add(message[0], message[1], row, tokens[message], now, request_cost=cost):
                 held.add(message)
         self.counters.open_windows = aggregator.open_windows
         return [token for position, token in tokens.items() if position not in held]

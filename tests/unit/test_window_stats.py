@@ -220,7 +220,8 @@ def test_from_arrays_sums() -> None:
     assert stats.log_cost_sum == pytest.approx(
         math.log(LOG_COST_EPSILON_USD) + log_cost(0.5) + log_cost(0.25)
     )
-    assert (stats.request_cost_count, stats.request_cost_sum) == (1, pytest.approx(0.75))
+    assert stats.request_cost_count == 1
+    assert stats.request_cost_sum == pytest.approx(0.75)
     assert stats.request_log_cost_sum == pytest.approx(log_cost(0.75))
     assert stats.request_log_cost_sumsq == pytest.approx(log_cost(0.75) ** 2)
     assert stats.quality_sumsq == pytest.approx(1.25)

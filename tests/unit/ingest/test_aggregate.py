@@ -376,7 +376,9 @@ def run_with_crashes(
             costs = request_costs(rows)
             for row in rows:
                 now = max(now, row.end_time.timestamp()) + rng.uniform(0.0, 0.3)
-                held |= windows.add(0, offset, row, offset, now, costs.get(position(row)))
+                held |= windows.add(
+                    0, offset, row, offset, now, request_cost=costs.get(position(row))
+                )
             if not held:
                 acked.add(offset)
             offset += 1

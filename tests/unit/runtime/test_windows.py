@@ -196,7 +196,7 @@ def test_messages_are_acknowledged_once_their_row_is_on_the_topic_then_stored() 
 def test_a_request_is_counted_with_the_cost_of_its_spans_in_its_message() -> None:
     """Offset 0 carries a request and its two llm calls; offset 1 a request whose llm call
     came in offset 2, after it."""
-    llm = {"kind": "llm", "cost_source": "reported"}
+    llm: dict[str, Any] = {"kind": "llm", "cost_source": "reported"}
     batch = [
         *spans(0, range(1), cost_usd=0.01, kafka_index=0, **llm),
         *spans(0, range(1), cost_usd=0.02, kafka_index=1, **llm),
