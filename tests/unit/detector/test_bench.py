@@ -275,7 +275,7 @@ def test_minute_values_of_a_hand_made_minute() -> None:
     assert values["cost_per_request"] == pytest.approx(0.01)
     assert values["quality_shortfall"] == pytest.approx(0.2)
     assert abs(values["latency_p99_ms"] / 1000.0 - 1) < 0.05
-    empty = minute_values(np.zeros(10), np.zeros(LATENCY_BUCKET_COUNT, dtype=np.int64))
+    empty = minute_values(np.zeros(9), np.zeros(LATENCY_BUCKET_COUNT, dtype=np.int64))
     assert np.isnan(empty).all()
 
 
