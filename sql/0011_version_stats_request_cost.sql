@@ -12,7 +12,7 @@
 -- `requests`) is the mean of these totals over all requests, unpriced ones counting 0.
 -- Recomputing them from coalmine.spans: group the spans by (kafka_partition, kafka_offset,
 -- trace_id), keep the groups holding a request span and a priced span, sum the priced costs;
--- each total belongs to the window of the group's first request span (lowest kafka_index).
+-- each total belongs to the window of the group's last request span (highest kafka_index).
 --
 -- Rows written before this migration read 0 (no priced request), as do records on
 -- coalmine.version-stats that lack the fields. The rollups (0005) keep every measure of the

@@ -17,13 +17,14 @@ The SDK holds a request's spans until the request ends and sends them in one mes
 arrive in another message (a request with more spans than a message holds, spans held past
 the SDK's hold time, producers that send spans one by one) still count in the per-span sums
 but in no request's total; a request whose message holds no priced span of its trace is not
-a priced request. The total counts once, in the window and row of the request span (if a
-message holds several request spans of one trace, of the first of them), in
-``request_cost_count`` and the ``request_*`` sums. The rule reads only what is fixed once a
-message is on its partition, the spans it carries, so a replay after a crash assembles the
-same totals; only stored spans count (a duplicate of a span stored from another message
-counts where it is stored), so SQL recomputes the totals from ``coalmine.spans`` by grouping
-on (``kafka_partition``, ``kafka_offset``, ``trace_id``).
+a priced request. The total counts once, in the window and row of the request span, in
+``request_cost_count`` and the ``request_*`` sums; when a message holds several request spans
+of one trace (a nested agent invocation, a span sent twice), of the last of them: the trace's
+root, which ends last and which the SDK puts after its children. The rule reads only what
+is fixed once a message is on its partition, the spans it carries, so a replay after a crash
+assembles the same totals; only stored spans count (a duplicate of a span stored from
+another message counts where it is stored), so SQL recomputes the totals from
+``coalmine.spans`` by grouping on (``kafka_partition``, ``kafka_offset``, ``trace_id``).
 
 **When a window is emitted.** A window closes ``allowed_lateness_s`` after its end, by the
 worker's clock; its row is emitted at the first :meth:`WindowAggregator.due` call after that.
@@ -89,7 +90,7 @@ def request_costs(rows: Iterable[SpanRow]) -> dict[Owner, float]:
         group = (row.kafka_partition, row.kafka_offset, row.trace_id)
         if row.kind == "request":
             head = heads.get(group)
-            if head is None or row.kafka_index < head[2]:
+            if head is None or row.kafka_index > head[2]:
                 heads[group] = position(row)
         if is_priced(row):
             totals[group] = totals.get(group, 0.0) + float(row.cost_usd)

@@ -77,15 +77,15 @@ FROM coalmine.version_stats GROUP BY agent, version, w
 """
 # Per window: the priced requests' cost totals recomputed from the stored spans, with the
 # rule of streams/ingest/aggregate.py: a request's total is the priced cost of its trace's
-# spans in its own Kafka message, counted in the window of its (first) request span.
+# spans in its own Kafka message, counted in the window of its (last) request span.
 REQUEST_COSTS_FROM_SPANS = f"""
 SELECT agent, version,
        toUnixTimestamp(toStartOfInterval(request_end, toIntervalSecond({WINDOW_S}))) AS w,
        count(), sum(total), sum(log(total + 1e-6)), sum(pow(log(total + 1e-6), 2))
 FROM (
-    SELECT argMinIf(agent, kafka_index, kind = 'request') AS agent,
-           argMinIf(version, kafka_index, kind = 'request') AS version,
-           argMinIf(end_time, kafka_index, kind = 'request') AS request_end,
+    SELECT argMaxIf(agent, kafka_index, kind = 'request') AS agent,
+           argMaxIf(version, kafka_index, kind = 'request') AS version,
+           argMaxIf(end_time, kafka_index, kind = 'request') AS request_end,
            sumIf(cost_usd, {PRICED}) AS total
     FROM coalmine.spans
     GROUP BY kafka_partition, kafka_offset, trace_id

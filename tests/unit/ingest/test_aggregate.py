@@ -272,9 +272,10 @@ def test_a_looping_request_costs_more_while_its_spans_cost_the_same() -> None:
 
 
 def test_a_trace_with_two_request_spans_in_one_message_counts_its_total_once() -> None:
-    rows = [at(30, 0), llm(30, 1, 0.01), at(30, 2)]
-    assert request_costs(rows) == {(0, 30, 0): 0.01}
-    assert request_costs(list(reversed(rows))) == {(0, 30, 0): 0.01}
+    """A nested agent's request span, then the root's, which ends last: the root has it."""
+    rows = [llm(30, 0, 0.01), at(30, 1), llm(30, 2, 0.02), at(30, 3)]
+    assert request_costs(rows) == {(0, 30, 3): 0.03}
+    assert request_costs(list(reversed(rows))) == {(0, 30, 3): 0.03}
 
 
 def test_a_version_stats_row_follows_the_table_columns() -> None:
