@@ -24,6 +24,7 @@ from faust.types import TP, EventT
 from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
+from schemas.alert import Alert
 from schemas.deployment import DeploymentState
 from schemas.topics import (
     ALERTS,
@@ -39,7 +40,7 @@ from schemas.version import AgentVersion
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
 from streams.ingest.pricing import PriceTable
 from streams.ingest.route import Header, RawMessage, RoutedBatch, SpanRow, SpanWrite
-from streams.runtime import detect, faust_auth, sqlpage
+from streams.runtime import alert_webhook, detect, faust_auth, sqlpage
 from streams.runtime.control import ControlRecorder
 from streams.runtime.health import HealthState, PartitionPosition, assess, next_offsets
 from streams.runtime.processor import (
@@ -58,6 +59,14 @@ from streams.storage.control import (
     ControlWrite,
     DeploymentEventWriter,
     Positioned,
+)
+from streams.storage.detector_events import (
+    ALERTS_TABLE,
+    JUDGEMENTS_TABLE,
+    ROLLBACKS_TABLE,
+    DetectorEventWriter,
+    E,
+    EventTable,
 )
 
 log = logging.getLogger(__name__)
@@ -275,16 +284,50 @@ class AsyncDeploymentEvents:
         return await self._thread.run(lambda c: DeploymentEventWriter(c).write(states, received_at))
 
 
+class AsyncDetectorEvents:
+    """The judgement, alert and rollback writer, called on the ClickHouse thread."""
+
+    def __init__(self, thread: ClickHouseThread) -> None:
+        self._thread = thread
+
+    async def write(self, table: EventTable[E], events: Sequence[Positioned[E]]) -> ControlWrite:
+        return await self._thread.run(lambda c: DetectorEventWriter(c).write(table, events))
+
+
 def install_control_agents(
-    app: faust.App, settings: Settings, thread: ClickHouseThread, retry: Retrier
+    app: faust.App,
+    settings: Settings,
+    thread: ClickHouseThread,
+    retry: Retrier,
+    on_new_alerts: Callable[[Sequence[Alert]], None] | None = None,
 ) -> ControlRecorder:
-    """Agents storing ``coalmine.versions`` and ``coalmine.deployments`` in ClickHouse, apart
-    from the span path: their own streams, small batches, acknowledged once stored. Each
-    topic has one partition, so one worker of the group stores it."""
-    recorder = ControlRecorder(AsyncAgentVersions(thread), AsyncDeploymentEvents(thread), retry)
+    """Agents storing the control topics (``coalmine.versions``, ``coalmine.deployments``)
+    and the detector's (``coalmine.judgements``, ``coalmine.alerts``, ``coalmine.rollbacks``)
+    in ClickHouse, apart from the span path: their own streams, small batches, acknowledged
+    once stored. Each topic has one partition, so one worker of the group stores it, and
+    that worker hands each alert it stores first to ``on_new_alerts`` (the webhook)."""
+    recorder = ControlRecorder(
+        AsyncAgentVersions(thread),
+        AsyncDeploymentEvents(thread),
+        AsyncDetectorEvents(thread),
+        retry,
+    )
+
+    async def record_judgements(messages: Sequence[RawMessage]) -> bool:
+        return await recorder.record_events(JUDGEMENTS_TABLE, messages)
+
+    async def record_alerts(messages: Sequence[RawMessage]) -> bool:
+        return await recorder.record_events(ALERTS_TABLE, messages, on_new_alerts)
+
+    async def record_rollbacks(messages: Sequence[RawMessage]) -> bool:
+        return await recorder.record_events(ROLLBACKS_TABLE, messages)
+
     for topic, record in (
         (VERSIONS, recorder.record_versions),
         (DEPLOYMENTS, recorder.record_deployments),
+        (JUDGEMENTS, record_judgements),
+        (ALERTS, record_alerts),
+        (ROLLBACKS, record_rollbacks),
     ):
         channel = app.topic(
             settings.topic(topic),
@@ -383,11 +426,6 @@ def create_app(
         partitions=TRACES.partitions(settings),
         replicas=settings.replication_factor,
     )
-    dead_letter_topic = app.topic(
-        settings.topic(TRACES_DLQ),
-        partitions=TRACES_DLQ.partitions(settings),
-        replicas=settings.replication_factor,
-    )
 
     def stopping() -> bool:
         return bool(app.should_stop)
@@ -395,7 +433,14 @@ def create_app(
     health = HealthState(time.monotonic)
     processor = IngestProcessor(
         spans=spans or AsyncSpanWriter(thread),
-        dead_letters=FaustTopicWriter(app, dead_letter_topic.get_topic_name()),
+        dead_letters=FaustTopicWriter(
+            app,
+            app.topic(
+                settings.topic(TRACES_DLQ),
+                partitions=TRACES_DLQ.partitions(settings),
+                replicas=settings.replication_factor,
+            ).get_topic_name(),
+        ),
         prices=prices,
         stopping=stopping,
         max_clock_skew_s=settings.max_clock_skew_s,
@@ -477,8 +522,13 @@ def create_app(
         if detector is not None:
             detector.disown()
 
+    webhook = alert_webhook.install(app, settings)
     control = install_control_agents(
-        app, settings, thread, Retrier(stopping, RetryPolicy(), health)
+        app,
+        settings,
+        thread,
+        Retrier(stopping, RetryPolicy(), health),
+        on_new_alerts=webhook.submit if webhook else None,
     )
     detector = install_detector(app, settings, thread, Retrier(stopping, RetryPolicy(), health))
 
@@ -501,6 +551,7 @@ def create_app(
                     **window_counters,
                     **control.counters.__dict__,
                     **(detector.counters.__dict__ if detector else {}),
+                    **(webhook.counters.__dict__ if webhook else {}),
                 }
             )
 
