@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
@@ -60,6 +61,9 @@ class Record:
     """None: a tombstone (the key was deleted)."""
     partition: int = 0
     offset: int = 0
+    timestamp_ms: int | None = None
+    """The record's timestamp: the broker's append time on a topic configured with
+    ``message.timestamp.type=LogAppendTime``; None when the broker gave none."""
 
 
 def retrying(call: Callable[[], T], what: str, timeout_s: float) -> T:
@@ -134,16 +138,18 @@ class PartitionReader:
             raise KafkaException(described.error)
         return sorted(described.partitions)
 
-    def assign(self, partitions: dict[str, list[int]], timeout_s: float) -> None:
-        """Read these partitions (by topic) from the beginning up to their ends now, and on.
-        All at once: the first fetch asks for all of them, so no topic's records wait for
-        another's."""
+    def assign(
+        self, partitions: dict[str, list[int]], timeout_s: float, *, from_end: bool = False
+    ) -> None:
+        """Read these partitions (by topic) from the beginning up to their ends now, and on
+        (``from_end``: only what is written after their ends now). All at once: the first
+        fetch asks for all of them, so no topic's records wait for another's."""
         where = [(topic, p) for topic, numbers in partitions.items() for p in numbers]
         ends = self._current_ends(where, timeout_s)  # before assigning: may raise
-        self._consumer.incremental_assign(
-            [TopicPartition(t, p, OFFSET_BEGINNING) for t, p in where]
-        )
-        self._next.update(dict.fromkeys(where, 0))
+        start = ends if from_end else dict.fromkeys(where, 0)
+        offset = {at: start[at] if from_end else OFFSET_BEGINNING for at in where}
+        self._consumer.incremental_assign([TopicPartition(t, p, offset[(t, p)]) for t, p in where])
+        self._next.update(start)
         self._ends.update(ends)
 
     def mark_ends(self, timeout_s: float) -> None:
@@ -190,7 +196,17 @@ class PartitionReader:
                 self._on_error(f"reading {topic or 'a topic'}: {error.str()}")
             elif topic is not None and partition is not None and offset is not None:
                 self._next[(topic, partition)] = offset + 1
-                records.append(Record(topic, message.key(), message.value(), partition, offset))
+                kind, stamp = message.timestamp()
+                records.append(
+                    Record(
+                        topic,
+                        message.key(),
+                        message.value(),
+                        partition,
+                        offset,
+                        None if kind == TIMESTAMP_NOT_AVAILABLE else stamp,
+                    )
+                )
         return records
 
     def close(self) -> None:
