@@ -1,7 +1,7 @@
 """Two versions of an agent side by side, as a person reads them: prompt text by lines
 (a unified diff per prompt), model and parameters, tools / guardrails / knowledge bases
-added, removed or changed (changes of nested values such as a tool's input schema by JSON
-path), and the free ``extra`` map. Pure: versions in, lines out.
+added, removed or changed (changes of nested values such as a tool's input schema or its
+approval policy by JSON path), and the free ``extra`` map. Pure: versions in, lines out.
 """
 
 from __future__ import annotations
@@ -95,7 +95,10 @@ def named_changes(old: Sequence[NamedSpec], new: Sequence[NamedSpec]) -> list[st
 
 
 def _plain(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json")
+    plain = model.model_dump(mode="json")
+    if isinstance(model, ToolSpec) and model.approval is None:
+        del plain["approval"]  # a policy added or removed reads as such, not as `null → {…}`
+    return plain
 
 
 def value_changes(old: Any, new: Any, path: str = "") -> list[str]:
