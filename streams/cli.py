@@ -215,12 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.set_defaults(handler=_sql)
 
+    from streams.approvals.cli import add_approvals_parser
     from streams.controller.commands import add_commands as add_deployment_commands
-
-    add_deployment_commands(commands)
     from streams.versions.cli import add_versions_parser
 
-    add_versions_parser(commands)
+    for add_parsers in (add_deployment_commands, add_versions_parser, add_approvals_parser):
+        add_parsers(commands)
 
     demo = commands.add_parser("demo", help="Kafka + worker + generated traffic, end to end")
     demo.add_argument(
