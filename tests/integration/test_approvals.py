@@ -1,0 +1,324 @@
+"""Human approval on the real broker: an agent's tool call held by its version's policy until
+a person decides with ``coalmine approvals`` from another process; denied, timed out,
+decided twice, decided late; many calls pending at once on one thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from confluent_kafka import Producer
+
+from schemas.approval import ApprovalDecision, ApprovalRequest, Decision
+from schemas.topics import APPROVAL_DECISIONS, APPROVAL_REQUESTS
+from schemas.trace import SpanKind, SpanStatus
+from schemas.version import (
+    AgentBundle,
+    ApprovalPolicy,
+    ArgumentCondition,
+    Comparison,
+    ModelSpec,
+    OnTimeout,
+    ToolSpec,
+)
+from streams.sdk import (
+    ApprovalDeniedError,
+    Approvals,
+    ApprovalTimeoutError,
+    Tracer,
+)
+from streams.sdk.compacted import read_to_end
+from streams.sdk.kafka_security import client_config
+from streams.settings import Settings
+from streams.topics import ensure_topics
+from tests.integration.controller_harness import coalmine
+from tests.integration.harness import isolated_settings
+from tests.unit.sdk.test_tracer import ListPublisher
+
+T = TypeVar("T")
+AGENT = "support-bot"
+BUNDLE = AgentBundle(
+    model=ModelSpec(provider="openai", model="gpt-4o-mini"),
+    tools=(
+        ToolSpec(
+            name="refund",
+            approval=ApprovalPolicy(
+                when=(ArgumentCondition(field="amount", op=Comparison.GT, value=100),),
+                timeout_s=60,
+                redact=("card",),
+            ),
+        ),
+        ToolSpec(name="send_email", approval=ApprovalPolicy(timeout_s=2)),
+        ToolSpec(name="tag", approval=ApprovalPolicy(timeout_s=2, on_timeout=OnTimeout.ALLOW)),
+    ),
+)
+
+
+@pytest.fixture
+def settings(kafka_settings: Settings, tmp_path: Path) -> Settings:
+    isolated = replace(isolated_settings(kafka_settings, tmp_path), sdk_router_fetch_wait_ms=10)
+    ensure_topics(isolated)
+    return isolated
+
+
+@pytest.fixture
+def approvals(settings: Settings) -> Iterator[Approvals]:
+    with Approvals(settings) as approvals:
+        yield approvals
+
+
+class Tools:
+    """Tools that count their runs."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, int]] = []
+        self._lock = threading.Lock()
+
+    def refund(self, amount: int, card: str) -> str:
+        with self._lock:
+            self.runs.append(("refund", amount))
+        return f"refunded {amount}"
+
+    async def arefund(self, amount: int, card: str) -> str:
+        return self.refund(amount, card)
+
+
+def requests_on_topic(
+    settings: Settings, expected: int, timeout_s: float = 30
+) -> list[ApprovalRequest]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_to_end(client_config(settings), settings.topic(APPROVAL_REQUESTS))
+        if len(records) >= expected or time.monotonic() > deadline:
+            return [ApprovalRequest.model_validate_json(r.value or b"") for r in records]
+        time.sleep(0.1)
+
+
+def decisions_on_topic(settings: Settings) -> list[ApprovalDecision]:
+    records = read_to_end(client_config(settings), settings.topic(APPROVAL_DECISIONS))
+    return [ApprovalDecision.model_validate_json(r.value or b"") for r in records]
+
+
+def in_thread(call: Callable[[], T]) -> Future[T]:
+    """``call()`` in a thread of its own: the agent, while the test plays the person."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(call)
+    pool.shutdown(wait=False)
+    return future
+
+
+def test_a_call_held_until_approved_from_another_process_runs_once(
+    settings: Settings, approvals: Approvals
+) -> None:
+    publisher = ListPublisher()
+    tracer = Tracer(AGENT, "v1", publisher, bundle=BUNDLE, approvals=approvals)
+    tools = Tools()
+
+    def agent_task() -> object:
+        with tracer.request("refund-order") as req:
+            small = req.call_tool("refund", {"amount": 20, "card": "4111"}, tools.refund)
+            assert tools.runs == [("refund", 20)]  # under the limit: ran at once
+            return small, req.call_tool("refund", {"amount": 250, "card": "4111"}, tools.refund)
+
+    task = in_thread(agent_task)
+    (request,) = requests_on_topic(settings, 1)
+    assert request.arguments == {"amount": 250, "card": "[redacted]"}
+    assert request.asks_because == "amount > 100"
+    listed = coalmine(settings, "approvals", "list", "--agent", AGENT)
+    assert listed.returncode == 0, listed.stderr
+    assert request.id in listed.stdout and "pending" in listed.stdout
+    assert tools.runs == [("refund", 20)]  # held
+
+    approved = coalmine(settings, "approvals", "approve", request.id, "--reason", "known customer")
+    assert approved.returncode == 0, approved.stderr
+    assert approved.stdout == f"approved: refund of {AGENT} v1 ({request.id})\n"
+    assert task.result(timeout=30) == ("refunded 20", "refunded 250")
+    assert tools.runs == [("refund", 20), ("refund", 250)]
+
+    # The same approval again, and a deny after it: refused, each in one line; nothing reruns.
+    for decision in ("approve", "deny"):
+        again = coalmine(
+            settings, "approvals", decision, request.id, "--reason", "twice", "--by", "bo"
+        )
+        assert again.returncode == 2
+        assert again.stderr.startswith("coalmine: error: refused: already decided: approve by ")
+        assert len(again.stderr.splitlines()) == 1
+    assert tools.runs == [("refund", 20), ("refund", 250)]
+
+    wait = publisher.by_name("approval:refund")
+    assert wait.kind is SpanKind.CUSTOM and wait.status is SpanStatus.OK
+    assert wait.attributes["approval.id"] == request.id
+    assert wait.attributes["approval.outcome"] == "granted"
+    assert request.span_id == wait.span_id and request.trace_id == wait.trace_id
+    assert [e.name for e in publisher.events].count("refund") == 2  # two tool spans
+
+
+def test_one_decision_record_delivered_twice_applies_once(
+    settings: Settings, approvals: Approvals
+) -> None:
+    tracer = Tracer(AGENT, "v1", ListPublisher(), bundle=BUNDLE, approvals=approvals)
+    tools = Tools()
+
+    def agent_task() -> object:
+        with tracer.request("refund-order") as req:
+            return req.call_tool("refund", {"amount": 500, "card": "x"}, tools.refund)
+
+    task = in_thread(agent_task)
+    (request,) = requests_on_topic(settings, 1)
+    approve = ApprovalDecision(
+        id=uuid.uuid4().hex,
+        request_id=request.id,
+        agent=AGENT,
+        time=datetime.now(UTC),
+        decision=Decision.APPROVE,
+        decided_by="ana",
+    )
+    producer = Producer(client_config(settings))
+    for _ in range(2):  # as a producer retry without idempotence would deliver it
+        producer.produce(settings.topic(APPROVAL_DECISIONS), value=approve.model_dump_json())
+    assert producer.flush(10) == 0
+    assert task.result(timeout=30) == "refunded 500"
+    assert tools.runs == [("refund", 500)]
+    listed = coalmine(settings, "approvals", "list", "--all")
+    assert f"{request.id}  {AGENT} v1  refund" in listed.stdout
+    assert "granted  (amount > 100; by ana)" in listed.stdout
+
+
+def test_a_denied_call_raises_with_the_reason_and_never_runs(
+    settings: Settings, approvals: Approvals
+) -> None:
+    publisher = ListPublisher()
+    tracer = Tracer(AGENT, "v1", publisher, bundle=BUNDLE, approvals=approvals)
+    tools = Tools()
+
+    async def agent_task() -> object:
+        with tracer.request("refund-order") as req:
+            return await req.acall_tool("refund", {"amount": 900, "card": "x"}, tools.arefund)
+
+    task = in_thread(lambda: asyncio.run(agent_task()))
+    (request,) = requests_on_topic(settings, 1)
+    denied = coalmine(settings, "approvals", "deny", request.id, "--reason", "already refunded")
+    assert denied.returncode == 0, denied.stderr
+    with pytest.raises(ApprovalDeniedError, match=r"denied by .*: already refunded"):
+        task.result(timeout=30)
+    assert tools.runs == []
+    wait = publisher.by_name("approval:refund")
+    assert wait.status is SpanStatus.ERROR and wait.error_type == "ApprovalDeniedError"
+    assert publisher.by_name("refund-order").error_type == "ApprovalDeniedError"
+
+
+def test_nobody_deciding_times_out_and_the_late_approval_is_refused(
+    settings: Settings, approvals: Approvals
+) -> None:
+    tracer = Tracer(AGENT, "v1", ListPublisher(), bundle=BUNDLE, approvals=approvals)
+    sent: list[str] = []
+    tagged: list[str] = []
+
+    def send_email(to: str) -> None:
+        sent.append(to)
+
+    def tag(label: str) -> None:
+        tagged.append(label)
+
+    with tracer.request("notify") as req:
+        with pytest.raises(ApprovalTimeoutError, match="nobody approved it by"):
+            req.call_tool("send_email", {"to": "a@example.com"}, send_email)
+        # on_timeout: allow runs the tool once the expire is in the log.
+        req.call_tool("tag", {"label": "vip"}, tag)
+    assert sent == []
+    assert tagged == ["vip"]
+    email, _ = requests_on_topic(settings, 2)
+    expires = [d for d in decisions_on_topic(settings) if d.decision is Decision.EXPIRE]
+    assert len(expires) == 2 and expires[0].request_id == email.id
+
+    late = coalmine(settings, "approvals", "approve", email.id)
+    assert late.returncode == 2
+    assert late.stderr.startswith("coalmine: error: refused: already decided: expire by ")
+
+
+def test_an_approval_after_the_deadline_is_refused_when_nobody_expired_it(
+    settings: Settings,
+) -> None:
+    """The agent is gone (no expire in the log): the deadline alone refuses the decision."""
+    now = datetime.now(UTC)
+    request = ApprovalRequest(
+        id=uuid.uuid4().hex,
+        time=now - timedelta(minutes=10),
+        deadline=now - timedelta(minutes=5),
+        on_timeout=OnTimeout.DENY,
+        agent=AGENT,
+        version="v1",
+        tool="refund",
+        asks_because="every call",
+        trace_id=uuid.uuid4().hex,
+        span_id=uuid.uuid4().hex[:16],
+        requested_by="a-process-that-died",
+    )
+    producer = Producer(client_config(settings))
+    producer.produce(settings.topic(APPROVAL_REQUESTS), value=request.model_dump_json())
+    assert producer.flush(10) == 0
+    late = coalmine(settings, "approvals", "approve", request.id)
+    assert late.returncode == 2
+    assert late.stderr.startswith("coalmine: error: refused: after the deadline (")
+    listed = coalmine(settings, "approvals", "list", "--all", "--agent", AGENT)
+    assert "timed_out" in listed.stdout
+    unknown = coalmine(settings, "approvals", "approve", "f" * 32)
+    assert unknown.returncode == 2
+    assert unknown.stderr.startswith(f"coalmine: error: no approval request {'f' * 32} (see ")
+
+
+def test_many_pending_calls_hold_no_thread_each(settings: Settings, approvals: Approvals) -> None:
+    tracer = Tracer(AGENT, "v1", ListPublisher(), bundle=BUNDLE, approvals=approvals)
+    tools = Tools()
+    calls = 200
+    threads: dict[str, int] = {}
+
+    async def one(amount: int) -> object:
+        with tracer.request("refund-order") as req:
+            try:
+                return await req.acall_tool(
+                    "refund", {"amount": amount, "card": "x"}, tools.arefund
+                )
+            except ApprovalDeniedError:
+                return "denied"
+
+    async def main() -> list[object]:
+        threads["before"] = threading.active_count()
+        tasks = [asyncio.ensure_future(one(101 + i)) for i in range(calls)]
+        while approvals.book.waiting < calls:
+            await asyncio.sleep(0.05)
+        threads["pending"] = threading.active_count()
+        requests = await asyncio.to_thread(requests_on_topic, settings, calls)
+        producer = Producer(client_config(settings))
+        for request in requests:
+            decision = Decision.APPROVE if request.arguments["amount"] % 2 else Decision.DENY
+            producer.produce(
+                settings.topic(APPROVAL_DECISIONS),
+                value=ApprovalDecision(
+                    id=uuid.uuid4().hex,
+                    request_id=request.id,
+                    agent=AGENT,
+                    time=datetime.now(UTC),
+                    decision=decision,
+                    decided_by="ana",
+                    reason="even" if decision is Decision.DENY else "",
+                ).model_dump_json(),
+            )
+        assert producer.flush(10) == 0
+        return await asyncio.gather(*tasks)
+
+    results = asyncio.run(main())
+    print(f"threads: {threads['before']} before, {threads['pending']} with {calls} calls pending")
+    assert threads["pending"] == threads["before"]
+    assert results.count("denied") == calls // 2
+    assert sorted(amount for _, amount in tools.runs) == [101 + i for i in range(0, calls, 2)]
+    assert approvals.book.waiting == 0
