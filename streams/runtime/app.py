@@ -25,7 +25,15 @@ from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
 from schemas.deployment import DeploymentState
-from schemas.topics import DEPLOYMENTS, TRACES, TRACES_DLQ, VERSION_STATS, VERSIONS
+from schemas.topics import (
+    APPROVAL_DECISIONS,
+    APPROVAL_REQUESTS,
+    DEPLOYMENTS,
+    TRACES,
+    TRACES_DLQ,
+    VERSION_STATS,
+    VERSIONS,
+)
 from schemas.version import AgentVersion
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
 from streams.ingest.pricing import PriceTable
@@ -46,6 +54,8 @@ from streams.settings import Settings
 from streams.storage import clickhouse
 from streams.storage.control import (
     AgentVersionWriter,
+    Appended,
+    ApprovalWriter,
     ControlWrite,
     DeploymentEventWriter,
     Positioned,
@@ -171,6 +181,7 @@ def _raw_message(event: EventT[bytes]) -> RawMessage:
         key=message.key,
         value=message.value,
         headers=tuple((key, value or b"") for key, value in pairs),
+        timestamp_ms=round(message.timestamp * 1000) if message.timestamp else None,
     )
 
 
@@ -266,16 +277,30 @@ class AsyncDeploymentEvents:
         return await self._thread.run(lambda c: DeploymentEventWriter(c).write(states, received_at))
 
 
+class AsyncApprovals:
+    """The approval writer, called on the ClickHouse thread."""
+
+    def __init__(self, thread: ClickHouseThread) -> None:
+        self._thread = thread
+
+    async def write(self, records: Sequence[Positioned[Appended]]) -> ControlWrite:
+        return await self._thread.run(lambda c: ApprovalWriter(c).write(records))
+
+
 def install_control_agents(
     app: faust.App, settings: Settings, thread: ClickHouseThread, retry: Retrier
 ) -> ControlRecorder:
-    """Agents storing ``coalmine.versions`` and ``coalmine.deployments`` in ClickHouse, apart
-    from the span path: their own streams, small batches, acknowledged once stored. Each
-    topic has one partition, so one worker of the group stores it."""
-    recorder = ControlRecorder(AsyncAgentVersions(thread), AsyncDeploymentEvents(thread), retry)
+    """Agents storing ``coalmine.versions``, ``coalmine.deployments`` and the approval topics
+    in ClickHouse, apart from the span path: their own streams, small batches, acknowledged
+    once stored. Each topic has one partition, so one worker of the group stores it."""
+    recorder = ControlRecorder(
+        AsyncAgentVersions(thread), AsyncDeploymentEvents(thread), AsyncApprovals(thread), retry
+    )
     for topic, record in (
         (VERSIONS, recorder.record_versions),
         (DEPLOYMENTS, recorder.record_deployments),
+        (APPROVAL_REQUESTS, recorder.record_approval_requests),
+        (APPROVAL_DECISIONS, recorder.record_approval_decisions),
     ):
         channel = app.topic(
             settings.topic(topic),

@@ -30,6 +30,7 @@ from schemas.version import (
     OnTimeout,
     ToolSpec,
 )
+from streams.devtools.worker_process import WorkerProcess
 from streams.sdk import (
     ApprovalDeniedError,
     Approvals,
@@ -41,9 +42,10 @@ from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tests.integration.controller_harness import coalmine
-from tests.integration.harness import isolated_settings
+from tests.integration.harness import isolated_settings, worker
 from tests.unit.sdk.test_tracer import ListPublisher
 
+__all__ = ["worker"]  # the fixture, imported for the test below
 T = TypeVar("T")
 AGENT = "support-bot"
 BUNDLE = AgentBundle(
@@ -322,3 +324,102 @@ def test_many_pending_calls_hold_no_thread_each(settings: Settings, approvals: A
     assert results.count("denied") == calls // 2
     assert sorted(amount for _, amount in tools.runs) == [101 + i for i in range(0, calls, 2)]
     assert approvals.book.waiting == 0
+
+
+def decide(settings: Settings, request: ApprovalRequest, decision: Decision) -> None:
+    """A person's decision, produced as ``coalmine approvals`` would."""
+    producer = Producer(client_config(settings))
+    producer.produce(
+        settings.topic(APPROVAL_DECISIONS),
+        key=request.id.encode(),
+        value=ApprovalDecision(
+            id=uuid.uuid4().hex,
+            request_id=request.id,
+            agent=request.agent,
+            time=datetime.now(UTC),
+            decision=decision,
+            decided_by="ana",
+        ).model_dump_json(),
+    )
+    assert producer.flush(10) == 0
+
+
+def test_the_worker_stores_requests_and_decisions_and_sums_them_per_version(
+    worker: WorkerProcess,
+) -> None:
+    settings = worker.settings
+    tools = Tools()
+    outcomes: list[tuple[str, str]] = []
+    with Approvals(settings) as approvals:
+        tracers = {
+            v: Tracer(AGENT, v, ListPublisher(), bundle=BUNDLE, approvals=approvals)
+            for v in ("v1", "v2")
+        }
+
+        def call(version: str, tool: str, amount: int) -> None:
+            with tracers[version].request("task") as req:
+                try:
+                    req.call_tool(tool, {"amount": amount, "card": "x"}, tools.refund)
+                    outcomes.append((version, "granted"))
+                except ApprovalDeniedError:
+                    outcomes.append((version, "denied"))
+                except ApprovalTimeoutError:
+                    outcomes.append((version, "timed_out"))
+
+        # v1: granted, granted (and approved once more: refused), denied; v2: granted, and
+        # a call nobody decides (send_email's 2 s), approved late (refused).
+        plan = [
+            ("v1", Decision.APPROVE, 2),
+            ("v1", Decision.APPROVE, 1),
+            ("v1", Decision.DENY, 1),
+            ("v2", Decision.APPROVE, 1),
+        ]
+        for number, (version, decision, times) in enumerate(plan):
+            task = in_thread(lambda v=version: call(v, "refund", 1000))
+            request = requests_on_topic(settings, number + 1)[-1]
+            for _ in range(times):
+                decide(settings, request, decision)
+            task.result(timeout=30)
+        call("v2", "send_email", 0)
+        timed_out = requests_on_topic(settings, len(plan) + 1)[-1]
+        decide(settings, timed_out, Decision.APPROVE)
+    assert sorted(outcomes) == [
+        ("v1", "denied"),
+        ("v1", "granted"),
+        ("v1", "granted"),
+        ("v2", "granted"),
+        ("v2", "timed_out"),
+    ]
+    assert len(tools.runs) == 3
+
+    # People's time per version, from the topics' own append times.
+    records = read_to_end(client_config(settings), settings.topic(APPROVAL_REQUESTS))
+    asked_at = {ApprovalRequest.model_validate_json(r.value or b"").id: r for r in records}
+    first: dict[str, int] = {}
+    for record in read_to_end(client_config(settings), settings.topic(APPROVAL_DECISIONS)):
+        sent = ApprovalDecision.model_validate_json(record.value or b"")
+        first.setdefault(sent.request_id, record.timestamp_ms or 0)
+    waits: dict[str, list[float]] = {"v1": [], "v2": []}
+    for request_id, decided in first.items():
+        request = ApprovalRequest.model_validate_json(asked_at[request_id].value or b"")
+        if request.tool == "refund":
+            waits[request.version].append(
+                (decided - (asked_at[request_id].timestamp_ms or 0)) / 1000
+            )
+
+    query = (
+        "SELECT version, asked, granted, denied, timed_out, pending, refused_decisions, "
+        "round(mean_seconds_to_decision, 3) FROM coalmine.approval_summary ORDER BY version"
+    )
+    expected = [
+        ["v1", 3, 2, 1, 0, 0, 1, round(sum(waits["v1"]) / 3, 3)],
+        ["v2", 2, 1, 0, 1, 0, 1, round(waits["v2"][0], 3)],
+    ]
+    deadline = time.monotonic() + 60
+    rows: list[list[object]] = []
+    while time.monotonic() < deadline:
+        rows = [list(row) for row in worker.sql(query)]
+        if rows == expected:
+            break
+        time.sleep(0.5)
+    assert rows == expected
