@@ -5,6 +5,7 @@ decided twice, decided late; many calls pending at once on one thread."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 import uuid
@@ -375,7 +376,7 @@ def test_the_worker_stores_requests_and_decisions_and_sums_them_per_version(
             ("v2", Decision.APPROVE, 1),
         ]
         for number, (version, decision, times) in enumerate(plan):
-            task = in_thread(lambda v=version: call(v, "refund", 1000))
+            task = in_thread(functools.partial(call, version, "refund", 1000))
             request = requests_on_topic(settings, number + 1)[-1]
             for _ in range(times):
                 decide(settings, request, decision)
