@@ -98,8 +98,8 @@ def run(
         latencies = measure_propagation(probes, cycle, rollbacks)
     slowest = [max(per_router) for per_router in latencies]
     every = [t for per_router in latencies for t in per_router]
-    say(f"  produced -> last router serving stable, ms: {_percentiles(slowest)}")
-    say(f"  produced -> each router, ms:                 {_percentiles(every)}")
+    say(f"  produced -> last router serving stable, ms: {percentiles(slowest)}")
+    say(f"  produced -> each router, ms:                 {percentiles(every)}")
     return 0
 
 
@@ -272,7 +272,7 @@ def _await(probes: Sequence[RouterProbe], generation: int) -> list[float]:
     return seen
 
 
-def _percentiles(values: list[float]) -> str:
+def percentiles(values: list[float]) -> str:
     ordered = sorted(values)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     return (
