@@ -108,9 +108,9 @@ def value_changes(old: Any, new: Any, path: str = "") -> list[str]:
         for key in sorted(old.keys() | new.keys()):
             where = f"{path}.{key}" if path else str(key)
             if key not in old:
-                lines.append(f"{where}: added {_shown(new[key])}")
+                lines += _whole(new[key], where, "added {}")
             elif key not in new:
-                lines.append(f"{where}: removed (was {_shown(old[key])})")
+                lines += _whole(old[key], where, "removed (was {})")
             else:
                 lines += value_changes(old[key], new[key], where)
         return lines
@@ -122,6 +122,14 @@ def value_changes(old: Any, new: Any, path: str = "") -> list[str]:
     if _canonical(old) == _canonical(new):  # as the digest sees them: 1 ≠ 1.0, 0.0 ≠ -0.0
         return []
     return [f"{path or 'value'}: {_shown(old)} → {_shown(new)}"]
+
+
+def _whole(value: Any, path: str, how: str) -> list[str]:
+    """An object added or removed whole: one line per member (an approval policy reads as
+    its fields), anything else on one line."""
+    if isinstance(value, dict) and value:
+        return [line for key in sorted(value) for line in _whole(value[key], f"{path}.{key}", how)]
+    return [f"{path}: {how.format(_shown(value))}"]
 
 
 def _canonical(value: Any) -> str:

@@ -165,13 +165,16 @@ def test_a_policy_left_out_keeps_old_digests_and_a_changed_policy_is_in_the_diff
             "v3", ApprovalPolicy(when=(OVER_100.model_copy(update={"value": 500}),), timeout_s=600)
         ),
     )
-    added = diff_versions(none, strict)
-    assert "  changed: refund" in added
-    assert any(line.startswith("    approval: added {") for line in added)
-    assert "    approval.when.0.value: 100 → 500" in diff_versions(strict, looser)
-    assert any(
-        line.startswith("    approval: removed (was {") for line in diff_versions(looser, none)
-    )
+    assert diff_versions(none, strict)[-6:] == [
+        "tools:",
+        "  changed: refund",
+        '    approval.on_timeout: added "deny"',
+        "    approval.redact: added []",
+        "    approval.timeout_s: added 600",
+        '    approval.when: added [{"field": "refund.amount", "op": ">", "value": 100}]',
+    ]
+    assert diff_versions(strict, looser)[-1] == "    approval.when.0.value: 100 → 500"
+    assert "    approval.timeout_s: removed (was 600)" in diff_versions(looser, none)
 
 
 def test_policies_are_bounded_and_strict() -> None:
