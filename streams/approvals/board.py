@@ -6,10 +6,10 @@ lines out; the rule is :func:`streams.sdk.approval_rules.judge`, the one the SDK
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final
+from typing import Final, TypeVar
 
 from pydantic import ValidationError
 
@@ -19,6 +19,7 @@ from streams.sdk.approvals import appended_at
 from streams.sdk.compacted import Record
 
 MAX_SHOWN_ARGUMENTS: Final = 160
+M = TypeVar("M", ApprovalRequest, ApprovalDecision)
 
 
 @dataclass
@@ -56,12 +57,7 @@ class Board:
 
     def add_requests(self, records: Iterable[Record]) -> list[Entry]:
         added = []
-        for record in records:
-            try:
-                request = ApprovalRequest.model_validate_json(record.value or b"")
-            except ValidationError as exc:
-                self.skipped.append(f"request at offset {record.offset}: {exc.errors()[0]['msg']}")
-                continue
+        for _, request in self._parsed(records, ApprovalRequest):
             if request.id not in self.entries:
                 self.entries[request.id] = entry = Entry(request)
                 added.append(entry)
@@ -72,15 +68,19 @@ class Board:
 
     def add_decisions(self, records: Iterable[Record]) -> list[tuple[Entry, Verdict]]:
         judged = []
-        for record in records:
-            try:
-                decision = ApprovalDecision.model_validate_json(record.value or b"")
-            except ValidationError as exc:
-                self.skipped.append(f"decision at offset {record.offset}: {exc.errors()[0]['msg']}")
-                continue
+        for record, decision in self._parsed(records, ApprovalDecision):
             if (verdict := self._decide(decision, appended_at(record, self._clock))) is not None:
                 judged.append((self.entries[decision.request_id], verdict))
         return judged
+
+    def _parsed(self, records: Iterable[Record], model: type[M]) -> Iterator[tuple[Record, M]]:
+        """Each record's value as ``model``; one that is not is skipped, with a line why."""
+        for record in records:
+            try:
+                yield record, model.model_validate_json(record.value or b"")
+            except ValidationError as exc:
+                why = exc.errors()[0]["msg"]
+                self.skipped.append(f"{model.__name__} at offset {record.offset}: {why}")
 
     def _decide(self, decision: ApprovalDecision, at: datetime) -> Verdict | None:
         verdict = self._log.apply(decision, at)

@@ -8,7 +8,6 @@ import asyncio
 import functools
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -17,7 +16,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from confluent_kafka import Producer
 
 from schemas.approval import ApprovalDecision, ApprovalRequest, Decision
 from schemas.topics import APPROVAL_DECISIONS, APPROVAL_REQUESTS
@@ -31,6 +29,7 @@ from schemas.version import (
     OnTimeout,
     ToolSpec,
 )
+from streams.devtools.control_records import ControlWriter, approval_decision, approval_request
 from streams.devtools.worker_process import WorkerProcess
 from streams.sdk import (
     ApprovalDeniedError,
@@ -111,6 +110,12 @@ def decisions_on_topic(settings: Settings) -> list[ApprovalDecision]:
     return [ApprovalDecision.model_validate_json(r.value or b"") for r in records]
 
 
+def agent(approvals: Approvals) -> tuple[ListPublisher, Tracer, Tools]:
+    """An agent of version v1 of :data:`BUNDLE`: its spans, its tracer, its tools."""
+    publisher = ListPublisher()
+    return publisher, Tracer(AGENT, "v1", publisher, bundle=BUNDLE, approvals=approvals), Tools()
+
+
 def in_thread(call: Callable[[], T]) -> Future[T]:
     """``call()`` in a thread of its own: the agent, while the test plays the person."""
     pool = ThreadPoolExecutor(max_workers=1)
@@ -122,9 +127,7 @@ def in_thread(call: Callable[[], T]) -> Future[T]:
 def test_a_call_held_until_approved_from_another_process_runs_once(
     settings: Settings, approvals: Approvals
 ) -> None:
-    publisher = ListPublisher()
-    tracer = Tracer(AGENT, "v1", publisher, bundle=BUNDLE, approvals=approvals)
-    tools = Tools()
+    publisher, tracer, tools = agent(approvals)
 
     def agent_task() -> object:
         with tracer.request("refund-order") as req:
@@ -168,8 +171,7 @@ def test_a_call_held_until_approved_from_another_process_runs_once(
 def test_one_decision_record_delivered_twice_applies_once(
     settings: Settings, approvals: Approvals
 ) -> None:
-    tracer = Tracer(AGENT, "v1", ListPublisher(), bundle=BUNDLE, approvals=approvals)
-    tools = Tools()
+    _, tracer, tools = agent(approvals)
 
     def agent_task() -> object:
         with tracer.request("refund-order") as req:
@@ -177,18 +179,10 @@ def test_one_decision_record_delivered_twice_applies_once(
 
     task = in_thread(agent_task)
     (request,) = requests_on_topic(settings, 1)
-    approve = ApprovalDecision(
-        id=uuid.uuid4().hex,
-        request_id=request.id,
-        agent=AGENT,
-        time=datetime.now(UTC),
-        decision=Decision.APPROVE,
-        decided_by="ana",
-    )
-    producer = Producer(client_config(settings))
-    for _ in range(2):  # as a producer retry without idempotence would deliver it
-        producer.produce(settings.topic(APPROVAL_DECISIONS), value=approve.model_dump_json())
-    assert producer.flush(10) == 0
+    approve = approval_decision(request, Decision.APPROVE)
+    with ControlWriter(settings) as writer:
+        for _ in range(2):  # as a producer retry without idempotence would deliver it
+            writer.record(APPROVAL_DECISIONS, request.id, approve)
     assert task.result(timeout=30) == "refunded 500"
     assert tools.runs == [("refund", 500)]
     listed = coalmine(settings, "approvals", "list", "--all")
@@ -199,9 +193,7 @@ def test_one_decision_record_delivered_twice_applies_once(
 def test_a_denied_call_raises_with_the_reason_and_never_runs(
     settings: Settings, approvals: Approvals
 ) -> None:
-    publisher = ListPublisher()
-    tracer = Tracer(AGENT, "v1", publisher, bundle=BUNDLE, approvals=approvals)
-    tools = Tools()
+    publisher, tracer, tools = agent(approvals)
 
     async def agent_task() -> object:
         with tracer.request("refund-order") as req:
@@ -252,23 +244,10 @@ def test_an_approval_after_the_deadline_is_refused_when_nobody_expired_it(
     settings: Settings,
 ) -> None:
     """The agent is gone (no expire in the log): the deadline alone refuses the decision."""
-    now = datetime.now(UTC)
-    request = ApprovalRequest(
-        id=uuid.uuid4().hex,
-        time=now - timedelta(minutes=10),
-        deadline=now - timedelta(minutes=5),
-        on_timeout=OnTimeout.DENY,
-        agent=AGENT,
-        version="v1",
-        tool="refund",
-        asks_because="every call",
-        trace_id=uuid.uuid4().hex,
-        span_id=uuid.uuid4().hex[:16],
-        requested_by="a-process-that-died",
-    )
-    producer = Producer(client_config(settings))
-    producer.produce(settings.topic(APPROVAL_REQUESTS), value=request.model_dump_json())
-    assert producer.flush(10) == 0
+    ten_minutes_ago = datetime.now(UTC) - timedelta(minutes=10)
+    request = approval_request(AGENT, asked_at=ten_minutes_ago, timeout_s=300)
+    with ControlWriter(settings) as writer:
+        writer.record(APPROVAL_REQUESTS, request.id, request)
     late = coalmine(settings, "approvals", "approve", request.id)
     assert late.returncode == 2
     assert late.stderr.startswith("coalmine: error: refused: after the deadline (")
@@ -280,8 +259,7 @@ def test_an_approval_after_the_deadline_is_refused_when_nobody_expired_it(
 
 
 def test_many_pending_calls_hold_no_thread_each(settings: Settings, approvals: Approvals) -> None:
-    tracer = Tracer(AGENT, "v1", ListPublisher(), bundle=BUNDLE, approvals=approvals)
-    tools = Tools()
+    _, tracer, tools = agent(approvals)
     calls = 200
     threads: dict[str, int] = {}
 
@@ -301,22 +279,11 @@ def test_many_pending_calls_hold_no_thread_each(settings: Settings, approvals: A
             await asyncio.sleep(0.05)
         threads["pending"] = threading.active_count()
         requests = await asyncio.to_thread(requests_on_topic, settings, calls)
-        producer = Producer(client_config(settings))
-        for request in requests:
-            decision = Decision.APPROVE if request.arguments["amount"] % 2 else Decision.DENY
-            producer.produce(
-                settings.topic(APPROVAL_DECISIONS),
-                value=ApprovalDecision(
-                    id=uuid.uuid4().hex,
-                    request_id=request.id,
-                    agent=AGENT,
-                    time=datetime.now(UTC),
-                    decision=decision,
-                    decided_by="ana",
-                    reason="even" if decision is Decision.DENY else "",
-                ).model_dump_json(),
-            )
-        assert producer.flush(10) == 0
+        with ControlWriter(settings) as writer:
+            for request in requests:
+                odd = request.arguments["amount"] % 2
+                decision = Decision.APPROVE if odd else Decision.DENY
+                writer.record(APPROVAL_DECISIONS, request.id, approval_decision(request, decision))
         return await asyncio.gather(*tasks)
 
     results = asyncio.run(main())
@@ -329,20 +296,8 @@ def test_many_pending_calls_hold_no_thread_each(settings: Settings, approvals: A
 
 def decide(settings: Settings, request: ApprovalRequest, decision: Decision) -> None:
     """A person's decision, produced as ``coalmine approvals`` would."""
-    producer = Producer(client_config(settings))
-    producer.produce(
-        settings.topic(APPROVAL_DECISIONS),
-        key=request.id.encode(),
-        value=ApprovalDecision(
-            id=uuid.uuid4().hex,
-            request_id=request.id,
-            agent=request.agent,
-            time=datetime.now(UTC),
-            decision=decision,
-            decided_by="ana",
-        ).model_dump_json(),
-    )
-    assert producer.flush(10) == 0
+    with ControlWriter(settings) as writer:
+        writer.record(APPROVAL_DECISIONS, request.id, approval_decision(request, decision))
 
 
 def test_the_worker_stores_requests_and_decisions_and_sums_them_per_version(

@@ -17,28 +17,22 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from schemas.approval import ApprovalDecision, ApprovalRequest, Decision
+from schemas.approval import ApprovalRequest, Decision
 from schemas.topics import APPROVAL_DECISIONS, APPROVAL_REQUESTS
-from schemas.version import OnTimeout
-from streams.devtools import localkafka
-from streams.devtools.bench.router import percentiles, say
-from streams.devtools.localkafka import process
-from streams.devtools.localkafka.config import local_address
+from streams.devtools.bench import bench_topics, percentiles, say
+from streams.devtools.control_records import approval_decision, approval_request
 from streams.errors import CoalmineError
 from streams.sdk.approvals import ApprovalResult, Approvals, Pending
 from streams.sdk.compacted import CompactedReader
 from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
-from streams.topics import ensure_topics
 
 AGENT: Final = "bench-bot"
 TIMEOUT_S: Final = 30.0
@@ -72,14 +66,7 @@ class Person:
             if error is None:
                 appended.append(message.timestamp()[1] / 1000)
 
-        decision = ApprovalDecision(
-            id=uuid.uuid4().hex,
-            request_id=request.id,
-            agent=AGENT,
-            time=datetime.now(UTC),
-            decision=Decision.APPROVE,
-            decided_by="bench",
-        )
+        decision = approval_decision(request, Decision.APPROVE, decided_by="bench")
         began = time.time()
         self._producer.produce(
             self._settings.topic(APPROVAL_DECISIONS),
@@ -95,23 +82,6 @@ class Person:
     def close(self) -> None:
         self._requests.close()
         self._producer.flush(TIMEOUT_S)
-
-
-def new_request() -> ApprovalRequest:
-    now = datetime.now(UTC)
-    return ApprovalRequest(
-        id=uuid.uuid4().hex,
-        time=now,
-        deadline=now + timedelta(minutes=10),
-        on_timeout=OnTimeout.DENY,
-        agent=AGENT,
-        version="v1",
-        tool="refund",
-        asks_because="every call",
-        trace_id=uuid.uuid4().hex,
-        span_id=uuid.uuid4().hex[:16],
-        requested_by="bench",
-    )
 
 
 def resumed_blocking(approvals: Approvals, pending: Pending) -> Callable[[], float]:
@@ -170,11 +140,7 @@ def run(settings: Settings, *, decisions: int = 200, fetch_wait_ms: int | None =
     if fetch_wait_ms is not None:
         settings = replace(settings, sdk_router_fetch_wait_ms=fetch_wait_ms)
     with ExitStack() as cleanup:
-        local = local_address(settings)
-        if local is not None and not process.answers(*local):
-            cleanup.enter_context(localkafka.LocalKafka(settings))
-        settings = replace(settings, topic_prefix=f"bench-approvals-{uuid.uuid4().hex[:8]}")
-        ensure_topics(settings)
+        settings = bench_topics(settings, cleanup, "bench-approvals")
         say(
             f"decision -> waiting call resumed: {decisions} decisions, one at a time, "
             f"fetch.wait.max.ms={settings.sdk_router_fetch_wait_ms}"
@@ -198,7 +164,7 @@ def measure(settings: Settings, decisions: int) -> tuple[dict[str, list[float]],
         with Approvals(settings) as approvals:
             for number in range(decisions):
                 form = "blocking" if number % 2 == 0 else "async"
-                request = new_request()
+                request = approval_request(AGENT, requested_by="bench")
                 pending = approvals.ask(request)
                 waiter = resumed_blocking if form == "blocking" else resumed_async
                 joined = waiter(approvals, pending)
