@@ -9,6 +9,7 @@ decided, or appended after the deadline) and a non-zero exit.
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -39,7 +40,8 @@ def _now() -> datetime:
 
 
 class Desk:
-    """Both approval topics, read from their beginning and on (:meth:`catch_up`)."""
+    """Both approval topics, read from their beginning and on: :meth:`new_requests`, then
+    :meth:`new_decisions` (or both, :meth:`catch_up`)."""
 
     def __init__(self, settings: Settings) -> None:
         config = client_config(settings)
@@ -55,10 +57,15 @@ class Desk:
             self._requests.close()
             raise
 
-    def catch_up(self) -> tuple[list[Entry], list[tuple[Entry, Verdict]]]:
-        """Requests, then decisions, written since the last call."""
-        added = self.board.add_requests(self._requests.catch_up())
-        return added, self.board.add_decisions(self._decisions.catch_up())
+    def new_requests(self) -> list[Entry]:
+        return self.board.add_requests(self._requests.catch_up())
+
+    def new_decisions(self) -> list[tuple[Entry, Verdict]]:
+        return self.board.add_decisions(self._decisions.catch_up())
+
+    def catch_up(self) -> None:
+        self.new_requests()
+        self.new_decisions()
 
     def close(self) -> None:
         self._requests.close()
@@ -75,13 +82,14 @@ def list_requests(settings: Settings, agent: str | None, every: bool, follow: bo
             print(request_line(entry, now), flush=True)
         if not entries and not follow:
             print("no approval requests" if every else "no pending approval requests")
+        if follow:
+            print("(following new requests and decisions; Ctrl-C stops)", file=sys.stderr)
         while follow:
             time.sleep(FOLLOW_INTERVAL_S)
-            added, judged = desk.catch_up()
-            for entry in added:
+            for entry in desk.new_requests():
                 if agent is None or entry.request.agent == agent:
                     print(request_line(entry, _now()), flush=True)
-            for entry, verdict in judged:
+            for entry, verdict in desk.new_decisions():
                 if agent is None or entry.request.agent == agent:
                     print(verdict_line(entry, verdict), flush=True)
         return 0
@@ -121,7 +129,7 @@ def decide(
         _produce(settings, sent)
         give_up = time.monotonic() + KAFKA_TIMEOUT_S
         while time.monotonic() < give_up:
-            for _, verdict in desk.catch_up()[1]:
+            for _, verdict in desk.new_decisions():
                 if verdict.decision.id == sent.id:
                     return _report(entry, verdict)
             time.sleep(0.05)

@@ -385,28 +385,29 @@ def test_the_worker_stores_requests_and_decisions_and_sums_them_per_version(
 
 
 def test_list_follow_prints_new_requests_and_each_decisions_verdict(settings: Settings) -> None:
-    follow = subprocess.Popen(
+    request = approval_request(AGENT)
+    with subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "approvals", "list", "--follow"],
         env={**os.environ, **settings.as_env()},
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
-    )
-    stuck = threading.Timer(60, follow.kill)  # a line that never comes ends the read, not the run
-    stuck.start()
-    try:
-        time.sleep(3)  # the first read is done: what comes now is new
-        request = approval_request(AGENT)
-        with ControlWriter(settings) as writer:
-            writer.record(APPROVAL_REQUESTS, request.id, request)
-            for decision in (Decision.DENY, Decision.APPROVE):
-                writer.record(APPROVAL_DECISIONS, request.id, approval_decision(request, decision))
-        assert follow.stdout is not None
-        lines = [follow.stdout.readline() for _ in range(3)]
-    finally:
-        stuck.cancel()
-        follow.terminate()
-        follow.wait(10)
+    ) as follow:
+        assert follow.stdout is not None and follow.stderr is not None
+        stuck = threading.Timer(60, follow.kill)  # a line that never comes ends the reads
+        stuck.start()
+        try:
+            assert follow.stderr.readline().startswith("(following")  # what comes now is new
+            with ControlWriter(settings) as writer:
+                writer.record(APPROVAL_REQUESTS, request.id, request)
+                for decision in (Decision.DENY, Decision.APPROVE):
+                    writer.record(
+                        APPROVAL_DECISIONS, request.id, approval_decision(request, decision)
+                    )
+            lines = [follow.stdout.readline() for _ in range(3)]
+        finally:
+            stuck.cancel()
+            follow.terminate()
     assert lines[0].startswith(f"{request.id}  {AGENT} v1  refund {{}}  pending  (every call; ")
     assert lines[1] == f"{request.id}  deny by ana: applied\n"
     assert lines[2] == f"{request.id}  approve by ana: refused, already decided: deny by ana\n"

@@ -62,7 +62,10 @@ def test_readme_routing_example_runs_the_deployed_version_with_its_bundle(
         writer.state(rollout_state(v12, v13, weight=1.0, rollout_id="d1", generation=2))
     for name, value in settings.as_env().items():
         monkeypatch.setenv(name, value)
-    exec(compile(python_block("Router("), str(README), "exec"), {"__name__": "readme_example"})
+    exec(
+        compile(python_block("route_key=user_id"), str(README), "exec"),
+        {"__name__": "readme_example"},
+    )
 
     values = consume_spans(settings.kafka_bootstrap, settings.topic(TRACES), expected=4)
     spans = [json.loads(value) for value in values]
