@@ -4,8 +4,7 @@ Operator commands (:class:`~schemas.command.Command`) and rollback requests
 (:class:`~schemas.rollback.RollbackCommand`) come from their topics as they are; the other
 inputs are made by the controller's loop: a :class:`Tick` when time passes, a
 :class:`GateReading` when it has read a gated version's evaluation figures, a
-:class:`Judgement` when the judge has spoken about a canary (its topic comes with the
-detector's wiring).
+:class:`Judgement` from each judgement the detector publishes (``coalmine.judgements``).
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from schemas import judgement as judgement_event
 from schemas.command import Command
 from schemas.deployment import DeploymentState
 from schemas.judgement import Verdict
@@ -60,6 +60,33 @@ class Judgement:
     verdict: Verdict
     reason: str = ""
     evidence: Evidence = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, event: judgement_event.Judgement) -> Judgement:
+        """The machine's view of a published judgement: its verdict, and for the audit trail
+        the figures of the first metric that decided it."""
+        evidence: dict[str, str | float | int | bool | None] = {
+            "judgement_id": event.id,
+            "windows_compared": event.windows_compared,
+        }
+        deciding = next((m for m in event.metrics if m.verdict is event.verdict), None)
+        if deciding is not None and event.verdict is not Verdict.PASS:
+            evidence.update(
+                metric=deciding.metric.value,
+                effect=deciding.effect,
+                e_value=deciding.e_value,
+                threshold=deciding.threshold,
+                n_canary=deciding.n_canary,
+                n_baseline=deciding.n_baseline,
+            )
+        return cls(
+            agent=event.agent,
+            rollout_id=event.rollout_id,
+            generation=event.generation,
+            verdict=event.verdict,
+            reason=event.explanation,
+            evidence=evidence,
+        )
 
 
 Input = Command | RollbackCommand | Tick | GateReading | Judgement

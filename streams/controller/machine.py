@@ -27,8 +27,10 @@ Semantics, after Argo Rollouts' canary steps where they fit:
   previous stable version (``--to`` picks an older one). A RollbackCommand names the canary
   it means (``from_version``) and is refused when that is not the live canary.
 - A judgement applies only to the rollout it names. PASS counts only for the current
-  generation and latches for the step; ROLLBACK rolls back (or, with ``auto_rollback`` off,
-  pauses for a person); INCONCLUSIVE pauses; ALERT and CONTINUE change nothing.
+  generation and latches for the step; ROLLBACK with ``auto_rollback`` changes nothing here:
+  the detector's RollbackCommand, which carries its alerts, takes the canary out, so the
+  audit trail names one cause. With ``auto_rollback`` off, ROLLBACK pauses for a person;
+  INCONCLUSIVE pauses; ALERT and CONTINUE change nothing.
 - The evaluation gate decides once the version has ``min_cases`` eval cases: it passes when
   quality and error rate are within the plan's bounds, else the deploy is rolled back with
   the figures. Fewer cases: the deploy stays gated.
@@ -455,7 +457,7 @@ def _judgement(state: DeploymentState, judgement: Judgement, now: datetime) -> R
                 return Unchanged()
             return change.make(state, step_passed=True)
         case Verdict.ROLLBACK if _plan(state).auto_rollback:
-            return _canary_out(state, change)
+            return Unchanged("the detector's RollbackCommand takes the canary out")
         case Verdict.ROLLBACK | Verdict.INCONCLUSIVE if state.phase is Phase.CANARY:
             return change.make(state, phase=Phase.PAUSED)
         case _:

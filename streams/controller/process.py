@@ -3,9 +3,11 @@ process around the pure state machine (:mod:`streams.controller.machine`).
 
 At start it rebuilds every agent's state from the compacted ``coalmine.deployments`` (read to
 its end) and the registered versions from ``coalmine.versions``. Then, for each command
-(``coalmine.commands``) and rollback request (``coalmine.rollbacks``), in order: apply it,
-write the new state to ``coalmine.deployments`` and wait until the broker has it (acks=all),
-write the outcome to ``coalmine.command-outcomes``, and only then commit the input's offset.
+(``coalmine.commands``), rollback request (``coalmine.rollbacks``) and judgement
+(``coalmine.judgements``), in order: apply it, write the new state to ``coalmine.deployments``
+and wait until the broker has it (acks=all), write the outcome of a command or rollback
+request to ``coalmine.command-outcomes`` (a judgement has nobody waiting for an answer), and
+only then commit the input's offset.
 Between inputs it lets time pass (a :class:`Tick` per live rollout) and reads the figures of
 gated versions.
 
@@ -38,8 +40,16 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.command import MAX_REASON_CHARS, Command, CommandId, CommandOutcome, OutcomeStatus
 from schemas.deployment import DeploymentState, Phase
+from schemas.judgement import Judgement as JudgementEvent
 from schemas.rollback import RollbackCommand
-from schemas.topics import COMMAND_OUTCOMES, COMMANDS, DEPLOYMENTS, ROLLBACKS, VERSIONS
+from schemas.topics import (
+    COMMAND_OUTCOMES,
+    COMMANDS,
+    DEPLOYMENTS,
+    JUDGEMENTS,
+    ROLLBACKS,
+    VERSIONS,
+)
 from schemas.trace import UNPRINTABLE, Identifier
 from streams.controller.figures import EvalFigureSource
 from streams.controller.inputs import (
@@ -47,6 +57,7 @@ from streams.controller.inputs import (
     Duplicate,
     GateReading,
     Input,
+    Judgement,
     Rejected,
     Result,
     Tick,
@@ -69,7 +80,7 @@ POLL_S: Final = 0.2
 COMMIT_INTERVAL_S: Final = 1.0
 READ_TIMEOUT_S: Final = 30.0
 WRITE_TIMEOUT_S: Final = 30.0
-CONTROL_TOPICS: Final = (VERSIONS, COMMANDS, ROLLBACKS, COMMAND_OUTCOMES, DEPLOYMENTS)
+CONTROL_TOPICS: Final = (VERSIONS, COMMANDS, ROLLBACKS, JUDGEMENTS, COMMAND_OUTCOMES, DEPLOYMENTS)
 Clock = Callable[[], datetime]
 
 
@@ -106,9 +117,10 @@ class Controller:
         self.versions: dict[tuple[str, str], str] = {}
         self.applied = 0
         """Inputs that made a new generation since start."""
-        self._inputs: dict[str, Callable[[bytes], Command | RollbackCommand]] = {
+        self._inputs: dict[str, Callable[[bytes], Input]] = {
             settings.topic(COMMANDS): Command.model_validate_json,
             settings.topic(ROLLBACKS): RollbackCommand.model_validate_json,
+            settings.topic(JUDGEMENTS): _judgement,
         }
         self._next: dict[str, int] = {}
         """Per input partition: the next offset to process (below it: processed)."""
@@ -205,16 +217,20 @@ class Controller:
             self._commit(message)
             return
         self._next[key] = offset + 1
-        if event is not None:
+        if isinstance(event, Command | RollbackCommand):
+            self._answer(event, self._apply(event))
+        elif event is not None:
             result = self._apply(event)
-            self._answer(event, result)
+            if isinstance(result, Rejected):
+                log.info("judgement %s@%d changed nothing: %s", key, offset, result.reason)
         self._commit(message)
 
-    def _parse(self, message: Message) -> Command | RollbackCommand | None:
-        parse = self._inputs[message.topic() or ""]
+    def _parse(self, message: Message) -> Input | None:
+        topic = message.topic() or ""
+        parse = self._inputs[topic]
         raw: bytes = message.value() or b""
         try:
-            event: Command | RollbackCommand = parse(raw)
+            event = parse(raw)
         except ValidationError as exc:
             first = exc.errors()[0]
             problem = f"{'.'.join(map(str, first['loc'])) or 'value'}: {first['msg']}"
@@ -222,7 +238,7 @@ class Controller:
                 "skipping an unreadable input at %s:%s@%s: %s",
                 message.topic(), message.partition(), message.offset(), problem,
             )  # fmt: skip
-            address = _addressee(raw)
+            address = None if topic == self.settings.topic(JUDGEMENTS) else _addressee(raw)
             if address is not None:  # whoever sent it may be waiting for an answer
                 self._send_outcome(
                     CommandOutcome(
@@ -401,6 +417,10 @@ def _addressee(raw: bytes) -> _Address | None:
         return _Address.model_validate({"id": document.get("id"), "agent": document.get("agent")})
     except (ValueError, ValidationError):
         return None
+
+
+def _judgement(raw: bytes) -> Judgement:
+    return Judgement.of(JudgementEvent.model_validate_json(raw))
 
 
 def _raise_on_failure(error: KafkaError | None, message: Message) -> None:

@@ -24,11 +24,15 @@ from faust.types import TP, EventT
 from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
+from schemas.alert import Alert
 from schemas.deployment import DeploymentState
 from schemas.topics import (
+    ALERTS,
     APPROVAL_DECISIONS,
     APPROVAL_REQUESTS,
     DEPLOYMENTS,
+    JUDGEMENTS,
+    ROLLBACKS,
     TRACES,
     TRACES_DLQ,
     VERSION_STATS,
@@ -38,7 +42,7 @@ from schemas.version import AgentVersion
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
 from streams.ingest.pricing import PriceTable
 from streams.ingest.route import Header, RawMessage, RoutedBatch, SpanRow, SpanWrite
-from streams.runtime import faust_auth, sqlpage
+from streams.runtime import alert_webhook, faust_auth, sqlpage
 from streams.runtime.control import ControlRecorder
 from streams.runtime.health import HealthState, PartitionPosition, assess, next_offsets
 from streams.runtime.processor import (
@@ -59,6 +63,14 @@ from streams.storage.control import (
     ControlWrite,
     DeploymentEventWriter,
     Positioned,
+)
+from streams.storage.detector_events import (
+    ALERTS_TABLE,
+    JUDGEMENTS_TABLE,
+    ROLLBACKS_TABLE,
+    DetectorEventWriter,
+    E,
+    EventTable,
 )
 
 log = logging.getLogger(__name__)
@@ -287,18 +299,52 @@ class AsyncApprovals:
         return await self._thread.run(lambda c: ApprovalWriter(c).write(records))
 
 
+class AsyncDetectorEvents:
+    """The judgement, alert and rollback writer, called on the ClickHouse thread."""
+
+    def __init__(self, thread: ClickHouseThread) -> None:
+        self._thread = thread
+
+    async def write(self, table: EventTable[E], events: Sequence[Positioned[E]]) -> ControlWrite:
+        return await self._thread.run(lambda c: DetectorEventWriter(c).write(table, events))
+
+
 def install_control_agents(
-    app: faust.App, settings: Settings, thread: ClickHouseThread, retry: Retrier
+    app: faust.App,
+    settings: Settings,
+    thread: ClickHouseThread,
+    retry: Retrier,
+    on_new_alerts: Callable[[Sequence[Alert]], None] | None = None,
 ) -> ControlRecorder:
-    """Agents storing ``coalmine.versions``, ``coalmine.deployments`` and the approval topics
-    in ClickHouse, apart from the span path: their own streams, small batches, acknowledged
-    once stored. Each topic has one partition, so one worker of the group stores it."""
+    """Agents storing the control topics (``coalmine.versions``, ``coalmine.deployments``),
+    the detector's (``coalmine.judgements``, ``coalmine.alerts``, ``coalmine.rollbacks``)
+    and the approval topics in ClickHouse, apart from the span path: their own streams, small
+    batches, acknowledged once stored. Each topic has one partition, so one worker of the
+    group stores it, and that worker hands each alert it stores first to ``on_new_alerts``
+    (the webhook)."""
     recorder = ControlRecorder(
-        AsyncAgentVersions(thread), AsyncDeploymentEvents(thread), AsyncApprovals(thread), retry
+        AsyncAgentVersions(thread),
+        AsyncDeploymentEvents(thread),
+        AsyncDetectorEvents(thread),
+        AsyncApprovals(thread),
+        retry=retry,
     )
+
+    async def record_judgements(messages: Sequence[RawMessage]) -> bool:
+        return await recorder.record_events(JUDGEMENTS_TABLE, messages)
+
+    async def record_alerts(messages: Sequence[RawMessage]) -> bool:
+        return await recorder.record_events(ALERTS_TABLE, messages, on_new_alerts)
+
+    async def record_rollbacks(messages: Sequence[RawMessage]) -> bool:
+        return await recorder.record_events(ROLLBACKS_TABLE, messages)
+
     for topic, record in (
         (VERSIONS, recorder.record_versions),
         (DEPLOYMENTS, recorder.record_deployments),
+        (JUDGEMENTS, record_judgements),
+        (ALERTS, record_alerts),
+        (ROLLBACKS, record_rollbacks),
         (APPROVAL_REQUESTS, recorder.record_approval_requests),
         (APPROVAL_DECISIONS, recorder.record_approval_decisions),
     ):
@@ -469,8 +515,13 @@ def create_app(
         if windows is not None:
             await windows.forget()
 
+    webhook = alert_webhook.install(app, settings)
     control = install_control_agents(
-        app, settings, thread, Retrier(stopping, RetryPolicy(), health)
+        app,
+        settings,
+        thread,
+        Retrier(stopping, RetryPolicy(), health),
+        on_new_alerts=webhook.submit if webhook else None,
     )
 
     @app.page("/health")
@@ -483,6 +534,7 @@ def create_app(
             positions = consumer_positions(app, traces.get_topic_name(), health, now)
             verdict = assess(health.snapshot(now, positions))
             window_counters = windows.counters.__dict__ if windows else {}
+            webhook_counters = webhook.counters.__dict__ if webhook else {}
             return self.json(
                 {
                     "status": verdict.status,
@@ -491,6 +543,7 @@ def create_app(
                     **processor.counters.__dict__,
                     **window_counters,
                     **control.counters.__dict__,
+                    **webhook_counters,
                 }
             )
 

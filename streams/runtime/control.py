@@ -1,6 +1,8 @@
 """The control topics into ClickHouse: ``coalmine.versions`` → ``coalmine.agent_versions``,
-``coalmine.deployments`` → ``coalmine.deployment_events`` (one row per generation), and
-both approval topics → ``coalmine.approvals`` (one row per record).
+``coalmine.deployments`` → ``coalmine.deployment_events`` (one row per generation), the
+detector's ``coalmine.judgements``, ``coalmine.alerts`` and ``coalmine.rollbacks`` → the
+tables of the same names (one row per event id), and both approval topics →
+``coalmine.approvals`` (one row per record).
 
 The worker's agents hand each batch of records here and acknowledge it once this returns
 ``True``: rows are stored before offsets move. The stores are idempotent (see
@@ -21,13 +23,18 @@ from typing import Protocol, TypeVar
 
 from pydantic import ValidationError
 
+from schemas.alert import Alert
 from schemas.approval import ApprovalDecision, ApprovalRequest
 from schemas.deployment import DeploymentState
+from schemas.judgement import Judgement
+from schemas.rollback import RollbackCommand
 from schemas.version import AgentVersion
+from streams.alerts.records import parse_event_record
 from streams.ingest.route import RawMessage
 from streams.logs import RateLimitedLog
 from streams.runtime.processor import Retrier
 from streams.storage.control import Appended, ControlWrite, Positioned
+from streams.storage.detector_events import E, EventTable
 from streams.versions.catalog import (
     InvalidRecordError,
     parse_keyed_record,
@@ -37,7 +44,9 @@ from streams.versions.load import describe_validation_error
 
 log = logging.getLogger(__name__)
 
-Record = TypeVar("Record", AgentVersion, DeploymentState, Appended)
+Record = TypeVar(
+    "Record", AgentVersion, DeploymentState, Judgement, Alert, RollbackCommand, Appended
+)
 
 
 def parse_deployment_record(key: bytes | None, value: bytes | None) -> DeploymentState:
@@ -50,6 +59,18 @@ def parse_deployment_record(key: bytes | None, value: bytes | None) -> Deploymen
         what="a deployment state",
         deleted="the audit trail keeps every generation",
     )
+
+
+class VersionStore(Protocol):
+    async def write(self, versions: Sequence[Positioned[AgentVersion]]) -> ControlWrite:
+        """Store each label's first version once; any failure raised."""
+
+
+class DeploymentEventStore(Protocol):
+    async def write(
+        self, states: Sequence[Positioned[DeploymentState]], received_at: datetime
+    ) -> ControlWrite:
+        """Store one row per (agent, generation) once; any failure raised."""
 
 
 def approval_parser(
@@ -73,21 +94,14 @@ def approval_parser(
     return parse
 
 
-class VersionStore(Protocol):
-    async def write(self, versions: Sequence[Positioned[AgentVersion]]) -> ControlWrite:
-        """Store each label's first version once; any failure raised."""
-
-
-class DeploymentEventStore(Protocol):
-    async def write(
-        self, states: Sequence[Positioned[DeploymentState]], received_at: datetime
-    ) -> ControlWrite:
-        """Store one row per (agent, generation) once; any failure raised."""
-
-
 class ApprovalStore(Protocol):
     async def write(self, records: Sequence[Positioned[Appended]]) -> ControlWrite:
         """Store each (topic, offset) once; any failure raised."""
+
+
+class DetectorEventStore(Protocol):
+    async def write(self, table: EventTable[E], events: Sequence[Positioned[E]]) -> ControlWrite:
+        """Store the first record of each (agent, id) once; any failure raised."""
 
 
 @dataclass
@@ -96,6 +110,11 @@ class ControlCounters:
     version_repeats: int = 0
     deployment_events_stored: int = 0
     deployment_repeats: int = 0
+    judgements_stored: int = 0
+    alerts_stored: int = 0
+    rollbacks_stored: int = 0
+    detector_event_repeats: int = 0
+    """Records of a stored event id: delivered again, or the detector deciding again."""
     approval_records_stored: int = 0
     control_conflicts: int = 0
     """Records naming a stored label or generation with other content (not stored)."""
@@ -112,12 +131,15 @@ class ControlRecorder:
         self,
         versions: VersionStore,
         deployments: DeploymentEventStore,
+        events: DetectorEventStore,
         approvals: ApprovalStore,
+        *,
         retry: Retrier,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._versions = versions
         self._deployments = deployments
+        self._events = events
         self._approvals = approvals
         self._retry = retry
         self._clock = clock
@@ -159,6 +181,27 @@ class ControlRecorder:
             return False
         self.counters.deployment_events_stored += written.inserted
         self.counters.deployment_repeats += written.repeats
+        return True
+
+    async def record_events(
+        self,
+        table: EventTable[E],
+        messages: Sequence[RawMessage],
+        then: Callable[[Sequence[E]], None] | None = None,
+    ) -> bool:
+        """Store a batch of a detector topic; ``then`` gets the events stored for the first
+        time (not repeats), once they are stored."""
+        events = self._parsed(
+            messages, lambda message: parse_event_record(table.model, message.key, message.value)
+        )
+        written = await self._stored(table.name, lambda: self._events.write(table, events))
+        if written is None:
+            return False
+        stored = f"{table.name}_stored"
+        setattr(self.counters, stored, getattr(self.counters, stored) + written.inserted)
+        self.counters.detector_event_repeats += written.repeats
+        if then is not None and written.stored:
+            then(written.stored)
         return True
 
     async def _stored(

@@ -16,9 +16,10 @@ from confluent_kafka import Producer
 
 from schemas.command import Command, CommandAction, CommandOutcome, OutcomeStatus
 from schemas.deployment import DeploymentState, Phase
+from schemas.judgement import Judgement, Verdict
 from schemas.plan import RolloutPlan, RolloutStep
 from schemas.rollback import RollbackCommand
-from schemas.topics import COMMANDS, ROLLBACKS
+from schemas.topics import COMMANDS, JUDGEMENTS, ROLLBACKS
 from streams.controller import client
 from streams.controller.inputs import Applied, Duplicate
 from streams.controller.machine import apply
@@ -210,16 +211,67 @@ def test_unreadable_inputs_are_refused_and_the_controller_keeps_going(
     for value in hostile:
         producer.produce(settings.topic(COMMANDS), key=b"bot", value=value)
         producer.produce(settings.topic(ROLLBACKS), key=b"bot", value=value)
+        producer.produce(settings.topic(JUDGEMENTS), key=b"bot", value=value)
     assert producer.flush(30) == 0
     with running_controller(settings, tmp_path / "controller.log") as controller:
         state = send(settings, command(CommandAction.DEPLOY, version="v1"))
         assert controller.alive()
     assert (state.phase, state.stable_version, state.generation) == (Phase.IDLE, "v1", 1)
-    refused = {o.command_id: o for o in outcomes(settings) if o.command_id.startswith("x-")}
+    answered = [o for o in outcomes(settings) if o.command_id.startswith("x-")]
+    assert len(answered) == 8, "a command or rollback is answered, a judgement is not"
+    refused = {o.command_id: o for o in answered}
     assert sorted(refused) == ["x-1", "x-2", "x-3", "x-4"]
     assert all(o.status is OutcomeStatus.REJECTED for o in refused.values())
     assert refused["x-1"].reason.startswith("not a valid command: action: Input should be")
     assert "time: Field required" in refused["x-2"].reason
+
+
+def judgement(state: DeploymentState, verdict: Verdict, generation: int | None = None) -> Judgement:
+    assert state.rollout_id is not None and state.canary_version is not None
+    return Judgement(
+        id=f"j-{state.generation}-{verdict}-{generation}",
+        time=datetime.now(UTC),
+        agent=state.agent,
+        rollout_id=state.rollout_id,
+        generation=state.generation if generation is None else generation,
+        stable_version=state.stable_version or "",
+        canary_version=state.canary_version,
+        window_end=datetime.now(UTC),
+        windows_compared=12,
+        verdict=verdict,
+        metrics=(),
+        explanation=f"judged {verdict}",
+    )
+
+
+def test_judgements_end_a_step_that_needs_a_pass_or_pause_without_auto_rollback(
+    settings: Settings, tmp_path: Path
+) -> None:
+    register(settings, "bot", "v1", "v2")
+    needs_pass = RolloutPlan(
+        steps=(
+            RolloutStep(weight=0.1, min_duration_s=0.5, require_pass=True),
+            RolloutStep(weight=0.5, min_duration_s=3600),
+        ),
+        auto_rollback=False,
+    )
+    with running_controller(settings, tmp_path / "controller.log"):
+        send(settings, command(CommandAction.DEPLOY, version="v1"))
+        canary = send(settings, command(CommandAction.DEPLOY, version="v2", plan=needs_pass))
+        stale = judgement(canary, Verdict.PASS, generation=canary.generation - 1)
+        produce(settings, JUDGEMENTS, [("bot", stale), ("bot", judgement(canary, Verdict.ALERT))])
+        time.sleep(2)  # past the step's minimum duration: only a PASS is missing
+        assert deployment_records(settings)[-1] == canary
+        produce(settings, JUDGEMENTS, [("bot", judgement(canary, Verdict.PASS))])
+        second = wait_for_state(settings, "bot", lambda s: s.canary_weight == 0.5)
+        produce(settings, JUDGEMENTS, [("bot", judgement(second, Verdict.ROLLBACK))])
+        paused = wait_for_state(settings, "bot", lambda s: s.phase is Phase.PAUSED)
+    assert paused.canary_weight == 0.5 and paused.last_reason == "judged rollback"
+    assert paused.change is not None and paused.change.cause == "judgement"
+    assert paused.change.evidence["verdict"] == "rollback"
+    causes = [r.change.cause for r in deployment_records(settings) if r.change]
+    assert causes == ["deploy", "deploy", "judgement", "step", "judgement"]
+    assert not [o for o in outcomes(settings) if o.command_id.startswith("j-")]
 
 
 def test_no_controller_is_a_clear_message(settings: Settings) -> None:

@@ -128,7 +128,7 @@ rollback_request x     x       back    back    back    back    x       x
 tick             -     -       -       await   -       -       -       -
 gate_pass        -     -       canary  -       -       -       -       -
 judge_pass       -     -       -       canary  -       -       -       -
-judge_rollback   -     -       back    back    back    back    -       -
+judge_rollback   -     -       -       -       -       -       -       -
 """
 PHASES = {
     "idle": Phase.IDLE,
@@ -303,6 +303,14 @@ def test_a_step_requiring_a_pass_waits_for_one_of_the_current_generation() -> No
     passed = applied(state, Judgement(AGENT, state.rollout_id, state.generation, Verdict.PASS))
     assert passed.step_passed and passed.phase is Phase.CANARY
     assert applied(passed, Tick(AGENT), later).phase is Phase.PROMOTED
+
+
+def test_with_auto_rollback_a_rollback_verdict_leaves_the_rollback_to_its_command() -> None:
+    state = deploy(STATES["idle"], "v2", PLAN)
+    assert state.rollout_id is not None
+    verdict = Judgement(AGENT, state.rollout_id, state.generation, Verdict.ROLLBACK, "worse")
+    result = apply(state, verdict, T0, VERSIONS)
+    assert result == Unchanged("the detector's RollbackCommand takes the canary out")
 
 
 def test_without_auto_rollback_a_rollback_verdict_pauses() -> None:
