@@ -158,12 +158,13 @@ def worst_metric(decision: Decision, config: JudgeConfig, level: Verdict) -> Met
     return max(at_level, key=lambda e: e.e_value / alert_threshold(e, config, level))
 
 
-def _number(value: float) -> str:
+def number(value: float) -> str:
     return f"{value:,.0f}" if value >= 10 else f"{value:.3g}"
 
 
-def metric_words(evidence: MetricEvidence) -> str:
-    """``error rate 6.1% vs 1.0%``, ``latency x1.35 (geometric mean)``, ..."""
+def metric_words(evidence: MetricEvidence, reference: str = "stable's") -> str:
+    """``error rate 6.1% vs 1.0%``, ``latency x1.35 of stable's (geometric mean)``, ...:
+    the observed value against the ``reference`` one."""
     metric, canary, baseline = evidence.metric, evidence.estimate_canary, evidence.estimate_baseline
     if metric in _RATE_WORDS:
         return f"{_RATE_WORDS[metric][0]} {canary:.1%} vs {baseline:.1%}"
@@ -171,15 +172,15 @@ def metric_words(evidence: MetricEvidence) -> str:
         return f"quality {canary:.3f} vs {baseline:.3f}"
     what = "latency" if metric is Metric.LATENCY_LOG_MEAN else "cost per priced span"
     ratio = math.exp(evidence.effect) if math.isfinite(evidence.effect) else math.nan
-    return f"{what} x{ratio:.2f} of stable's (geometric mean)"
+    return f"{what} x{ratio:.2f} of {reference} (geometric mean)"
 
 
 def evidence_words(evidence: MetricEvidence, threshold: float) -> str:
     """``error rate 6.1% vs 1.0%, e-value 243 > threshold 200 after 1,204 canary requests``."""
     unit = _RATE_WORDS.get(evidence.metric, ("", "observations"))[1]
     return (
-        f"{metric_words(evidence)}, e-value {_number(evidence.e_value)} > threshold "
-        f"{_number(threshold)} after {evidence.n_canary:,} canary {unit}"
+        f"{metric_words(evidence)}, e-value {number(evidence.e_value)} > threshold "
+        f"{number(threshold)} after {evidence.n_canary:,} canary {unit}"
     )
 
 
@@ -194,7 +195,7 @@ def regression_alert(
             "rolling back" if judged.plan.auto_rollback else "auto_rollback is off: rollout paused"
         )
     else:
-        action = f"alert level; rollback at e-value {_number(worst.threshold)}"
+        action = f"alert level; rollback at e-value {number(worst.threshold)}"
     message = (
         f"{judged.agent} {judged.canary_version} vs {judged.stable_version}: "
         f"{evidence_words(worst, threshold)}; {action}"

@@ -9,6 +9,8 @@
   it has read them to their end once.
 * A task ticks the watch every :data:`TICK_S` (windows complete and horizons pass without new
   messages) and applies the records the follower read.
+* Every batch also goes to a :class:`~streams.detector.driftwatch.DriftWatch` (each version
+  against its own history: ``drift`` and ``cost_spike`` alerts).
 * A judge (re)built is replayed from ClickHouse ``version_stats`` on the worker's ClickHouse
   thread.
 
@@ -37,6 +39,8 @@ from schemas.judgement import Judgement
 from schemas.rollback import RollbackCommand
 from schemas.topics import ALERTS, DEPLOYMENTS, JUDGEMENTS, LATE_HEADER, ROLLBACKS, VERSION_STATS
 from schemas.window_stats import WindowStats
+from streams.detector.drift import DriftConfig
+from streams.detector.driftwatch import DriftWatch
 from streams.detector.watch import CanaryWatch, Generation, Outputs, Partial, WatchSettings
 from streams.ingest.route import RawMessage
 from streams.runtime.processor import Retrier, TopicWriter
@@ -76,13 +80,13 @@ class Detector:
         stored: StoredPartials,
         retry: Retrier,
     ) -> None:
-        self.watch = CanaryWatch(
-            WatchSettings(
-                window_seconds=settings.window_seconds,
-                allowed_lateness_s=settings.allowed_lateness_s,
-                emission_margin_s=settings.detector_margin_s,
-            )
+        watch = WatchSettings(
+            window_seconds=settings.window_seconds,
+            allowed_lateness_s=settings.allowed_lateness_s,
+            emission_margin_s=settings.detector_margin_s,
         )
+        self.watch = CanaryWatch(watch)
+        self.drift = DriftWatch(DriftConfig(grace_s=watch.grace_s))
         self._topics = {
             "deployments": settings.topic(DEPLOYMENTS),
             "alerts": settings.topic(ALERTS),
@@ -113,7 +117,9 @@ class Detector:
             partials.append(Partial(stats, dict(message.headers).get(LATE_HEADER) == b"1"))
         self.counters.partials_read += len(partials)
         async with self._lock:
-            out = self.watch.partials(partials, _now())
+            now = _now()
+            out = self.watch.partials(partials, now)
+            out.alerts += self.drift.partials(partials, now)
             if not await self._publish(out):
                 return False
             for generation in out.replays:
@@ -142,10 +148,14 @@ class Detector:
 
     async def tick(self) -> bool:
         async with self._lock:
-            return await self._publish(self.watch.tick(_now()))
+            now = _now()
+            out = self.watch.tick(now)
+            out.alerts += self.drift.tick(now)
+            return await self._publish(out)
 
     def disown(self) -> None:
         self.watch.disown()
+        self.drift.disown()
 
     async def _replay(self, generation: Generation) -> bool:
         stored = await self._retry("reading a canary's windows", lambda: self._stored(generation))
