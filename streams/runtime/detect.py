@@ -79,7 +79,9 @@ class Detector:
         writers: Mapping[str, TopicWriter],
         stored: StoredPartials,
         retry: Retrier,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._clock = clock
         watch = WatchSettings(
             window_seconds=settings.window_seconds,
             allowed_lateness_s=settings.allowed_lateness_s,
@@ -117,7 +119,7 @@ class Detector:
             partials.append(Partial(stats, dict(message.headers).get(LATE_HEADER) == b"1"))
         self.counters.partials_read += len(partials)
         async with self._lock:
-            now = _now()
+            now = self._clock()
             out = self.watch.partials(partials, now)
             out.alerts += self.drift.partials(partials, now)
             if not await self._publish(out):
@@ -148,7 +150,7 @@ class Detector:
 
     async def tick(self) -> bool:
         async with self._lock:
-            now = _now()
+            now = self._clock()
             out = self.watch.tick(now)
             out.alerts += self.drift.tick(now)
             return await self._publish(out)
@@ -171,7 +173,7 @@ class Detector:
             generation.judged.generation,
             len(partials),
         )
-        return await self._publish(self.watch.replay(generation, partials, _now()))
+        return await self._publish(self.watch.replay(generation, partials, self._clock()))
 
     async def _publish(self, out: Outputs) -> bool:
         ordered: tuple[tuple[str, Sequence[Alert | RollbackCommand | Judgement]], ...] = (
@@ -205,10 +207,6 @@ def _sending(
         return True
 
     return send
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _parsed(model: type[M], record: Record) -> M | None:
