@@ -204,6 +204,7 @@ def test_the_rollback_comes_once_when_the_worker_is_killed_mid_canary(loop: Loop
     with loop.traffic(canary_error_rate=0.06):
         assert until(lambda: len(loop.events(Judgement)) >= 2, 60)
         assert loop.events(RollbackCommand) == []  # mid-canary: not decided yet
+        before = {j.id for j in loop.events(Judgement)}
         loop.worker.kill()
         killed = datetime.now(UTC)
         loop.worker.start()
@@ -211,6 +212,8 @@ def test_the_rollback_comes_once_when_the_worker_is_killed_mid_canary(loop: Loop
         time.sleep(3)  # what a second decision would have sent by now
         (command,) = loop.events(RollbackCommand)
     assert state.change is not None and state.change.command_id == command.id
+    judged_again = [j.id for j in loop.events(Judgement)].count
+    assert all(judged_again(id) == 2 for id in before)  # replayed: the same windows, same ids
     assert deployed.updated_at is not None
     print(
         f"\nkilled {since(deployed.updated_at, killed):.1f} s after the deploy; RollbackCommand "
