@@ -16,6 +16,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from schemas.alert import Alert, AlertEvidence, AlertKind, Severity
 from schemas.judgement import Judgement, Metric, MetricEvidenceRecord, Verdict
@@ -200,14 +201,12 @@ def regression_alert(
         f"{judged.agent} {judged.canary_version} vs {judged.stable_version}: "
         f"{evidence_words(worst, threshold)}; {action}"
     )
-    return Alert(
-        id=judged.alert_id(level),
-        time=time,
-        agent=judged.agent,
-        version=judged.canary_version,
-        baseline_version=judged.stable_version,
-        rollout_id=judged.rollout_id,
-        generation=judged.generation,
+    return _canary_alert(
+        judged,
+        config,
+        level,
+        time,
+        message,
         metric=worst.metric,
         kind=AlertKind.CANARY_REGRESSION,
         severity=Severity.CRITICAL if level is Verdict.ROLLBACK else Severity.WARNING,
@@ -220,9 +219,6 @@ def regression_alert(
             n_baseline=worst.n_baseline,
             n_canary=worst.n_canary,
         ),
-        detector=DETECTOR,
-        parameters=parameters(config),
-        message=message[:1024],
     )
 
 
@@ -234,19 +230,38 @@ def inconclusive_alert(
         f"{decision.explanation} ({decision.windows_compared:,} windows compared); "
         "the rollout pauses for a person to decide"
     )
+    return _canary_alert(
+        judged,
+        config,
+        Verdict.INCONCLUSIVE,
+        time,
+        message,
+        kind=AlertKind.INCONCLUSIVE,
+        severity=Severity.WARNING,
+    )
+
+
+def _canary_alert(
+    judged: Judged,
+    config: JudgeConfig,
+    level: Verdict,
+    time: datetime,
+    message: str,
+    **about: Any,
+) -> Alert:
+    """An alert about a judged canary reaching ``level``; ``about``: the kind and evidence."""
     return Alert(
-        id=judged.alert_id(Verdict.INCONCLUSIVE),
+        id=judged.alert_id(level),
         time=time,
         agent=judged.agent,
         version=judged.canary_version,
         baseline_version=judged.stable_version,
         rollout_id=judged.rollout_id,
         generation=judged.generation,
-        kind=AlertKind.INCONCLUSIVE,
-        severity=Severity.WARNING,
         detector=DETECTOR,
         parameters=parameters(config),
         message=message[:1024],
+        **about,
     )
 
 

@@ -34,6 +34,7 @@ from schemas.topics import (
     TRACES_DLQ,
     VERSION_STATS,
     VERSIONS,
+    Topic,
 )
 from schemas.version import AgentVersion
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
@@ -286,28 +287,34 @@ def install_control_agents(
         (VERSIONS, recorder.record_versions),
         (DEPLOYMENTS, recorder.record_deployments),
     ):
-        channel = app.topic(
-            settings.topic(topic),
-            key_type=bytes,
-            value_type=bytes,
-            partitions=topic.partitions(settings),
-            replicas=settings.replication_factor,
-        )
-        app.agent(channel, concurrency=1, name=f"store-{topic.name}")(
-            _acknowledged_once_stored(app, record)
+        app.agent(_channel(app, settings, topic), concurrency=1, name=f"store-{topic.name}")(
+            _acknowledged_once_stored(app, record, "storing control records")
         )
     return recorder
 
 
+def _channel(app: faust.App, settings: Settings, topic: Topic) -> faust.TopicT:
+    return app.topic(
+        settings.topic(topic),
+        key_type=bytes,
+        value_type=bytes,
+        partitions=topic.partitions(settings),
+        replicas=settings.replication_factor,
+    )
+
+
 def _acknowledged_once_stored(
-    app: faust.App, record: Callable[[Sequence[RawMessage]], Awaitable[bool]]
+    app: faust.App, record: Callable[[Sequence[RawMessage]], Awaitable[bool]], what: str
 ) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
+    """An agent handing each small batch to ``record`` and acknowledging it once ``record``
+    says it is done (False: the worker is stopping, the batch stays unacknowledged)."""
+
     async def agent(stream: faust.StreamT[bytes]) -> None:
         async for events in _event_batches(stream, CONTROL_BATCH_MAX, CONTROL_BATCH_S):
             try:
                 stored = await record([_raw_message(e) for e in events])
-            except Exception as exc:  # a write no retry can mend: stop, unacknowledged
-                log.critical("storing control records failed; stopping the worker: %s", exc)
+            except Exception as exc:  # a write no retry can mend, or a bug: stop, unacknowledged
+                log.critical("%s failed; stopping the worker: %s", what, exc, exc_info=True)
                 await app.crash(exc)
                 return
             if not stored:
@@ -330,13 +337,10 @@ def install_detector(
     }
     stored = detect.stored_partials(thread.run, settings.window_seconds)
     detector = detect.Detector(settings, writers, stored, retry)
-    detect.install(
-        app,
-        settings,
-        detector,
-        lambda stream: _event_batches(stream, detect.BATCH_MAX, detect.BATCH_S),
-        _raw_message,
+    app.agent(_channel(app, settings, VERSION_STATS), concurrency=1, name="detector")(
+        _acknowledged_once_stored(app, detector.on_partials, "judging window partials")
     )
+    app.task(detect.follow_and_tick(app, settings, detector))
     return detector
 
 

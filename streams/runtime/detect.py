@@ -23,21 +23,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
 import faust
 from clickhouse_connect.driver.client import Client
-from faust.types import EventT
 from pydantic import ValidationError
 
 from schemas.alert import Alert
 from schemas.deployment import DeploymentState
 from schemas.judgement import Judgement
 from schemas.rollback import RollbackCommand
-from schemas.topics import ALERTS, DEPLOYMENTS, JUDGEMENTS, LATE_HEADER, ROLLBACKS, VERSION_STATS
+from schemas.topics import ALERTS, DEPLOYMENTS, JUDGEMENTS, LATE_HEADER, ROLLBACKS
 from schemas.window_stats import WindowStats
 from streams.detector.drift import DriftConfig
 from streams.detector.driftwatch import DriftWatch
@@ -52,8 +51,6 @@ from streams.storage import clickhouse
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
-BATCH_MAX = 500
-BATCH_S = 0.2
 
 M = TypeVar("M", DeploymentState, Alert, RollbackCommand)
 StoredPartials = Callable[[Generation], Awaitable[list[tuple[WindowStats, bool]]]]
@@ -71,7 +68,7 @@ class DetectorCounters:
 
 class Detector:
     """The watch, what feeds it and where its events go. No Faust here: the app passes the
-    topic writers, the store and the retrier (:func:`install`)."""
+    topic writers, the store and the retrier (:func:`streams.runtime.app.install_detector`)."""
 
     def __init__(
         self,
@@ -237,35 +234,10 @@ def stored_partials(
     return read
 
 
-def install(
-    app: faust.App,
-    settings: Settings,
-    detector: Detector,
-    batches: Callable[[faust.StreamT[bytes]], AsyncIterator[Sequence[EventT[bytes]]]],
-    raw: Callable[[EventT[bytes]], RawMessage],
-) -> None:
-    """The version-stats agent, the follower and the tick, on ``app``."""
-    channel = app.topic(
-        settings.topic(VERSION_STATS),
-        key_type=bytes,
-        value_type=bytes,
-        partitions=VERSION_STATS.partitions(settings),
-        replicas=settings.replication_factor,
-    )
-
-    @app.agent(channel, concurrency=1, name="detector")
-    async def judge(stream: faust.StreamT[bytes]) -> None:
-        async for events in batches(stream):
-            try:
-                done = await detector.on_partials([raw(e) for e in events])
-            except Exception as exc:  # a bug of ours: stop, the batch unacknowledged
-                log.critical("the detector failed; stopping the worker: %s", exc, exc_info=True)
-                await app.crash(exc)
-                return
-            if not done:
-                return
-            for event in events:
-                await stream.ack(event)
+def follow_and_tick(
+    app: faust.App, settings: Settings, detector: Detector
+) -> Callable[[], Awaitable[None]]:
+    """The app's task following deployments, alerts and rollbacks and ticking the detector."""
 
     async def follow_and_tick() -> None:
         loop = asyncio.get_running_loop()
@@ -299,4 +271,4 @@ def install(
         finally:
             await asyncio.to_thread(follower.close)
 
-    app.task(follow_and_tick)
+    return follow_and_tick

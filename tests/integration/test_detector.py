@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -34,7 +34,13 @@ from streams.devtools.worker_process import WorkerProcess
 from streams.sdk.router import Router
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.integration.controller_harness import coalmine, read_all, register, wait_for_state
+from tests.integration.controller_harness import (
+    coalmine,
+    read_all,
+    register,
+    wait_for_state,
+    wait_until,
+)
 from tests.integration.harness import isolated_settings
 
 E = TypeVar("E", Judgement, Alert, RollbackCommand)
@@ -117,15 +123,6 @@ def plan(
     return RolloutPlan(steps=steps, auto_rollback=auto_rollback, judge=judge or JudgeOverrides())
 
 
-def until(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
-
-
 def since(moment: datetime, then: datetime) -> float:
     return (then - moment).total_seconds()
 
@@ -139,7 +136,7 @@ def test_a_canary_whose_error_rate_rises_is_rolled_back_and_every_record_agrees(
     onset = datetime.now(UTC)
     with loop.traffic(canary_error_rate=0.06):
         state = loop.wait_for(Phase.ROLLED_BACK)
-        switched = until(lambda: loop.router.deployment(AGENT) == state, 30)
+        switched = wait_until(lambda: loop.router.deployment(AGENT) == state, 30)
         routed = {loop.router.route(AGENT, f"user-{i}", "v0").version for i in range(1000)}
     assert switched and routed == {STABLE}
 
@@ -202,7 +199,7 @@ def test_an_a_a_canary_is_promoted_through_require_pass_steps_and_never_rolled_b
 def test_the_rollback_comes_once_when_the_worker_is_killed_mid_canary(loop: Loop) -> None:
     deployed = loop.deploy(plan(RolloutStep(weight=0.5, min_duration_s=HELD)))
     with loop.traffic(canary_error_rate=0.06):
-        assert until(lambda: len(loop.events(Judgement)) >= 2, 60)
+        assert wait_until(lambda: len(loop.events(Judgement)) >= 2, 60)
         assert loop.events(RollbackCommand) == []  # mid-canary: not decided yet
         before = {j.id for j in loop.events(Judgement)}
         loop.worker.kill()
