@@ -12,7 +12,8 @@ statistic has fallen below the level. Alerts only: there is nothing to roll back
 A detector arms only once its reference holds ``min_reference_requests`` (weighted) requests,
 so only versions with steady traffic are tested. Its state is not replayed after a restart
 (the reference spans an hour of windows): the new owner builds it again from live traffic. A
-version with no partial for ``idle_s`` is forgotten.
+version with no partial for ``idle_s`` is forgotten, and partials of windows older than that
+(a backlog) are counted, not tested.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class DriftWatch:
         self.config = config
         self.idle = timedelta(seconds=idle_s)
         self._versions: dict[tuple[str, str], _Version] = {}
+        self.stale = 0
+        """Partials of windows that ended more than ``idle_s`` before they were read: not
+        tested (alerts about an old backlog would come too late to act on)."""
 
     @property
     def windows(self) -> dict[tuple[str, str], int]:
@@ -58,6 +62,9 @@ class DriftWatch:
         alerts: list[Alert] = []
         for partial in partials:
             stats = partial.stats
+            if now - stats.window_end > self.idle:
+                self.stale += 1  # a backlog (a first start reads the topic from its start)
+                continue
             key = (stats.agent, stats.version)
             version = self._versions.get(key)
             if version is None:

@@ -64,6 +64,7 @@ class DetectorCounters:
     partials_read: int = 0
     partials_invalid: int = 0
     judges_replayed: int = 0
+    drift_stale_partials: int = 0
 
 
 class Detector:
@@ -119,6 +120,7 @@ class Detector:
             now = self._clock()
             out = self.watch.partials(partials, now)
             out.alerts += self.drift.partials(partials, now)
+            self.counters.drift_stale_partials = self.drift.stale
             if not await self._publish(out):
                 return False
             for generation in out.replays:

@@ -63,3 +63,6 @@ def test_a_partial_delivered_twice_counts_once_and_idle_versions_are_forgotten()
     assert once.windows == twice.windows == {("agent", "v1"): 60}
     once.tick(window_start(61) + timedelta(seconds=601))
     assert once.windows == {}
+    old = Partial(window(np.random.default_rng(14), 0, "v1", PER_WINDOW, Arm()))
+    assert once.partials([old], window_start(200)) == []
+    assert once.stale == 1 and once.windows == {}
