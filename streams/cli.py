@@ -11,13 +11,25 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 
+from streams.alerts.cli import add_alerts_parser
 from streams.cliargs import DURATION_S, RATE, float_in, int_in, ints_in
 from streams.errors import CoalmineError
 from streams.settings import Range, Settings, SettingsError
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 WORKER_EXTRA_MODULES = frozenset(
-    {"faust", "mode", "aiokafka", "uvloop", "clickhouse_connect", "chdb", "numpy", "scipy", "yaml"}
+    {
+        "faust",
+        "mode",
+        "aiokafka",
+        "aiohttp",
+        "uvloop",
+        "clickhouse_connect",
+        "chdb",
+        "numpy",
+        "scipy",
+        "yaml",
+    }
 )
 """What the ``worker`` extra installs (pyproject.toml); a subcommand that imports one of these
 on a base install, the SDK alone, asks for the extra instead of failing with a traceback."""
@@ -221,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     from streams.versions.cli import add_versions_parser
 
     add_versions_parser(commands)
+    add_alerts_parser(commands)
 
     demo = commands.add_parser("demo", help="Kafka + worker + generated traffic, end to end")
     demo.add_argument(

@@ -246,6 +246,49 @@ class Settings(SdkSettings):
             "doc": "Attributes naming a span's agent version, looked up the same way.",
         },
     )
+    alert_webhook_url: str = field(
+        default="",
+        metadata={
+            "env": "COALMINE_ALERT_WEBHOOK_URL",
+            "doc": "http(s) URL the worker POSTs each new alert to as JSON (a chat tool's "
+            "incoming webhook); empty: none (secret: masked, such URLs often carry a token).",
+            "secret": True,
+        },
+    )
+    alert_webhook_token: str = field(
+        default="",
+        metadata={
+            "env": "COALMINE_ALERT_WEBHOOK_TOKEN",
+            "doc": "Sent as `Authorization: Bearer <token>` with each alert; empty: no header "
+            "(secret: masked).",
+            "secret": True,
+        },
+    )
+    alert_webhook_timeout_s: float = field(
+        default=5.0,
+        metadata={
+            "env": "COALMINE_ALERT_WEBHOOK_TIMEOUT_S",
+            "doc": "How long one POST may take before it counts as failed (above 0, at most 60).",
+            "range": Range(0, 60, low_open=True),
+        },
+    )
+    alert_webhook_attempts: int = field(
+        default=8,
+        metadata={
+            "env": "COALMINE_ALERT_WEBHOOK_ATTEMPTS",
+            "doc": "POSTs of one alert before it is given up (backoff 1 s doubling to 30 s).",
+            "range": Range(1, 1000),
+        },
+    )
+    alert_webhook_queue: int = field(
+        default=1000,
+        metadata={
+            "env": "COALMINE_ALERT_WEBHOOK_QUEUE",
+            "doc": "Alerts waiting for the webhook at most; when full the oldest is dropped "
+            "(counted in /health).",
+            "range": Range(1, 1_000_000),
+        },
+    )
     log_level: str = field(
         default="info",
         metadata={
@@ -262,7 +305,9 @@ class Settings(SdkSettings):
         return replace(self, home=home, clickhouse_url=url)
 
     def problem(self) -> str | None:
-        return super().problem() or _url_problem(self) or _otlp_problem(self)
+        return (
+            super().problem() or _url_problem(self) or _otlp_problem(self) or _webhook_problem(self)
+        )
 
     @property
     def is_embedded_clickhouse(self) -> bool:
@@ -362,6 +407,38 @@ def _otlp_problem(s: Settings) -> str | None:
         return (
             f"COALMINE_OTLP_HOST={s.otlp_host} is reachable from other machines: set "
             "COALMINE_OTLP_TOKEN too, so that only your exporters can write spans"
+        )
+    return None
+
+
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")
+
+
+def _webhook_problem(s: Settings) -> str | None:
+    # The URL is never shown: a chat tool's webhook URL is itself the secret.
+    url, token = s.alert_webhook_url, s.alert_webhook_token
+    if not url:
+        return (
+            "COALMINE_ALERT_WEBHOOK_TOKEN is set but COALMINE_ALERT_WEBHOOK_URL is not"
+            if token
+            else None
+        )
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        return "COALMINE_ALERT_WEBHOOK_URL is not a URL"
+    if parts.scheme not in {"http", "https"} or not host:
+        return "COALMINE_ALERT_WEBHOOK_URL must be an http:// or https:// URL with a host"
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "COALMINE_ALERT_WEBHOOK_URL must not contain blanks or control characters"
+    if token and not _HEADER_TOKEN.fullmatch(token):
+        return "COALMINE_ALERT_WEBHOOK_TOKEN must be printable ASCII without blanks"
+    if token and parts.scheme == "http" and not is_loopback(host):
+        return (
+            "COALMINE_ALERT_WEBHOOK_TOKEN would travel in clear over http:// to another "
+            "machine: use an https:// URL"
         )
     return None
 

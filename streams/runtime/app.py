@@ -24,6 +24,7 @@ from faust.types import TP, EventT
 from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
+from schemas.alert import Alert
 from schemas.deployment import DeploymentState
 from schemas.topics import (
     ALERTS,
@@ -40,7 +41,7 @@ from schemas.version import AgentVersion
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
 from streams.ingest.pricing import PriceTable
 from streams.ingest.route import Header, RawMessage, RoutedBatch, SpanRow, SpanWrite
-from streams.runtime import detect, faust_auth, sqlpage
+from streams.runtime import alert_webhook, detect, faust_auth, sqlpage
 from streams.runtime.control import ControlRecorder
 from streams.runtime.health import HealthState, PartitionPosition, assess, next_offsets
 from streams.runtime.processor import (
@@ -59,6 +60,14 @@ from streams.storage.control import (
     ControlWrite,
     DeploymentEventWriter,
     Positioned,
+)
+from streams.storage.detector_events import (
+    ALERTS_TABLE,
+    JUDGEMENTS_TABLE,
+    ROLLBACKS_TABLE,
+    DetectorEventWriter,
+    E,
+    EventTable,
 )
 
 log = logging.getLogger(__name__)
@@ -276,16 +285,50 @@ class AsyncDeploymentEvents:
         return await self._thread.run(lambda c: DeploymentEventWriter(c).write(states, received_at))
 
 
+class AsyncDetectorEvents:
+    """The judgement, alert and rollback writer, called on the ClickHouse thread."""
+
+    def __init__(self, thread: ClickHouseThread) -> None:
+        self._thread = thread
+
+    async def write(self, table: EventTable[E], events: Sequence[Positioned[E]]) -> ControlWrite:
+        return await self._thread.run(lambda c: DetectorEventWriter(c).write(table, events))
+
+
 def install_control_agents(
-    app: faust.App, settings: Settings, thread: ClickHouseThread, retry: Retrier
+    app: faust.App,
+    settings: Settings,
+    thread: ClickHouseThread,
+    retry: Retrier,
+    on_new_alerts: Callable[[Sequence[Alert]], None] | None = None,
 ) -> ControlRecorder:
-    """Agents storing ``coalmine.versions`` and ``coalmine.deployments`` in ClickHouse, apart
-    from the span path: their own streams, small batches, acknowledged once stored. Each
-    topic has one partition, so one worker of the group stores it."""
-    recorder = ControlRecorder(AsyncAgentVersions(thread), AsyncDeploymentEvents(thread), retry)
+    """Agents storing the control topics (``coalmine.versions``, ``coalmine.deployments``)
+    and the detector's (``coalmine.judgements``, ``coalmine.alerts``, ``coalmine.rollbacks``)
+    in ClickHouse, apart from the span path: their own streams, small batches, acknowledged
+    once stored. Each topic has one partition, so one worker of the group stores it, and
+    that worker hands each alert it stores first to ``on_new_alerts`` (the webhook)."""
+    recorder = ControlRecorder(
+        AsyncAgentVersions(thread),
+        AsyncDeploymentEvents(thread),
+        AsyncDetectorEvents(thread),
+        retry,
+    )
+
+    async def record_judgements(messages: Sequence[RawMessage]) -> bool:
+        return await recorder.record_events(JUDGEMENTS_TABLE, messages)
+
+    async def record_alerts(messages: Sequence[RawMessage]) -> bool:
+        return await recorder.record_events(ALERTS_TABLE, messages, on_new_alerts)
+
+    async def record_rollbacks(messages: Sequence[RawMessage]) -> bool:
+        return await recorder.record_events(ROLLBACKS_TABLE, messages)
+
     for topic, record in (
         (VERSIONS, recorder.record_versions),
         (DEPLOYMENTS, recorder.record_deployments),
+        (JUDGEMENTS, record_judgements),
+        (ALERTS, record_alerts),
+        (ROLLBACKS, record_rollbacks),
     ):
         app.agent(_channel(app, settings, topic), concurrency=1, name=f"store-{topic.name}")(
             _acknowledged_once_stored(app, record, "storing control records")
@@ -341,7 +384,36 @@ def install_detector(
         _acknowledged_once_stored(app, detector.on_partials, "judging window partials")
     )
     app.task(detect.follow_and_tick(app, settings, detector))
+
+    @app.on_partitions_revoked.connect
+    async def disown_agents(
+        sender: faust.App, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
+    ) -> None:
+        detector.disown()  # another worker may judge them now; rebuilt at their next partial
+
     return detector
+
+
+def install_health_page(
+    app: faust.App, traces_topic: str, health: HealthState, counted: Sequence[object]
+) -> None:
+    """``/health``: ``ok`` or ``degraded`` with the reasons (see :mod:`streams.runtime.health`),
+    and the fields of every ``counted`` counters object."""
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            now = time.monotonic()
+            positions = consumer_positions(app, traces_topic, health, now)
+            verdict = assess(health.snapshot(now, positions))
+            return self.json(
+                {
+                    "status": verdict.status,
+                    "reasons": list(verdict.reasons),
+                    **verdict.details,
+                    **{name: n for c in counted for name, n in vars(c).items()},
+                }
+            )
 
 
 def create_app(
@@ -478,35 +550,18 @@ def create_app(
         health.forget_partitions()
         if windows is not None:
             await windows.forget()
-        if detector is not None:
-            detector.disown()
 
+    webhook = alert_webhook.install(app, settings)
     control = install_control_agents(
-        app, settings, thread, Retrier(stopping, RetryPolicy(), health)
+        app,
+        settings,
+        thread,
+        Retrier(stopping, RetryPolicy(), health),
+        on_new_alerts=webhook.submit if webhook else None,
     )
     detector = install_detector(app, settings, thread, Retrier(stopping, RetryPolicy(), health))
-
-    @app.page("/health")
-    class Health(View):
-        """``ok`` or ``degraded`` with the reasons (see :mod:`streams.runtime.health`), and
-        counters."""
-
-        async def get(self, request: Request) -> Response:
-            now = time.monotonic()
-            positions = consumer_positions(app, traces.get_topic_name(), health, now)
-            verdict = assess(health.snapshot(now, positions))
-            window_counters = windows.counters.__dict__ if windows else {}
-            return self.json(
-                {
-                    "status": verdict.status,
-                    "reasons": list(verdict.reasons),
-                    **verdict.details,
-                    **processor.counters.__dict__,
-                    **window_counters,
-                    **control.counters.__dict__,
-                    **(detector.counters.__dict__ if detector else {}),
-                }
-            )
+    counted = [x.counters for x in (processor, windows, control, webhook, detector) if x]
+    install_health_page(app, traces.get_topic_name(), health, counted)
 
     sqlpage.install(app, settings)
 

@@ -1,5 +1,7 @@
-"""The control topics into ClickHouse: ``coalmine.versions`` → ``coalmine.agent_versions``
-and ``coalmine.deployments`` → ``coalmine.deployment_events`` (one row per generation).
+"""The control topics into ClickHouse: ``coalmine.versions`` → ``coalmine.agent_versions``,
+``coalmine.deployments`` → ``coalmine.deployment_events`` (one row per generation), and the
+detector's ``coalmine.judgements``, ``coalmine.alerts`` and ``coalmine.rollbacks`` → the
+tables of the same names (one row per event id).
 
 The worker's agents hand each batch of records here and acknowledge it once this returns
 ``True``: rows are stored before offsets move. The stores are idempotent (see
@@ -18,12 +20,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
+from schemas.alert import Alert
 from schemas.deployment import DeploymentState
+from schemas.judgement import Judgement
+from schemas.rollback import RollbackCommand
 from schemas.version import AgentVersion
+from streams.alerts.records import parse_event_record
 from streams.ingest.route import RawMessage
 from streams.logs import RateLimitedLog
 from streams.runtime.processor import Retrier
 from streams.storage.control import ControlWrite, Positioned
+from streams.storage.detector_events import E, EventTable
 from streams.versions.catalog import (
     InvalidRecordError,
     parse_keyed_record,
@@ -32,7 +39,7 @@ from streams.versions.catalog import (
 
 log = logging.getLogger(__name__)
 
-Record = TypeVar("Record", AgentVersion, DeploymentState)
+Record = TypeVar("Record", AgentVersion, DeploymentState, Judgement, Alert, RollbackCommand)
 
 
 def parse_deployment_record(key: bytes | None, value: bytes | None) -> DeploymentState:
@@ -59,12 +66,22 @@ class DeploymentEventStore(Protocol):
         """Store one row per (agent, generation) once; any failure raised."""
 
 
+class DetectorEventStore(Protocol):
+    async def write(self, table: EventTable[E], events: Sequence[Positioned[E]]) -> ControlWrite:
+        """Store the first record of each (agent, id) once; any failure raised."""
+
+
 @dataclass
 class ControlCounters:
     versions_stored: int = 0
     version_repeats: int = 0
     deployment_events_stored: int = 0
     deployment_repeats: int = 0
+    judgements_stored: int = 0
+    alerts_stored: int = 0
+    rollbacks_stored: int = 0
+    detector_event_repeats: int = 0
+    """Records of a stored event id: delivered again, or the detector deciding again."""
     control_conflicts: int = 0
     """Records naming a stored label or generation with other content (not stored)."""
     control_records_skipped: int = 0
@@ -80,11 +97,13 @@ class ControlRecorder:
         self,
         versions: VersionStore,
         deployments: DeploymentEventStore,
+        events: DetectorEventStore,
         retry: Retrier,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._versions = versions
         self._deployments = deployments
+        self._events = events
         self._retry = retry
         self._clock = clock
         self._warn = RateLimitedLog(log, logging.WARNING, interval_s=5.0)
@@ -109,6 +128,25 @@ class ControlRecorder:
             return False
         self.counters.deployment_events_stored += written.inserted
         self.counters.deployment_repeats += written.repeats
+        return True
+
+    async def record_events(
+        self,
+        table: EventTable[E],
+        messages: Sequence[RawMessage],
+        then: Callable[[Sequence[E]], None] | None = None,
+    ) -> bool:
+        """Store a batch of a detector topic; ``then`` gets the events stored for the first
+        time (not repeats), once they are stored."""
+        events = self._parsed(messages, lambda k, v: parse_event_record(table.model, k, v))
+        written = await self._stored(table.name, lambda: self._events.write(table, events))
+        if written is None:
+            return False
+        stored = f"{table.name}_stored"
+        setattr(self.counters, stored, getattr(self.counters, stored) + written.inserted)
+        self.counters.detector_event_repeats += written.repeats
+        if then is not None and written.stored:
+            then(written.stored)
         return True
 
     async def _stored(

@@ -134,17 +134,46 @@ class PartitionReader:
             raise KafkaException(described.error)
         return sorted(described.partitions)
 
-    def assign(self, partitions: dict[str, list[int]], timeout_s: float) -> None:
+    def assign(
+        self,
+        partitions: dict[str, list[int]],
+        timeout_s: float,
+        since_ms: int | None = None,
+    ) -> None:
         """Read these partitions (by topic) from the beginning up to their ends now, and on.
         All at once: the first fetch asks for all of them, so no topic's records wait for
-        another's."""
+        another's. ``since_ms``: from each partition's first record with a timestamp at or
+        after it (ms since the epoch) instead of the beginning."""
         where = [(topic, p) for topic, numbers in partitions.items() for p in numbers]
         ends = self._current_ends(where, timeout_s)  # before assigning: may raise
-        self._consumer.incremental_assign(
-            [TopicPartition(t, p, OFFSET_BEGINNING) for t, p in where]
+        starts = (
+            dict.fromkeys(where, 0)
+            if since_ms is None
+            else self._offsets_at(where, since_ms, ends, timeout_s)
         )
-        self._next.update(dict.fromkeys(where, 0))
+        self._consumer.incremental_assign(
+            [TopicPartition(t, p, starts[(t, p)] or OFFSET_BEGINNING) for t, p in where]
+        )
+        self._next.update(starts)
         self._ends.update(ends)
+
+    def _offsets_at(
+        self,
+        partitions: list[tuple[str, int]],
+        time_ms: int,
+        ends: dict[tuple[str, int], int],
+        timeout_s: float,
+    ) -> dict[tuple[str, int], int]:
+        """Each partition's first offset whose record is at or after ``time_ms``; its end
+        when there is none."""
+        asked = [TopicPartition(t, p, time_ms) for t, p in partitions]
+        found = self._consumer.offsets_for_times(asked, timeout=timeout_s)
+        return {
+            (tp.topic, tp.partition): tp.offset
+            if tp.offset >= 0
+            else ends[(tp.topic, tp.partition)]
+            for tp in found
+        }
 
     def mark_ends(self, timeout_s: float) -> None:
         """The ends to reach are now every assigned partition's current end."""

@@ -87,6 +87,8 @@ class ControlWrite:
     refused: list[str] = field(default_factory=list)
     """Records whose values ClickHouse refused (a number out of a column's range): never
     stored, each a reason."""
+    stored: list[Any] = field(default_factory=list)
+    """The values of the rows inserted, in offset order."""
 
 
 def agent_version_row(version: AgentVersion, offset: int) -> tuple[Any, ...]:
@@ -159,7 +161,7 @@ class AgentVersionWriter:
         if not versions:
             return ControlWrite()
         stored = self._stored({(p.value.agent, p.value.version) for p in versions})
-        return _write_new(
+        return write_first_of_each(
             self._client,
             "agent_versions",
             columns=AGENT_VERSION_COLUMNS,
@@ -194,7 +196,7 @@ class DeploymentEventWriter:
         if not states:
             return ControlWrite()
         stored = self._stored({(p.value.agent, p.value.generation) for p in states})
-        return _write_new(
+        return write_first_of_each(
             self._client,
             "deployment_events",
             columns=DEPLOYMENT_EVENT_COLUMNS,
@@ -216,7 +218,7 @@ class DeploymentEventWriter:
         return {(agent, int(gen)): state for agent, gen, state in found.result_rows}
 
 
-def _write_new(
+def write_first_of_each(
     client: Client,
     table: str,
     *,
@@ -228,12 +230,12 @@ def _write_new(
     """Insert the first record of each key not in ``stored`` (key → content); a later record
     of a key is a repeat when its content is the same, else a conflict."""
     result = ControlWrite()
-    rows = []
+    new: list[Positioned[Any]] = []
     for key, content, positioned in records:
         known = stored.get(key)
         if known is None:
             stored[key] = content
-            rows.append(row_of(positioned))
+            new.append(positioned)
         elif known == content:
             result.repeats += 1
         else:
@@ -246,7 +248,9 @@ def _write_new(
         client.insert(f"{DATABASE}.{table}", chunk, column_names=list(columns))
 
     # The offset (the last column) names a row; rows ClickHouse refuses are left out.
+    rows = [row_of(positioned) for positioned in new]
     refused = isolate_refused_rows(rows, insert, lambda row: row[-1], f"{table} row")
     result.refused = [f"offset {offset}: {reason}" for offset, reason in refused.items()]
-    result.inserted = len(rows) - len(refused)
+    result.stored = [p.value for p in new if p.offset not in refused]
+    result.inserted = len(result.stored)
     return result

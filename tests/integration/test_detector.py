@@ -41,7 +41,7 @@ from tests.integration.controller_harness import (
     wait_for_state,
     wait_until,
 )
-from tests.integration.harness import isolated_settings
+from tests.integration.harness import isolated_settings, wait_for
 
 E = TypeVar("E", Judgement, Alert, RollbackCommand)
 (PROFILE,) = agent_profiles(1)
@@ -165,6 +165,31 @@ def test_a_canary_whose_error_rate_rises_is_rolled_back_and_every_record_agrees(
         f"WHERE agent = '{AGENT}' AND generation = {state.generation}"
     )
     assert [tuple(row) for row in audit] == [("rollback", command.id, "detector", "rolled_back")]
+    stored = f"FROM coalmine.{{}} FINAL WHERE agent = '{AGENT}'"
+    rows = wait_for(loop.worker, f"SELECT count() {stored.format('rollbacks')}", 1)
+    assert rows == 1
+    (rollback_row,) = loop.worker.sql(
+        f"SELECT id, issued_by, alert_ids {stored.format('rollbacks')}"
+    )
+    assert tuple(rollback_row) == (command.id, "detector", list(command.alert_ids))
+    in_rollout = f"{stored} AND rollout_id = '{deployed.rollout_id}'"
+    mine = [a for a in alerts.values() if a.rollout_id == deployed.rollout_id]
+    counted = f"SELECT count() {in_rollout.format('alerts')}"
+    assert wait_for(loop.worker, counted, len(mine)) == len(mine)
+    alert_rows = loop.worker.sql(f"SELECT id, severity, message {in_rollout.format('alerts')}")
+    assert (critical.id, "critical", critical.message) in {tuple(row) for row in alert_rows}
+    judged = f"SELECT count() {in_rollout.format('judgements')}"
+    assert wait_until(  # each id once; re-read, as a last window may have been judged since
+        lambda: (
+            loop.worker.scalar(judged)
+            == len({j.id for j in loop.events(Judgement) if j.rollout_id == deployed.rollout_id})
+        ),
+        60,
+    )
+    (verdict,) = loop.worker.sql(
+        f"SELECT verdict {in_rollout.format('judgements')} AND id = '{first_rollback.id}'"
+    )
+    assert tuple(verdict) == ("rollback",)
     print(
         f"\nrollback: onset -> ROLLBACK judgement {since(onset, first_rollback.time):.1f} s, "
         f"-> RollbackCommand {since(onset, command.time):.1f} s, "

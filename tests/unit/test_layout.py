@@ -30,6 +30,8 @@ def top_level_modules_after(statement: str) -> set[str]:
         ("import streams.ingest.route, streams.ingest.aggregate, streams.ingest.pricing", CLIENTS),
         # An operator's `coalmine deploy` or `status` is a Kafka client, nothing more.
         ("import streams.controller.client, streams.controller.commands", WORKER_EXTRA_MODULES),
+        # So is a person reading alerts with `coalmine alerts`.
+        ("import streams.alerts.cli, streams.alerts.show", WORKER_EXTRA_MODULES),
         # The registry names value models without loading them: window stats need numpy.
         ("import schemas.topics", (*WORKER_EXTRA_MODULES, "confluent_kafka", "pydantic")),
     ],

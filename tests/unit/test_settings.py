@@ -222,3 +222,49 @@ def test_secrets_are_masked_in_display_and_repr_but_passed_to_children() -> None
     for shown in (str(masked), repr(settings), str(settings)):
         assert "hunter2" not in shown and "token1234" not in shown
     assert settings.as_env()["COALMINE_KAFKA_PASSWORD"] == "hunter2"
+
+
+SLACK = "https://hooks.slack.com/services/T0/B0/very-secret-path"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"COALMINE_ALERT_WEBHOOK_URL": "ftp://x/y"}, "must be an http:// or https:// URL"),
+        ({"COALMINE_ALERT_WEBHOOK_URL": "https:///no-host"}, "with a host"),
+        ({"COALMINE_ALERT_WEBHOOK_URL": "http://h:99999/x"}, "is not a URL"),
+        ({"COALMINE_ALERT_WEBHOOK_URL": "https://h/a b"}, "blanks or control characters"),
+        ({"COALMINE_ALERT_WEBHOOK_TOKEN": "t"}, "COALMINE_ALERT_WEBHOOK_URL is not"),
+        (
+            {"COALMINE_ALERT_WEBHOOK_URL": SLACK, "COALMINE_ALERT_WEBHOOK_TOKEN": "a\r\nX: y"},
+            "printable ASCII without blanks",
+        ),
+        (
+            {
+                "COALMINE_ALERT_WEBHOOK_URL": "http://chat.example/h",
+                "COALMINE_ALERT_WEBHOOK_TOKEN": "t",
+            },
+            "would travel in clear",
+        ),
+        ({"COALMINE_ALERT_WEBHOOK_ATTEMPTS": "0"}, "COALMINE_ALERT_WEBHOOK_ATTEMPTS must be"),
+        ({"COALMINE_ALERT_WEBHOOK_TIMEOUT_S": "nan"}, "COALMINE_ALERT_WEBHOOK_TIMEOUT_S"),
+        ({"COALMINE_ALERT_WEBHOOK_QUEUE": "0"}, "COALMINE_ALERT_WEBHOOK_QUEUE must be"),
+    ],
+)
+def test_a_bad_webhook_is_one_line_that_never_shows_the_url(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message) as refused:
+        Settings.from_env(env)
+    assert "\n" not in str(refused.value)
+    assert "secret-path" not in str(refused.value) and "chat.example" not in str(refused.value)
+
+
+def test_a_webhook_url_and_token_are_secrets() -> None:
+    local = {"COALMINE_ALERT_WEBHOOK_URL": "http://127.0.0.1:9000/h"}
+    assert Settings.from_env({**local, "COALMINE_ALERT_WEBHOOK_TOKEN": "t0k"}).alert_webhook_token
+    settings = Settings.from_env(
+        {"COALMINE_ALERT_WEBHOOK_URL": SLACK, "COALMINE_ALERT_WEBHOOK_TOKEN": "t0k3n"}
+    )
+    shown = f"{settings.masked()} {settings!r}"
+    assert "secret-path" not in shown and "t0k3n" not in shown

@@ -6,16 +6,27 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import pytest
 
+from schemas.alert import Alert
 from schemas.deployment import DeploymentState
+from schemas.judgement import Verdict
 from schemas.version import AgentVersion
 from streams.ingest.route import RawMessage
 from streams.runtime.control import ControlRecorder, parse_deployment_record
 from streams.runtime.processor import PipelineBugError, Retrier, RetryPolicy
 from streams.storage.control import ControlWrite, Positioned
+from streams.storage.detector_events import (
+    ALERTS_TABLE,
+    JUDGEMENTS_TABLE,
+    ROLLBACKS_TABLE,
+    E,
+    EventTable,
+)
 from streams.versions.catalog import InvalidRecordError
+from tests.unit.alerts.examples import judgement, regression_alert, rollback_request
 from tests.unit.storage.test_control_rows import canary_state
 from tests.unit.versions.test_diff import example
 
@@ -53,8 +64,37 @@ class EventStore(FlakyStores):
         return ControlWrite(inserted=len(states) - 2, repeats=1, refused=["out of range"])
 
 
-def recorder(versions: VersionStore, events: EventStore, stopping: bool = False) -> ControlRecorder:
-    return ControlRecorder(versions, events, Retrier(lambda: stopping, NO_WAIT))
+class DetectorStore(FlakyStores):
+    """Keeps the first event of each (agent, id), as the ClickHouse writer does."""
+
+    def __init__(self, failures: int = 0) -> None:
+        super().__init__(failures)
+        self.rows: dict[str, dict[tuple[str, str], Any]] = {}
+
+    async def write(self, table: EventTable[E], events: Sequence[Positioned[E]]) -> ControlWrite:
+        self._fail_maybe()
+        rows = self.rows.setdefault(table.name, {})
+        written = ControlWrite()
+        for positioned in events:
+            key = (positioned.value.agent, positioned.value.id)
+            if key in rows:
+                written.repeats += 1
+            else:
+                rows[key] = positioned.value
+                written.stored.append(positioned.value)
+        written.inserted = len(written.stored)
+        return written
+
+
+def recorder(
+    versions: VersionStore,
+    events: EventStore,
+    stopping: bool = False,
+    detector: DetectorStore | None = None,
+) -> ControlRecorder:
+    return ControlRecorder(
+        versions, events, detector or DetectorStore(), Retrier(lambda: stopping, NO_WAIT)
+    )
 
 
 def messages(topic: str, *records: tuple[bytes | None, bytes | None]) -> list[RawMessage]:
@@ -122,3 +162,53 @@ def test_a_deployment_record_must_be_a_state_of_its_key(
 ) -> None:
     with pytest.raises(InvalidRecordError, match=reason):
         parse_deployment_record(key, value)
+
+
+def record(value: Any) -> tuple[bytes, bytes]:
+    return value.agent.encode(), value.model_dump_json().encode()
+
+
+def test_detector_events_are_stored_once_and_only_new_alerts_are_handed_on() -> None:
+    detector = DetectorStore(failures=2)
+    control = recorder(VersionStore(), EventStore(), detector=detector)
+    first, second = regression_alert(alert_id="alert-1"), regression_alert(alert_id="alert-2")
+    handed: list[Alert] = []
+    batch = messages(
+        "coalmine.alerts",
+        record(first),
+        record(first.model_copy(update={"message": "raised again after a restart"})),
+        (b"other-bot", first.model_dump_json().encode()),  # the key is not its agent
+        (b"support-bot", b'{"id": "x"}'),
+        record(second),
+    )
+    assert asyncio.run(control.record_events(ALERTS_TABLE, batch, handed.extend)) is True
+    assert handed == [first, second]
+    assert asyncio.run(control.record_events(ALERTS_TABLE, batch, handed.extend)) is True
+    assert handed == [first, second]  # a batch delivered again hands nothing on
+    counters = control.counters
+    assert (counters.alerts_stored, counters.detector_event_repeats) == (2, 4)
+    assert counters.control_records_skipped == 4
+    assert detector.rows["alerts"][("support-bot", "alert-1")].message == first.message
+
+
+def test_judgements_and_rollbacks_are_counted_apart() -> None:
+    control = recorder(VersionStore(), EventStore())
+    judged = messages("coalmine.judgements", record(judgement(5, Verdict.CONTINUE)))
+    rolled = messages("coalmine.rollbacks", record(rollback_request()), record(rollback_request()))
+    assert asyncio.run(control.record_events(JUDGEMENTS_TABLE, judged)) is True
+    assert asyncio.run(control.record_events(ROLLBACKS_TABLE, rolled)) is True
+    counters = control.counters
+    assert (counters.judgements_stored, counters.rollbacks_stored, counters.alerts_stored) == (
+        1,
+        1,
+        0,
+    )
+    assert counters.detector_event_repeats == 1
+
+
+def test_a_stopping_worker_leaves_detector_events_unstored() -> None:
+    handed: list[Alert] = []
+    control = recorder(VersionStore(), EventStore(), True, DetectorStore(failures=1))
+    batch = messages("coalmine.alerts", record(regression_alert()))
+    assert asyncio.run(control.record_events(ALERTS_TABLE, batch, handed.extend)) is False
+    assert (handed, control.counters.alerts_stored) == ([], 0)
