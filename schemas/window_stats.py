@@ -13,9 +13,14 @@ bucket for [0, 1 ms] and one overflow bucket above 1,000,000 ms (16.7 min).
 quantile, so for latencies inside the grid its relative error is at most
 ``QUANTILE_MAX_RELATIVE_ERROR`` = sqrt(10^(1/25)) - 1 ≈ 4.7 %.
 
-Cost enters twice: as raw sums (for cost per request) and as sums of ``log_cost(c)`` =
+Cost enters per span and per request, each as raw sums and as sums of ``log_cost(c)`` =
 ln(c + ``LOG_COST_EPSILON_USD``), the heavy-tail-friendly scale the detector tests on; the
-epsilon keeps zero-cost requests finite (ln(1e-6) ≈ -13.8).
+epsilon keeps zero-cost requests finite (ln(1e-6) ≈ -13.8). The per-span sums (``cost_*``,
+``log_cost_*``) add up every priced span; the per-request sums (``request_cost_count``,
+``request_cost_sum``, ``request_log_cost_*``) add up one total per priced request, which is
+what the detector judges: an agent that loops into twice the llm calls at the same price per
+call doubles the cost of a request but leaves the cost of a span as it was. How a request's
+total is assembled from its spans is :mod:`streams.ingest.aggregate`'s rule.
 """
 
 from __future__ import annotations
@@ -76,6 +81,7 @@ COUNT_FIELDS = (
     "input_tokens",
     "output_tokens",
     "cost_count",
+    "request_cost_count",
     "quality_count",
 )
 """Integer measures: partials add up exactly."""
@@ -84,6 +90,9 @@ SUM_FIELDS = (
     "cost_sumsq",
     "log_cost_sum",
     "log_cost_sumsq",
+    "request_cost_sum",
+    "request_log_cost_sum",
+    "request_log_cost_sumsq",
     "quality_sum",
     "quality_sumsq",
     "latency_sum_ms",
@@ -192,7 +201,10 @@ class WindowStats(BaseModel):
     ``latency_buckets``, so the histogram sums to ``requests``. ``cost_count`` counts the
     priced spans (a reported cost, or tokens to price) whatever their kind; the sums of
     ``cost_*`` and ``log_cost_*`` run over those, so ``cost_sum / requests`` is the cost per
-    request. ``quality_count`` spans carried a quality score in [0, 1].
+    request. ``request_cost_count`` counts the priced requests, each with the total cost of
+    its priced spans that arrived with it (at most ``requests``); ``request_cost_sum`` and
+    ``request_log_cost_*`` run over those totals. ``quality_count`` spans carried a quality
+    score in [0, 1]. Rows written before the per-request fields existed read them as 0.
     """
 
     model_config = ConfigDict(
@@ -226,6 +238,11 @@ class WindowStats(BaseModel):
     log_cost_sum: float = 0.0
     log_cost_sumsq: NonNegativeSum = 0.0
 
+    request_cost_count: Count = 0
+    request_cost_sum: NonNegativeSum = 0.0
+    request_log_cost_sum: float = 0.0
+    request_log_cost_sumsq: NonNegativeSum = 0.0
+
     quality_count: Count = 0
     quality_sum: NonNegativeSum = 0.0
     quality_sumsq: NonNegativeSum = 0.0
@@ -246,6 +263,7 @@ class WindowStats(BaseModel):
             ("errors", "requests"),
             ("tasks_completed", "tasks_attempted"),
             ("tool_errors", "tool_calls"),
+            ("request_cost_count", "requests"),
         ):
             if getattr(self, part) > getattr(self, whole):
                 raise ValueError(f"{part} exceeds {whole}")
@@ -253,6 +271,10 @@ class WindowStats(BaseModel):
             raise ValueError("latency_buckets must sum to requests")
         if self.cost_count == 0 and (self.cost_sum or self.log_cost_sum or self.log_cost_sumsq):
             raise ValueError("cost sums are set but cost_count is 0")
+        if self.request_cost_count == 0 and (
+            self.request_cost_sum or self.request_log_cost_sum or self.request_log_cost_sumsq
+        ):
+            raise ValueError("request cost sums are set but request_cost_count is 0")
         if self.quality_sum > self.quality_count * (1.0 + 1e-9):
             raise ValueError("quality_sum exceeds quality_count (scores are in [0, 1])")
         return self
@@ -317,6 +339,7 @@ class WindowStats(BaseModel):
         latency_ms: npt.ArrayLike,
         error: npt.ArrayLike | None = None,
         cost_usd: npt.ArrayLike | None = None,
+        request_cost_usd: npt.ArrayLike | None = None,
         quality: npt.ArrayLike | None = None,
         task_completed: npt.ArrayLike | None = None,
         tool_calls: int = 0,
@@ -329,14 +352,15 @@ class WindowStats(BaseModel):
         """Build a window from per-request arrays (the simulator's helper).
 
         ``latency_ms`` has one entry per request; ``error`` (bool, same length) marks failed
-        requests; ``cost_usd`` holds the costs of the requests that have one; ``quality``
-        holds quality scores; ``task_completed`` holds one bool per attempted task.
+        requests; ``cost_usd`` holds the costs of the priced spans; ``request_cost_usd`` the
+        cost totals of the priced requests; ``quality`` holds quality scores;
+        ``task_completed`` holds one bool per attempted task.
         """
         latency = np.asarray(latency_ms, dtype=np.float64)
-        cost = np.asarray([] if cost_usd is None else cost_usd, dtype=np.float64)
-        if cost.size and (not np.all(np.isfinite(cost)) or np.any(cost < 0.0)):
-            raise ValueError("costs must be finite and non-negative")
+        cost = _costs(cost_usd)
         log_costs = np.log(cost + LOG_COST_EPSILON_USD)
+        totals = _costs(request_cost_usd)
+        log_totals = np.log(totals + LOG_COST_EPSILON_USD)
         scores = np.asarray([] if quality is None else quality, dtype=np.float64)
         tasks = np.asarray([] if task_completed is None else task_completed, dtype=bool)
         errors = np.asarray([] if error is None else error, dtype=bool)
@@ -365,9 +389,20 @@ class WindowStats(BaseModel):
             cost_sumsq=float(np.square(cost).sum()),
             log_cost_sum=float(log_costs.sum()),
             log_cost_sumsq=float(np.square(log_costs).sum()),
+            request_cost_count=int(totals.size),
+            request_cost_sum=float(totals.sum()),
+            request_log_cost_sum=float(log_totals.sum()),
+            request_log_cost_sumsq=float(np.square(log_totals).sum()),
             quality_count=int(scores.size),
             quality_sum=float(scores.sum()),
             quality_sumsq=float(np.square(scores).sum()),
             latency_sum_ms=float(latency.sum()),
             latency_buckets=latency_histogram(latency),
         )
+
+
+def _costs(values: npt.ArrayLike | None) -> npt.NDArray[np.float64]:
+    cost = np.asarray([] if values is None else values, dtype=np.float64)
+    if cost.size and (not np.all(np.isfinite(cost)) or np.any(cost < 0.0)):
+        raise ValueError("costs must be finite and non-negative")
+    return cost

@@ -31,8 +31,8 @@ def rate_counts(
 
 def mean_sums(stats: WindowStats, metric: Metric) -> tuple[int, float, float]:
     """(count, sum, sum of squares) of a mean metric in one window."""
-    if metric is Metric.LOG_COST_MEAN:
-        return stats.cost_count, stats.log_cost_sum, stats.log_cost_sumsq
+    if metric is Metric.LOG_COST_MEAN:  # per priced request: a loop of calls moves it
+        return stats.request_cost_count, stats.request_log_cost_sum, stats.request_log_cost_sumsq
     if metric is Metric.QUALITY_MEAN:
         return stats.quality_count, stats.quality_sum, stats.quality_sumsq
     if metric is Metric.LATENCY_LOG_MEAN:

@@ -24,6 +24,7 @@ from schemas.trace import SpanKind, TraceEvent
 from streams.cliargs import DURATION_S, RATE, float_in, int_in
 from streams.devtools.traffic import (
     MAX_AGENTS,
+    MAX_LLM_CALLS_FACTOR,
     AgentProfile,
     RequestDraw,
     RequestDrawer,
@@ -111,6 +112,13 @@ def add_traffic_arguments(parser: argparse.ArgumentParser) -> None:
         type=float_in(Range(-1, 1)),
         default=0.0,
         help="added to the canary's mean quality and task completion rate (default %(default)s)",
+    )
+    parser.add_argument(
+        "--canary-llm-calls-factor",
+        type=float_in(Range(0, MAX_LLM_CALLS_FACTOR, low_open=True)),
+        default=1.0,
+        help="a canary request makes this many times the llm calls of a stable one, each at "
+        "the same price: an agent looping (default %(default)s)",
     )
     parser.add_argument(
         "--seed",

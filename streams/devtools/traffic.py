@@ -5,7 +5,8 @@ what one request of theirs looks like, drawn as plain data from a seeded generat
 :class:`RequestDraw` values (which agent and version, its steps, their latencies, tokens and
 errors). Nothing here does I/O or reads a clock, so the same seed gives the same traffic.
 Canary versions differ from their stable versions only by the plan's canary knobs (error
-rate, latency factor, quality delta), so a detector can be checked against a known truth.
+rate, latency factor, quality delta, llm calls per request), so a detector can be checked
+against a known truth.
 Which version serves a request is the plan's canary share, or, given a version chooser (a
 router following the agent's deployment), the deployment's.
 """
@@ -119,6 +120,8 @@ TOOL_ERROR_RATE = 0.05
 """Handled tool failures inside otherwise successful requests (same for every version)."""
 EXPLICIT_COST_SHARE = 0.1
 """Share of llm spans that carry their own cost; the worker prices the rest."""
+MAX_LLM_CALLS_FACTOR = 10.0
+"""Bound of ``canary_llm_calls_factor``: at most 30 llm calls in a simulated request."""
 TASK_COMPLETION_RATE = 0.92
 QUALITY_MEAN = 0.8
 QUALITY_CONCENTRATION = 12.0
@@ -142,6 +145,9 @@ class TrafficPlan:
     canary_error_rate: float | None = None
     canary_latency_factor: float = 1.0
     canary_quality_delta: float = 0.0
+    canary_llm_calls_factor: float = 1.0
+    """A canary request makes this many times the llm calls of a stable one (rounded, at
+    least one), each priced as before: an agent looping into more calls."""
     seed: int = 7
 
     def __post_init__(self) -> None:
@@ -158,6 +164,9 @@ class TrafficPlan:
                 self.canary_latency_factor
             ),
             "canary_quality_delta must be in [-1, 1]": -1 <= self.canary_quality_delta <= 1,
+            "canary_llm_calls_factor must be in (0, 10]": 0
+            < self.canary_llm_calls_factor
+            <= MAX_LLM_CALLS_FACTOR,
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:
@@ -175,6 +184,7 @@ class TrafficPlan:
             canary_error_rate=args.canary_error_rate,
             canary_latency_factor=args.canary_latency_factor,
             canary_quality_delta=args.canary_quality_delta,
+            canary_llm_calls_factor=args.canary_llm_calls_factor,
             seed=args.seed,
         )
 
@@ -280,7 +290,8 @@ class RequestDrawer:
         error_rate = plan.effective_canary_error_rate if canary else plan.error_rate
         latency = plan.canary_latency_factor if canary else 1.0
         delta = plan.canary_quality_delta if canary else 0.0
-        steps = self._steps(agent, latency)
+        calls = plan.canary_llm_calls_factor if canary else 1.0
+        steps = self._steps(agent, latency, calls)
         failed = rng.random() < error_rate
         error_type = None
         if failed:
@@ -307,16 +318,21 @@ class RequestDrawer:
             mean * QUALITY_CONCENTRATION, (1 - mean) * QUALITY_CONCENTRATION
         )
 
-    def _steps(self, agent: AgentProfile, latency: float) -> tuple[StepDraw, ...]:
+    def _steps(
+        self, agent: AgentProfile, latency: float, calls_factor: float
+    ) -> tuple[StepDraw, ...]:
         rng = self.rng
         steps: list[StepDraw] = []
         if rng.random() < agent.retrieval_probability:
             steps.append(self._retrieval(latency))
-        llm_calls, tool_calls = rng.randint(1, 3), rng.randint(0, 3)
+        planned, tool_calls = rng.randint(1, 3), rng.randint(0, 3)
+        # A looping agent goes round its planned calls again: each call is drawn as one of
+        # them (same step, same context size), so a call costs what it did.
+        llm_calls = max(1, round(planned * calls_factor))
         # Agents alternate thinking and acting: llm, tool, llm, tool, ... then what is left.
         for n in range(max(llm_calls, tool_calls)):
             if n < llm_calls:
-                steps.append(self._llm(agent, n, latency))
+                steps.append(self._llm(agent, n % planned, latency))
             if n < tool_calls:
                 steps.append(self._tool(agent, latency))
         return tuple(steps)

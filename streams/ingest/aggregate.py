@@ -10,6 +10,22 @@ tokens and cost add up over every span; quality over every span that carries a s
 cost moments (``cost_count`` and the sums) run over *priced* spans: those with a reported
 cost or with tokens to price.
 
+**Cost per request.** A request's cost total is the sum of the priced costs of the spans of
+its trace that arrive in the same Kafka message as its request span (:func:`request_costs`).
+The SDK holds a request's spans until the request ends and sends them in one message
+(:mod:`streams.sdk.batching`), so normally that is the whole request. Spans of the trace that
+arrive in another message (a request with more spans than a message holds, spans held past
+the SDK's hold time, producers that send spans one by one) still count in the per-span sums
+but in no request's total; a request whose message holds no priced span of its trace is not
+a priced request. The total counts once, in the window and row of the request span, in
+``request_cost_count`` and the ``request_*`` sums; when a message holds several request spans
+of one trace (a nested agent invocation, a span sent twice), of the last of them: the trace's
+root, which ends last and which the SDK puts after its children. The rule reads only what
+is fixed once a message is on its partition, the spans it carries, so a replay after a crash
+assembles the same totals; only stored spans count (a duplicate of a span stored from
+another message counts where it is stored), so SQL recomputes the totals from
+``coalmine.spans`` by grouping on (``kafka_partition``, ``kafka_offset``, ``trace_id``).
+
 **When a window is emitted.** A window closes ``allowed_lateness_s`` after its end, by the
 worker's clock; its row is emitted at the first :meth:`WindowAggregator.due` call after that.
 A span that arrives for a window already emitted is still stored and is counted in a
@@ -44,7 +60,7 @@ from schemas.window_stats import (
     WindowStats,
     latency_bucket_index,
 )
-from streams.ingest.route import SpanRow
+from streams.ingest.route import Owner, SpanRow, position
 
 T = TypeVar("T")
 
@@ -63,6 +79,22 @@ def is_priced(row: SpanRow) -> bool:
     if source == "reported":
         return True
     return source == "price_table" and bool(row.input_tokens or row.output_tokens)
+
+
+def request_costs(rows: Iterable[SpanRow]) -> dict[Owner, float]:
+    """The cost totals of the priced requests among the rows of whole messages, keyed by the
+    position of the request span each is counted with (the module's rule)."""
+    heads: dict[tuple[int, int, str], Owner] = {}
+    totals: dict[tuple[int, int, str], float] = {}
+    for row in rows:
+        group = (row.kafka_partition, row.kafka_offset, row.trace_id)
+        if row.kind == "request":
+            head = heads.get(group)
+            if head is None or row.kafka_index > head[2]:
+                heads[group] = position(row)
+        if is_priced(row):
+            totals[group] = totals.get(group, 0.0) + float(row.cost_usd)
+    return {heads[group]: total for group, total in totals.items() if group in heads}
 
 
 @dataclass(slots=True)
@@ -84,17 +116,28 @@ class WindowAccumulator:
     cost_sumsq: float = 0.0
     log_cost_sum: float = 0.0
     log_cost_sumsq: float = 0.0
+    request_cost_count: int = 0
+    request_cost_sum: float = 0.0
+    request_log_cost_sum: float = 0.0
+    request_log_cost_sumsq: float = 0.0
     quality_count: int = 0
     quality_sum: float = 0.0
     quality_sumsq: float = 0.0
     latency_sum_ms: float = 0.0
     latency_buckets: list[int] = field(default_factory=lambda: [0] * LATENCY_BUCKET_COUNT)
 
-    def add(self, row: SpanRow) -> None:
-        """Count one span row."""
+    def add(self, row: SpanRow, request_cost: float | None = None) -> None:
+        """Count one span row; ``request_cost``: the cost total of the priced request a
+        request row is counted with (:func:`request_costs`)."""
         kind = row.kind
         failed = row.status == "error"
         if kind == "request":
+            if request_cost is not None:
+                log_total = math.log(request_cost + LOG_COST_EPSILON_USD)
+                self.request_cost_count += 1
+                self.request_cost_sum += request_cost
+                self.request_log_cost_sum += log_total
+                self.request_log_cost_sumsq += log_total * log_total
             self.requests += 1
             self.errors += failed
             duration = float(row.duration_ms)
@@ -151,6 +194,10 @@ class WindowAccumulator:
             cost_sumsq=self.cost_sumsq,
             log_cost_sum=self.log_cost_sum,
             log_cost_sumsq=self.log_cost_sumsq,
+            request_cost_count=self.request_cost_count,
+            request_cost_sum=self.request_cost_sum,
+            request_log_cost_sum=self.request_log_cost_sum,
+            request_log_cost_sumsq=self.request_log_cost_sumsq,
             quality_count=self.quality_count,
             quality_sum=self.quality_sum,
             quality_sumsq=self.quality_sumsq,
@@ -259,8 +306,18 @@ class WindowAggregator(Generic[T]):
         """Per window, one past the last offset the partition's stored rows count."""
         self._coverage[partition] = dict(stored_until)
 
-    def add(self, partition: int, offset: int, row: SpanRow, token: T, now: float) -> bool:
-        """Count a stored span row; returns whether ``token`` is held until its row is stored.
+    def add(
+        self,
+        partition: int,
+        offset: int,
+        row: SpanRow,
+        token: T,
+        now: float,
+        *,
+        request_cost: float | None = None,
+    ) -> bool:
+        """Count a stored span row (with ``request_cost`` as in :meth:`WindowAccumulator.add`);
+        returns whether ``token`` is held until its row is stored.
 
         A span at or below its window's stored coverage was counted before a crash and is
         not held. Messages of a partition must come in offset order, and the spans of one
@@ -280,7 +337,7 @@ class WindowAggregator(Generic[T]):
             pending = windows[key] = _Pending(
                 WindowAccumulator(), offset, row.kafka_index, offset + 1, late, due_at
             )
-        pending.sums.add(row)
+        pending.sums.add(row, request_cost)
         pending.offset_until = offset + 1
         tokens = pending.tokens
         if not tokens or tokens[-1][0] != offset:  # the message's first span in this window

@@ -21,8 +21,14 @@ from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
 from schemas.topics import LATE_HEADER
-from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow, partitions_of
-from streams.ingest.route import MessagePosition, SpanRow, message_position
+from streams.ingest.aggregate import (
+    WindowAggregator,
+    WindowKey,
+    WindowRow,
+    partitions_of,
+    request_costs,
+)
+from streams.ingest.route import MessagePosition, SpanRow, message_position, position
 from streams.runtime.processor import Retrier, TopicWriter
 
 T = TypeVar("T")
@@ -82,7 +88,9 @@ class StreamWindows(Generic[T]):
 
         The rows are counted without a pause (no ``await``), so no window is emitted between
         two spans of one message: a row counting a message counts all of its spans in that
-        window, and coverage by offset stays exact for messages of many spans."""
+        window, and coverage by offset stays exact for messages of many spans. The rows hold
+        whole messages (those of their spans that are stored), so each request's cost total
+        is assembled here (:func:`~streams.ingest.aggregate.request_costs`)."""
         aggregator = self._aggregator
         unloaded = {
             p: o for p, o in partitions_of(tokens).items() if not aggregator.has_coverage(p)
@@ -101,10 +109,12 @@ class StreamWindows(Generic[T]):
             return None
         now = self._clock()
         held: set[MessagePosition] = set()
+        costs = request_costs(rows)
         for row in rows:
-            position = message_position(row)
-            if aggregator.add(position[0], position[1], row, tokens[position], now):
-                held.add(position)
+            message = message_position(row)
+            cost = costs.get(position(row)) if row.kind == "request" else None
+            if aggregator.add(message[0], message[1], row, tokens[message], now, request_cost=cost):
+                held.add(message)
         self.counters.open_windows = aggregator.open_windows
         return [token for position, token in tokens.items() if position not in held]
 

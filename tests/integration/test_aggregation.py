@@ -16,7 +16,12 @@ import numpy as np
 import pytest
 
 from schemas.topics import DLQ_REASON, LATE_HEADER, TRACES_DLQ, VERSION_STATS
-from schemas.window_stats import QUANTILE_MAX_RELATIVE_ERROR, WindowStats, latency_histogram
+from schemas.window_stats import (
+    QUANTILE_MAX_RELATIVE_ERROR,
+    WindowStats,
+    latency_histogram,
+    log_cost,
+)
 from streams.devtools.worker_process import WorkerProcess
 from streams.sdk import BatchLimits, KafkaPublisher, Tracer
 from streams.settings import Settings
@@ -35,6 +40,11 @@ pytestmark = pytest.mark.integration
 WINDOW_S = 2
 LATENESS_S = 1.0
 
+# Which spans have a cost: streams/ingest/aggregate.py `is_priced`.
+PRICED = (
+    "(cost_source = 'reported' "
+    "OR (cost_source = 'price_table' AND input_tokens + output_tokens > 0))"
+)
 # Per (agent, version, window): the aggregate recomputed from the stored spans, with the
 # rules of streams/ingest/aggregate.py written again in SQL.
 FROM_SPANS = f"""
@@ -50,8 +60,7 @@ SELECT agent, version,
        countIf(kind = 'guardrail' AND status = 'error'),
        sum(input_tokens),
        sum(output_tokens),
-       countIf(cost_source = 'reported'
-               OR (cost_source = 'price_table' AND input_tokens + output_tokens > 0)),
+       countIf({PRICED}),
        sum(cost_usd),
        countIf(quality_score IS NOT NULL),
        sum(ifNull(quality_score, 0)),
@@ -66,6 +75,36 @@ SELECT agent, version, toUnixTimestamp(window_start) AS w,
        sum(quality_count), sum(quality_sum), sum(latency_sum_ms)
 FROM coalmine.version_stats GROUP BY agent, version, w
 """
+# Per window: the priced requests' cost totals recomputed from the stored spans, with the
+# rule of streams/ingest/aggregate.py: a request's total is the priced cost of its trace's
+# spans in its own Kafka message, counted in the window of its (last) request span.
+REQUEST_COSTS_FROM_SPANS = f"""
+SELECT agent, version,
+       toUnixTimestamp(toStartOfInterval(request_end, toIntervalSecond({WINDOW_S}))) AS w,
+       count(), sum(total), sum(log(total + 1e-6)), sum(pow(log(total + 1e-6), 2))
+FROM (
+    SELECT argMaxIf(agent, kafka_index, kind = 'request') AS agent,
+           argMaxIf(version, kafka_index, kind = 'request') AS version,
+           argMaxIf(end_time, kafka_index, kind = 'request') AS request_end,
+           sumIf(cost_usd, {PRICED}) AS total
+    FROM coalmine.spans
+    GROUP BY kafka_partition, kafka_offset, trace_id
+    HAVING countIf(kind = 'request') > 0 AND countIf({PRICED}) > 0
+)
+GROUP BY agent, version, w
+"""
+REQUEST_COSTS_FROM_VERSION_STATS = """
+SELECT agent, version, toUnixTimestamp(window_start) AS w,
+       sum(request_cost_count), sum(request_cost_sum), sum(request_log_cost_sum),
+       sum(request_log_cost_sumsq)
+FROM coalmine.version_stats GROUP BY agent, version, w
+"""
+REQUEST_MEASURES = [
+    "request_cost_count",
+    "request_cost_sum",
+    "request_log_cost_sum",
+    "request_log_cost_sumsq",
+]
 MEASURES = [
     "requests",
     "errors",
@@ -100,14 +139,19 @@ def windowed_worker(kafka_settings: Settings, tmp_path: Path) -> Iterator[Worker
         yield worker
 
 
-def by_window(rows: list[Any]) -> dict[tuple[str, str, int], dict[str, float]]:
+Window = tuple[str, str, int]
+
+
+def by_window(rows: list[Any], measures: list[str] = MEASURES) -> dict[Window, dict[str, float]]:
     return {
-        (agent, version, int(w)): dict(zip(MEASURES, map(float, values), strict=True))
+        (agent, version, int(w)): dict(zip(measures, map(float, values), strict=True))
         for agent, version, w, *values in rows
     }
 
 
-def assert_aggregates_match_the_spans(worker: WorkerProcess) -> None:
+def assert_aggregates_match_the_spans(worker: WorkerProcess) -> dict[str, float]:
+    """Every window's measures, per span and per request, against the spans; returns the
+    totals over all windows."""
     expected = by_window(worker.sql(FROM_SPANS))
     stored = by_window(worker.sql(FROM_VERSION_STATS))
     assert stored.keys() == expected.keys()
@@ -115,6 +159,13 @@ def assert_aggregates_match_the_spans(worker: WorkerProcess) -> None:
         for name, value in measures.items():
             # quality_score is stored as Float32: its sum over spans differs in the 7th digit
             assert stored[key][name] == pytest.approx(value, rel=1e-6, abs=1e-9), (key, name)
+    per_request = by_window(worker.sql(REQUEST_COSTS_FROM_SPANS), REQUEST_MEASURES)
+    stored_per_request = by_window(worker.sql(REQUEST_COSTS_FROM_VERSION_STATS), REQUEST_MEASURES)
+    assert per_request.keys() <= stored_per_request.keys()
+    none = dict.fromkeys(REQUEST_MEASURES, 0.0)
+    for key, measures in stored_per_request.items():
+        for name, value in per_request.get(key, none).items():
+            assert measures[name] == pytest.approx(value, rel=1e-9, abs=1e-9), (key, name)
     durations: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     for agent, version, w, duration in worker.sql(
         f"SELECT agent, version, toUnixTimestamp(toStartOfInterval(end_time, "
@@ -127,6 +178,8 @@ def assert_aggregates_match_the_spans(worker: WorkerProcess) -> None:
     )
     for agent, version, w, buckets in histograms:
         assert list(buckets) == latency_histogram(durations[(agent, version, int(w))])
+    windows = [*stored.values(), *stored_per_request.values()]
+    return {name: sum(w.get(name, 0.0) for w in windows) for name in [*MEASURES, *REQUEST_MEASURES]}
 
 
 def traced_stream(tracer: Tracer, rng: random.Random, count: int) -> None:
@@ -143,6 +196,13 @@ def traced_stream(tracer: Tracer, rng: random.Random, count: int) -> None:
                 cost_usd=rng.choice([None, round(rng.uniform(0.0001, 0.01), 6)]),
             )
             llm.end(end_time=start + (end - start) / 2)
+            if rng.random() < 0.05:  # the agent loops: sometimes past what a message holds
+                for _ in range(rng.randint(2, 60)):
+                    again = request.llm(
+                        "retry", provider="openai", model="gpt-4o-mini", start_time=start
+                    )
+                    again.set_usage(input_tokens=rng.randint(50, 900), output_tokens=9)
+                    again.end(end_time=start + (end - start) / 2)
             tool = request.tool("search", tool_name="web_search", start_time=start)
             if rng.random() < 0.1:
                 tool.set_error("TimeoutError", "search timed out")
@@ -162,7 +222,9 @@ def test_window_aggregates_equal_the_spans_after_sigkills(
     kafka_settings: Settings, tmp_path: Path, spans_per_message: int
 ) -> None:
     """Batched: a message's spans fall in several windows (stragglers, cross-request
-    batches), so its acknowledgement waits for the rows of all of them."""
+    batches), so its acknowledgement waits for the rows of all of them; a request's spans
+    come together, but a looping one's spans beyond a message go in earlier messages. One
+    span per message: no request's spans arrive with it, so none has a cost total."""
     settings = windowed_settings(kafka_settings, tmp_path)
     ensure_topics(settings)
     publisher = KafkaPublisher.from_settings(
@@ -185,7 +247,12 @@ def test_window_aggregates_equal_the_spans_after_sigkills(
         requests = worker.scalar("SELECT countIf(kind = 'request') FROM coalmine.spans")
         counted = "SELECT sum(requests) FROM coalmine.version_stats"
         assert wait_for(worker, counted, requests, timeout_s=60) == requests
-        assert_aggregates_match_the_spans(worker)
+        totals = assert_aggregates_match_the_spans(worker)
+        if spans_per_message == 1:
+            assert totals["request_cost_count"] == 0
+        else:
+            assert 0 < totals["request_cost_count"] <= requests
+            assert totals["request_cost_sum"] < totals["cost_sum"]  # the loops' first spans
         assert worker.scalar("SELECT countIf(late) FROM coalmine.version_stats") > 0
         assert worker.stop() == 0, worker.log_tail()
     publisher.close(5)
@@ -270,6 +337,21 @@ def test_version_summary_equals_the_traffic_the_sdk_sent(windowed_worker: Worker
             true = float(np.quantile(facts["latency_ms"], q, method="inverted_cdf"))
             estimate = row[f"latency_p{round(q * 100)}_ms"]
             assert abs(estimate / true - 1) <= QUANTILE_MAX_RELATIVE_ERROR, (version, q)
+    # The SDK sends each request's spans together: every request is priced with its one llm
+    # call, and the judge's cost per request agrees with the summary's.
+    per_request = windowed_worker.sql(
+        "SELECT version, sum(request_cost_count), sum(request_cost_sum), "
+        "sum(request_log_cost_sum) FROM coalmine.version_stats WHERE agent = 'support-bot' "
+        "GROUP BY version ORDER BY version"
+    )
+    cost_column = columns.split(", ").index("cost_per_request_usd")
+    summary_cost = {row[0]: row[cost_column] for row in summary}
+    for version, count, total, log_total in per_request:
+        costs = sent[version]["cost"]
+        assert count == len(costs)
+        assert total == pytest.approx(sum(costs), rel=1e-9)
+        assert log_total == pytest.approx(sum(log_cost(c) for c in costs), rel=1e-9)
+        assert summary_cost[version] == pytest.approx(total / count, rel=1e-9)
     publisher.close(5)
 
 

@@ -114,6 +114,7 @@ def make_part(
     latency = rng.lognormal(5.5, 1.0, requests) * slowdown
     error = rng.random(requests) < error_rate
     cost = rng.lognormal(-6.0, 0.8, rng.integers(0, 2 * requests + 1))
+    request_cost = rng.lognormal(-5.3, 0.8, rng.binomial(requests, 0.9))
     quality = rng.random(rng.binomial(requests, 0.8))
     tasks = rng.random(rng.binomial(requests, 0.9)) < 0.85
     tool_calls = int(rng.integers(0, 3 * requests + 1))
@@ -126,6 +127,7 @@ def make_part(
         latency_ms=latency,
         error=error,
         cost_usd=cost,
+        request_cost_usd=request_cost,
         quality=quality,
         task_completed=tasks,
         tool_calls=tool_calls,

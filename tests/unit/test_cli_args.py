@@ -41,6 +41,7 @@ BAD_ARGUMENTS = [
     (["generate", "--canary-latency-factor", "inf"], "'inf' is not a finite number"),
     (["generate", "--canary-latency-factor", "0"], "'0' must be positive and at most 100"),
     (["generate", "--canary-quality-delta", "-2"], "'-2' must be between -1 and 1"),
+    (["generate", "--canary-llm-calls-factor", "11"], "'11' must be positive and at most 10"),
 ]
 
 
@@ -64,6 +65,7 @@ def test_bad_numbers_are_refused_in_one_line(
         (["bench", "ingest", "--events", "1"], "events", 1),
         (["generate", "--canary-share", "1"], "canary_share", 1.0),
         (["generate", "--canary-quality-delta", "-1"], "canary_quality_delta", -1.0),
+        (["generate", "--canary-llm-calls-factor", "2"], "canary_llm_calls_factor", 2.0),
     ],
 )
 def test_values_in_range_are_accepted(argv: list[str], attribute: str, value: object) -> None:
@@ -79,6 +81,7 @@ def test_values_in_range_are_accepted(argv: list[str], attribute: str, value: ob
         {"canary_share": float("nan")},
         {"canary_latency_factor": float("inf")},
         {"canary_quality_delta": float("nan")},
+        {"canary_llm_calls_factor": float("nan")},
     ],
 )
 def test_traffic_plans_refuse_nan_and_infinity(plan: dict[str, float]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -19,6 +20,7 @@ from schemas.window_stats import (
     LOG_COST_EPSILON_USD,
     MERGED_SOURCE,
     QUANTILE_MAX_RELATIVE_ERROR,
+    SUM_FIELDS,
     WindowStats,
     bucket_lower_ms,
     bucket_upper_ms,
@@ -30,15 +32,6 @@ from schemas.window_stats import (
 )
 
 START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
-_FLOAT_FIELDS = (
-    "cost_sum",
-    "cost_sumsq",
-    "log_cost_sum",
-    "log_cost_sumsq",
-    "quality_sum",
-    "quality_sumsq",
-    "latency_sum_ms",
-)
 
 
 @st.composite
@@ -46,7 +39,8 @@ def partials(draw: st.DrawFn, source: str | None = None) -> WindowStats:
     """A consistent partial of one fixed window, as a worker would emit it."""
     latencies = draw(st.lists(st.floats(0.0, 2e6, allow_nan=False), max_size=30))
     requests = len(latencies)
-    costs = draw(st.lists(st.floats(0.0, 50.0), max_size=requests))
+    costs = draw(st.lists(st.floats(0.0, 50.0), max_size=2 * requests))
+    request_costs = draw(st.lists(st.floats(0.0, 100.0), max_size=requests))
     scores = draw(st.lists(st.floats(0.0, 1.0), max_size=20))
     attempted = draw(st.integers(0, 40))
     tool_calls = draw(st.integers(0, 40))
@@ -59,6 +53,7 @@ def partials(draw: st.DrawFn, source: str | None = None) -> WindowStats:
         latency_ms=latencies,
         error=[draw(st.booleans()) for _ in range(requests)],
         cost_usd=costs,
+        request_cost_usd=request_costs,
         quality=scores,
         task_completed=[draw(st.booleans()) for _ in range(attempted)],
         tool_calls=tool_calls,
@@ -73,7 +68,7 @@ def partials(draw: st.DrawFn, source: str | None = None) -> WindowStats:
 def assert_same(a: WindowStats, b: WindowStats) -> None:
     """Equal: integer fields exactly, float sums up to rounding."""
     da, db = a.model_dump(), b.model_dump()
-    for name in _FLOAT_FIELDS:
+    for name in SUM_FIELDS:
         assert math.isclose(da.pop(name), db.pop(name), rel_tol=1e-12, abs_tol=1e-9), name
     assert da == db
 
@@ -106,7 +101,29 @@ def test_merge_adds_counts_and_combines_sources(a: WindowStats, b: WindowStats) 
     assert merged.requests == a.requests + b.requests == sum(merged.latency_buckets)
     assert merged.errors == a.errors + b.errors
     assert merged.quality_count == a.quality_count + b.quality_count
+    assert merged.request_cost_count == a.request_cost_count + b.request_cost_count
+    assert merged.request_log_cost_sum == pytest.approx(
+        a.request_log_cost_sum + b.request_log_cost_sum, rel=1e-12, abs=1e-9
+    )
     assert a.merge(a).source == "w1"
+
+
+@settings(max_examples=50, deadline=None)
+@given(partials(source="w1"), partials(source="w2"))
+def test_a_partial_from_before_the_per_request_fields_still_reads_and_merges(
+    a: WindowStats, b: WindowStats
+) -> None:
+    """A record on the topic, or a row read back, written before ``request_cost_*``."""
+    record = a.model_dump(mode="json")
+    per_request = [name for name in record if name.startswith("request_")]
+    assert len(per_request) == 4
+    old = WindowStats.model_validate_json(
+        json.dumps({k: record[k] for k in record.keys() - set(per_request)})
+    )
+    assert (old.request_cost_count, old.request_log_cost_sum) == (0, 0.0)
+    merged = old.merge(b)
+    assert merged.request_cost_count == b.request_cost_count
+    assert merged.cost_count == a.cost_count + b.cost_count
 
 
 def test_merge_refuses_other_windows_and_versions() -> None:
@@ -186,7 +203,8 @@ def test_from_arrays_sums() -> None:
         source="sim",
         latency_ms=[10.0, 20.0, 3000.0],
         error=[False, True, False],
-        cost_usd=[0.0, 0.5],
+        cost_usd=[0.0, 0.5, 0.25],
+        request_cost_usd=[0.75],
         quality=[0.5, 1.0],
         task_completed=[True, False, True],
     )
@@ -196,10 +214,16 @@ def test_from_arrays_sums() -> None:
         3,
         2,
     )
-    assert stats.cost_count == 2
-    assert stats.cost_sum == pytest.approx(0.5)
-    assert stats.cost_sumsq == pytest.approx(0.25)
-    assert stats.log_cost_sum == pytest.approx(math.log(LOG_COST_EPSILON_USD) + log_cost(0.5))
+    assert stats.cost_count == 3
+    assert stats.cost_sum == pytest.approx(0.75)
+    assert stats.cost_sumsq == pytest.approx(0.3125)
+    assert stats.log_cost_sum == pytest.approx(
+        math.log(LOG_COST_EPSILON_USD) + log_cost(0.5) + log_cost(0.25)
+    )
+    assert stats.request_cost_count == 1
+    assert stats.request_cost_sum == pytest.approx(0.75)
+    assert stats.request_log_cost_sum == pytest.approx(log_cost(0.75))
+    assert stats.request_log_cost_sumsq == pytest.approx(log_cost(0.75) ** 2)
     assert stats.quality_sumsq == pytest.approx(1.25)
     assert stats.latency_sum_ms == pytest.approx(3030.0)
     assert stats.latency_buckets[latency_bucket_index(3000.0)] == 1
@@ -231,6 +255,9 @@ def _valid(**changes: object) -> dict[str, object]:
         {"cost_sum": math.nan},
         {"cost_sum": math.inf},
         {"cost_sum": 1.0},
+        {"request_cost_count": 3},
+        {"request_log_cost_sum": -13.8},
+        {"request_cost_count": 1, "request_cost_sum": -1.0},
         {"quality_count": 1, "quality_sum": 2.0},
         {"tasks_attempted": 1, "tasks_completed": 2},
         {"tool_calls": 1, "tool_errors": 2},

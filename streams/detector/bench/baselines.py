@@ -60,7 +60,6 @@ _FIELDS = (
     "tasks_completed",
     "tool_calls",
     "tool_errors",
-    "cost_count",
     "cost_sum",
     "quality_count",
     "quality_sum",
@@ -81,7 +80,7 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 def minute_values(sums: FloatArray, buckets: npt.NDArray[np.int64]) -> FloatArray:
     """The :data:`METRICS` of one arm's minute (NaN where the minute has no data)."""
-    req, err, att, comp, tools, tool_err, n_cost, cost, n_q, q = (float(x) for x in sums)
+    req, err, att, comp, tools, tool_err, cost, n_q, q = (float(x) for x in sums)
     has_requests = int(buckets.sum()) > 0
     return np.array(
         [
@@ -90,7 +89,7 @@ def minute_values(sums: FloatArray, buckets: npt.NDArray[np.int64]) -> FloatArra
             _ratio(tool_err, tools),
             quantile_from_buckets(buckets.tolist(), 0.95) if has_requests else math.nan,
             quantile_from_buckets(buckets.tolist(), 0.99) if has_requests else math.nan,
-            _ratio(cost, n_cost),
+            _ratio(cost, req),  # every span's cost over the requests, as a dashboard shows
             1.0 - _ratio(q, n_q),
         ]
     )

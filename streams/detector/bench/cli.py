@@ -13,7 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from streams.detector.bench.plot import write_plot
-from streams.detector.bench.report import markdown_table, targets_table, write_json
+from streams.detector.bench.report import (
+    loop_comparison,
+    markdown_table,
+    targets_table,
+    write_json,
+)
 from streams.detector.bench.runner import CANARY_JUDGES, DEFAULT_SEED, DRIFT_JUDGES, run_grid
 from streams.detector.bench.scenarios import Scenario, build_grid
 from streams.detector.bench.summary import Row
@@ -46,6 +51,10 @@ def execute(
     out("")
     out("Targets (issue 3) for Coalmine's judges:")
     out(targets_table(rows))
+    loop = loop_comparison(rows)
+    if loop is not None:
+        out("")
+        out(loop)
     out("")
     out(f"total {time.monotonic() - started:.0f} s")
     if json_path is not None:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.detector.bench.runner import PER_SPAN_COST
+from streams.detector.bench.scenarios import LOOP_SCENARIO
 from streams.detector.bench.summary import Row
 
 DAY_S = 86_400.0
@@ -127,6 +129,24 @@ def targets_table(rows: Sequence[Row]) -> str:
             f"| {sign} {_fmt_target(target.what, target.limit)} | {'yes' if met else 'NO'} |"
         )
     return "\n".join(lines)
+
+
+def loop_comparison(rows: Sequence[Row]) -> str | None:
+    """What judging cost per request catches, from the loop scenario's rows: the judge
+    against itself reading cost per span, on the same streams (None without those rows)."""
+    index = {(row.detector, row.scenario): row for row in rows}
+    per_request = index.get(("coalmine", LOOP_SCENARIO))
+    per_span = index.get((PER_SPAN_COST, LOOP_SCENARIO))
+    if per_request is None or per_span is None:
+        return None
+    passed = round(per_span.pass_rate * per_span.runs)
+    return (
+        f"{LOOP_SCENARIO} (2x llm calls per request, same price per call): cost judged per "
+        f"request rolled back {per_request.alarms}/{per_request.runs} canaries, median delay "
+        f"{fmt_duration(per_request.delay_median_s)} (p90 "
+        f"{fmt_duration(per_request.delay_p90_s)}); the same judge reading cost per span "
+        f"rolled back {per_span.alarms}/{per_span.runs} and passed {passed}/{per_span.runs}."
+    )
 
 
 def write_json(rows: Sequence[Row], path: Path) -> None:

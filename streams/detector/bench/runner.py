@@ -73,8 +73,38 @@ class DriftAdapter:
         return self._detector.observe(canary, now)
 
 
+class PerSpanCost:
+    """The judge as it read cost before it judged cost per request: its per-request cost
+    sums replaced by the per-span ones (the mean log cost of a priced span)."""
+
+    def __init__(self, judge: Observer) -> None:
+        self._judge = judge
+
+    def observe(
+        self, baseline: WindowStats | None, canary: WindowStats | None, now: datetime
+    ) -> Verdicted:
+        return self._judge.observe(per_span_cost(baseline), per_span_cost(canary), now)
+
+
+def per_span_cost(stats: WindowStats | None) -> WindowStats | None:
+    if stats is None:
+        return None
+    return stats.model_copy(
+        update={
+            "request_cost_count": stats.cost_count,
+            "request_cost_sum": stats.cost_sum,
+            "request_log_cost_sum": stats.log_cost_sum,
+            "request_log_cost_sumsq": stats.log_cost_sumsq,
+        }
+    )
+
+
+PER_SPAN_COST = "coalmine-per-span-cost"
+"""Coalmine's judge reading cost per span: run on the loop scenario only, beside the judge,
+to show what judging cost per request catches."""
 CANARY_JUDGES: Mapping[str, Callable[[], Observer]] = {
     "coalmine": CanaryJudge,
+    PER_SPAN_COST: lambda: PerSpanCost(CanaryJudge()),
     "kayenta": KayentaJudge,
     "flagger": FlaggerJudge,
     "flagger-abs": lambda: FlaggerJudge(FlaggerConfig(relative_factor=None)),
@@ -93,7 +123,8 @@ ROLLBACK_ONLY = frozenset({Verdict.ROLLBACK})
 def judges_for(scenario: Scenario, names: Sequence[str]) -> list[str]:
     """The judges among ``names`` that apply to ``scenario``."""
     pool = DRIFT_JUDGES if scenario.single_version else CANARY_JUDGES
-    return [name for name in names if name in pool]
+    loops = scenario.regression.llm_calls_per_request is not None
+    return [name for name in names if name in pool and (loops or name != PER_SPAN_COST)]
 
 
 def make_judge(name: str) -> Observer:

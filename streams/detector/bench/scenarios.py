@@ -7,8 +7,9 @@ windows, a 1 h horizon (regressions run one hour past their onset).
 
 Nominal traffic of one version (:class:`Traffic`): 1 % errors, 90 % of tasks completed,
 two tool calls per request with 2 % tool errors, lognormal latency with median 1.5 s and
-log-sd 0.5 (p99 ≈ 4.8 s), lognormal cost per request with median $0.01 and log-sd 0.8, and a
-Beta quality score with mean 0.80 and concentration a + b = 10 (sd ≈ 0.12) on every request.
+log-sd 0.5 (p99 ≈ 4.8 s), one llm call per request with a lognormal cost of median $0.01 and
+log-sd 0.8 (a request costs the sum of its calls), and a Beta quality score with mean 0.80
+and concentration a + b = 10 (sd ≈ 0.12) on every request.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ Z_99 = 2.3263478740408408
 HEADLINE_RPS = 100.0
 HEADLINE_SHARE = 0.10
 HOUR_S = 3600.0
+LOOP_SCENARIO = "llm-calls-x2"
+"""The canary loops into twice the llm calls per request, each at the same price: a cost
+regression per request that the cost of a span does not show."""
 
 
 class Family(StrEnum):
@@ -51,9 +55,15 @@ class Traffic:
     latency_median_ms: float = 1500.0
     latency_sigma: float = 0.5
     cost_median_usd: float = 0.01
+    """Median cost of one llm call."""
     cost_sigma: float = 0.8
+    llm_calls_per_request: int = 1
     quality_mean: float = 0.80
     quality_concentration: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.llm_calls_per_request < 1:
+            raise ValueError("llm_calls_per_request must be at least 1")
 
     @property
     def latency_mu(self) -> float:
@@ -73,7 +83,8 @@ class Regression:
     ``latency_factor`` multiplies every latency, or with ``latency_tail_only`` widens the
     log-scale spread so that p99 is multiplied by the factor while the median stays (p95 then
     moves by factor^0.71). ``cost_factor`` multiplies every cost (the median and the mean).
-    ``error_rate`` replaces the error rate; deltas add to the quality mean and task completion.
+    ``error_rate`` and ``llm_calls_per_request`` (an agent looping into more calls, each at
+    the same price) replace the baseline's; deltas add to the quality mean and task completion.
     """
 
     error_rate: float | None = None
@@ -82,6 +93,7 @@ class Regression:
     cost_factor: float = 1.0
     quality_delta: float = 0.0
     completion_delta: float = 0.0
+    llm_calls_per_request: int | None = None
 
     def apply(self, traffic: Traffic) -> Traffic:
         """The canary's traffic once the regression is active."""
@@ -97,6 +109,9 @@ class Regression:
             latency_median_ms=median,
             latency_sigma=sigma,
             cost_median_usd=traffic.cost_median_usd * self.cost_factor,
+            llm_calls_per_request=traffic.llm_calls_per_request
+            if self.llm_calls_per_request is None
+            else self.llm_calls_per_request,
             quality_mean=traffic.quality_mean + self.quality_delta,
             task_completion=traffic.task_completion + self.completion_delta,
         )
@@ -176,6 +191,11 @@ def _regressions() -> list[tuple[str, Regression, str]]:
             "latency p99 x1.5, median unchanged",
         ),
         ("cost+30pct", Regression(cost_factor=1.3), "cost per request +30%"),
+        (
+            LOOP_SCENARIO,
+            Regression(llm_calls_per_request=2),
+            "2x llm calls per request, same price per call",
+        ),
         ("quality-0.05", Regression(quality_delta=-0.05), "quality mean 0.80 -> 0.75"),
         ("completion-5pt", Regression(completion_delta=-0.05), "task completion 90% -> 85%"),
     ]

@@ -2,8 +2,9 @@
 
 Each request draws its own outcome (numpy, vectorised per window), so the windows are exact
 aggregates of simulated requests: error ~ Bernoulli(p), task completed ~ Bernoulli(0.9),
-2 tool calls with 2 % errors, lognormal latency (median 1.5 s, log-sd 0.5), lognormal cost
-(median $0.01, log-sd 0.8), Beta(8, 2) quality.
+2 tool calls with 2 % errors, lognormal latency (median 1.5 s, log-sd 0.5), one llm call per
+request (``llm_calls_per_request``) each with a lognormal cost (median $0.01, log-sd 0.8), a
+request costing the sum of its calls, Beta(8, 2) quality.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Arm:
     latency_factor: float = 1.0
     cost_factor: float = 1.0
     quality_shift: float = 0.0
+    llm_calls_per_request: int = 1
 
 
 def window_start(i: int) -> datetime:
@@ -46,9 +48,13 @@ def window(
     """Window ``i`` of ``version`` with Poisson(``requests``) requests behaving like ``arm``."""
     n = int(rng.poisson(requests))
     latency = np.exp(rng.normal(math.log(1500.0 * arm.latency_factor), 0.5, size=n))
-    cost = np.exp(rng.normal(math.log(0.01 * arm.cost_factor), 0.8, size=n))
+    calls = arm.llm_calls_per_request
+    call_costs = np.exp(rng.normal(math.log(0.01 * arm.cost_factor), 0.8, size=(n, calls)))
     quality = np.clip(rng.beta(8.0, 2.0, size=n) + arm.quality_shift, 0.0, 1.0)
-    log_costs = np.array([log_cost(c) for c in cost]) if n < 64 else np.log(cost + 1e-6)
+    cost = call_costs.ravel()
+    log_costs = _log_costs(cost)
+    totals = call_costs.sum(axis=1)
+    log_totals = _log_costs(totals)
     tool_calls = int(rng.poisson(2.0 * n))
     return WindowStats(
         agent="agent",
@@ -62,15 +68,23 @@ def window(
         tasks_completed=int(rng.binomial(n, 0.9)),
         tool_calls=tool_calls,
         tool_errors=int(rng.binomial(tool_calls, 0.02)),
-        llm_calls=n,
-        cost_count=n,
+        llm_calls=n * calls,
+        cost_count=n * calls,
         cost_sum=float(cost.sum()),
         cost_sumsq=float(np.square(cost).sum()),
         log_cost_sum=float(log_costs.sum()),
         log_cost_sumsq=float(np.square(log_costs).sum()),
+        request_cost_count=n,
+        request_cost_sum=float(totals.sum()),
+        request_log_cost_sum=float(log_totals.sum()),
+        request_log_cost_sumsq=float(np.square(log_totals).sum()),
         quality_count=n,
         quality_sum=float(quality.sum()),
         quality_sumsq=float(np.square(quality).sum()),
         latency_sum_ms=float(latency.sum()),
         latency_buckets=latency_histogram(latency),
     )
+
+
+def _log_costs(cost: np.ndarray) -> np.ndarray:
+    return np.array([log_cost(c) for c in cost]) if cost.size < 64 else np.log(cost + 1e-6)

@@ -35,8 +35,20 @@ from streams.detector.bench.baselines import (
     hodges_lehmann_interval,
     minute_values,
 )
-from streams.detector.bench.runner import Observer, run_judge, stream_windows
-from streams.detector.bench.scenarios import Family, Regression, Scenario, build_grid
+from streams.detector.bench.runner import (
+    PER_SPAN_COST,
+    Observer,
+    per_span_cost,
+    run_judge,
+    stream_windows,
+)
+from streams.detector.bench.scenarios import (
+    LOOP_SCENARIO,
+    Family,
+    Regression,
+    Scenario,
+    build_grid,
+)
 from streams.detector.bench.simulate import (
     EPOCH,
     Stream,
@@ -120,6 +132,34 @@ def test_regressions_apply_to_the_canary_after_the_onset_only() -> None:
     )
     assert tail.latency_median_ms == 1500.0
     assert math.isclose(math.exp(2.3263478740408408 * (tail.latency_sigma - 0.5)), 1.5)
+
+
+def test_a_looping_canary_costs_more_per_request_and_the_same_per_call() -> None:
+    stream = _big_stream(Regression(llm_calls_per_request=2), onset_s=900.0)
+    arm, half = stream.canary, stream.windows // 2
+    mu, sigma = math.log(0.01), 0.8
+    # ln of the sum of two lognormal calls: mean mu + 0.835, sd 0.593 (Monte Carlo, 2e6 draws)
+    looped_mean, looped_sd = mu + 0.835, 0.593
+    for part, calls, request_mean, request_sd in (
+        (slice(0, half), 1, mu, sigma),
+        (slice(half, None), 2, looped_mean, looped_sd),
+    ):
+        n = int(arm.requests[part].sum())
+        assert arm.llm_calls[part].sum() == calls * n
+        m = calls * n
+        _close(arm.log_cost_sum[part].sum() / m, mu, sigma / math.sqrt(m))
+        per_request = arm.request_log_cost_sum[part].sum() / n
+        # the simulator's Fenton-Wilkinson law is within 0.01 of the exact log-mean
+        assert abs(per_request - request_mean) <= K * request_sd / math.sqrt(n) + 0.01
+    windows = stream_windows(stream)
+    _, canary = windows[-1]
+    assert canary is not None
+    assert WindowStats.model_validate(canary.model_dump()) == canary
+    assert canary.cost_count == 2 * canary.request_cost_count == 2 * canary.requests
+    read_per_span = per_span_cost(canary)
+    assert read_per_span is not None
+    assert read_per_span.request_cost_count == canary.cost_count
+    assert read_per_span.request_log_cost_sum == canary.log_cost_sum
 
 
 def test_common_random_numbers_give_identical_streams() -> None:
@@ -227,7 +267,7 @@ def _feed(judge: Observer, canary_errors: int, canary_latency: float, minutes: i
 
 def test_minute_values_of_a_hand_made_minute() -> None:
     window = _window(0.0, 100, 3, 1000.0)
-    sums = np.array([100, 3, 100, 100, 100, 0, 100, 1.0, 100, 80.0])
+    sums = np.array([100, 3, 100, 100, 100, 0, 1.0, 100, 80.0])
     values = dict(
         zip(METRICS, minute_values(sums, np.asarray(window.latency_buckets)), strict=True)
     )
@@ -235,7 +275,7 @@ def test_minute_values_of_a_hand_made_minute() -> None:
     assert values["cost_per_request"] == pytest.approx(0.01)
     assert values["quality_shortfall"] == pytest.approx(0.2)
     assert abs(values["latency_p99_ms"] / 1000.0 - 1) < 0.05
-    empty = minute_values(np.zeros(10), np.zeros(LATENCY_BUCKET_COUNT, dtype=np.int64))
+    empty = minute_values(np.zeros(9), np.zeros(LATENCY_BUCKET_COUNT, dtype=np.int64))
     assert np.isnan(empty).all()
 
 
@@ -278,6 +318,13 @@ def test_tiny_end_to_end_run_writes_rows_and_a_plot(tmp_path: Path) -> None:
             regression=Regression(error_rate=0.05),
         ),
         Scenario(
+            LOOP_SCENARIO,
+            Family.REGRESSION,
+            2,
+            horizon_s=300.0,
+            regression=Regression(llm_calls_per_request=2),
+        ),
+        Scenario(
             "drift-tiny",
             Family.DRIFT,
             1,
@@ -309,10 +356,16 @@ def test_tiny_end_to_end_run_writes_rows_and_a_plot(tmp_path: Path) -> None:
         "excess_failed_mean",
     }
     assert all(required <= set(row) for row in data)
-    assert len(data) == 4 + 4 + 1
+    assert len(data) == 4 + 4 + 5 + 1
+    by_judge = {row.detector: row for row in rows if row.scenario == LOOP_SCENARIO}
+    assert by_judge.keys() == {*cli.JUDGES} - {"coalmine-drift"}
+    assert PER_SPAN_COST not in {row.detector for row in rows if row.scenario == "err-tiny"}
+    (loop,) = [line for line in lines if line.startswith(f"{LOOP_SCENARIO} (")]
+    assert f"rolled back {by_judge['coalmine'].alarms}/2 canaries" in loop
+    assert f"per span rolled back {by_judge[PER_SPAN_COST].alarms}/2" in loop
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any(line.startswith("| detector |") for line in "\n".join(lines).splitlines())
-    assert any("[1/3]" in line for line in lines)
+    assert any("[1/4]" in line for line in lines)
 
 
 def test_judge_runner_stops_at_the_first_rollback() -> None:

@@ -71,6 +71,19 @@ def test_cost_spike_is_detected() -> None:
     assert cost.effect == pytest.approx(math.log(1.5), abs=0.1)
 
 
+def test_a_version_looping_into_more_llm_calls_is_a_cost_spike() -> None:
+    """Each call costs what it did; a request makes twice as many."""
+    rng = np.random.default_rng(78)
+    detector = DriftDetector()
+    for i in range(150):
+        detector.observe(window(rng, i, "v1", PER_WINDOW, Arm()), window_start(i + 1))
+    looping = window(rng, 150, "v1", PER_WINDOW, Arm(llm_calls_per_request=2))
+    decision = detector.observe(looping, window_start(151))
+    assert decision.verdict is Verdict.ALERT
+    cost = next(e for e in decision.metrics if e.metric is Metric.LOG_COST_MEAN)
+    assert cost.effect > math.log(2)
+
+
 def test_no_test_before_the_reference_is_built() -> None:
     rng = np.random.default_rng(79)
     detector = DriftDetector()

@@ -96,6 +96,8 @@ def test_clear_error_regression_is_rolled_back_quickly() -> None:
         (Arm(latency_factor=1.5), Metric.LATENCY_LOG_MEAN, 12),
         (Arm(quality_shift=-0.1), Metric.QUALITY_MEAN, 12),
         (Arm(cost_factor=1.6), Metric.LOG_COST_MEAN, 12),
+        # the same price per call, twice the calls: cost is judged per request
+        (Arm(llm_calls_per_request=2), Metric.LOG_COST_MEAN, 12),
     ],
 )
 def test_mean_regressions_are_rolled_back(arm: Arm, metric: Metric, max_windows: int) -> None:

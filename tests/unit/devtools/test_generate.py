@@ -14,6 +14,7 @@ import statistics
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -191,6 +192,29 @@ def test_canary_latency_is_scaled_by_the_factor(events: list[TraceEvent]) -> Non
             ratios[e.version in CANARY_VERSIONS].append(e.duration_ms / base_ms)
     assert statistics.median(ratios[False]) == pytest.approx(1.0, rel=0.05)
     assert statistics.median(ratios[True]) == pytest.approx(2.0, rel=0.05)
+
+
+def test_a_looping_canary_makes_more_llm_calls_at_the_same_price() -> None:
+    """Twice the llm calls per canary request (no failures, which cut a request short): it
+    goes round its planned calls twice, each call drawn as the planned one was (same step,
+    same context size), so a call costs what it did."""
+    plan = replace(PLAN, error_rate=0.0, canary_error_rate=0.0, canary_llm_calls_factor=2.0)
+    names: dict[str, list[str]] = defaultdict(list)
+    canary: dict[str, bool] = {}
+    for e in simulate(plan, START, 3000):
+        if e.kind is SpanKind.LLM:
+            names[e.trace_id].append(e.name)
+        canary[e.trace_id] = e.version in CANARY_VERSIONS
+    counts = {looping: Counter[int]() for looping in (False, True)}
+    for trace, calls in names.items():
+        counts[canary[trace]][len(calls)] += 1
+        if canary[trace]:
+            planned = ["plan", "act", "answer"][: len(calls) // 2]
+            assert calls == planned * 2
+    assert set(counts[False]) == {1, 2, 3}
+    assert set(counts[True]) == {2, 4, 6}
+    with pytest.raises(ValueError, match="canary_llm_calls_factor"):
+        replace(PLAN, canary_llm_calls_factor=0.0)
 
 
 def test_some_llm_spans_carry_their_own_cost(events: list[TraceEvent]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 from collections.abc import Sequence
@@ -22,10 +23,11 @@ from streams.ingest.aggregate import (
     WindowRow,
     is_priced,
     partitions_of,
+    request_costs,
     version_stats_row,
     window_start_of,
 )
-from streams.ingest.route import SpanRow
+from streams.ingest.route import SpanRow, position
 
 EPOCH = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 T0 = EPOCH.timestamp()
@@ -188,6 +190,94 @@ def test_partitions_of_gives_the_lowest_offset_per_partition() -> None:
     assert partitions_of([(0, 5), (1, 9), (0, 3), (1, 12)]) == {0: 3, 1: 9}
 
 
+def at(offset: int, index: int, trace: str = "t1", partition: int = 0, **values: Any) -> SpanRow:
+    """A span of ``trace`` at ``index`` in the message at (``partition``, ``offset``)."""
+    return span(
+        trace_id=trace, kafka_partition=partition, kafka_offset=offset, kafka_index=index, **values
+    )
+
+
+def llm(offset: int, index: int, cost: float, trace: str = "t1", partition: int = 0) -> SpanRow:
+    return at(offset, index, trace, partition, kind="llm", cost_usd=cost, cost_source="reported")
+
+
+def test_a_request_costs_the_priced_spans_of_its_trace_in_its_message() -> None:
+    rows = [
+        # message 10: two traces batched together, each a request with its llm calls
+        llm(10, 0, 0.01),
+        llm(10, 1, 0.02),
+        at(10, 2, kind="tool"),
+        at(10, 3),
+        llm(10, 4, 0.5, trace="t2"),
+        at(10, 5, trace="t2"),
+        # message 11: a trace whose spans priced only by tokens, one unpriced
+        at(11, 0, "t3", kind="llm", input_tokens=10, cost_usd=0.003),
+        at(11, 1, "t3", kind="llm", input_tokens=7, cost_usd=0.0, cost_source="unpriced"),
+        at(11, 2, "t3"),
+        # message 12: a request without a priced span is not a priced request
+        at(12, 0, "t4", kind="tool"),
+        at(12, 1, "t4"),
+        # the same offset on another partition is another message
+        llm(10, 0, 0.04, trace="t1", partition=1),
+        at(10, 1, "t1", partition=1),
+    ]
+    assert request_costs(rows) == {
+        (0, 10, 3): pytest.approx(0.03),
+        (0, 10, 5): 0.5,
+        (0, 11, 2): 0.003,
+        (1, 10, 1): 0.04,
+    }
+
+
+def test_spans_that_arrive_apart_from_their_request_count_per_span_only() -> None:
+    """A trace split over two messages (more spans than a message holds): the spans before
+    the request's message are in no request's total, but in the per-span sums."""
+    first = [llm(20, i, 0.01) for i in range(3)]
+    second = [llm(21, 0, 0.01), at(21, 1)]
+    alone = [llm(22, 0, 0.2, trace="t9"), at(23, 0, "t9")]  # one span per message
+    rows = [*first, *second, *alone]
+    costs = request_costs(rows)
+    assert costs == {(0, 21, 1): 0.01}
+    sums = WindowAccumulator()
+    for row in rows:
+        sums.add(row, costs.get(position(row)))
+    stats = sums.to_stats(("bot", "v1", int(T0)), 5, "s")
+    assert (stats.requests, stats.cost_count, stats.request_cost_count) == (2, 5, 1)
+    assert stats.cost_sum == pytest.approx(0.24)
+    assert stats.request_cost_sum == 0.01
+    assert stats.request_log_cost_sum == log_cost(0.01)
+    assert stats.request_log_cost_sumsq == log_cost(0.01) ** 2
+
+
+def test_a_looping_request_costs_more_while_its_spans_cost_the_same() -> None:
+    """Twice the llm calls at the same price per call: the per-span mean stays, the
+    per-request mean moves by ln 2."""
+
+    def window(calls: int) -> WindowStats:
+        rows = []
+        for offset in range(4):
+            rows += [llm(offset, i, 0.01) for i in range(calls)] + [at(offset, calls)]
+        costs = request_costs(rows)
+        sums = WindowAccumulator()
+        for row in rows:
+            sums.add(row, costs.get(position(row)))
+        return sums.to_stats(("bot", "v1", int(T0)), 5, "s")
+
+    once, twice = window(1), window(2)
+    assert once.log_cost_sum / once.cost_count == pytest.approx(
+        twice.log_cost_sum / twice.cost_count, rel=1e-12
+    )
+    per_request = [s.request_log_cost_sum / s.request_cost_count for s in (once, twice)]
+    assert per_request[1] - per_request[0] == pytest.approx(math.log(2), rel=1e-4)
+
+
+def test_a_trace_with_two_request_spans_in_one_message_counts_its_total_once() -> None:
+    """A nested agent's request span, then the root's, which ends last: the root has it."""
+    rows = [llm(30, 0, 0.01), at(30, 1), llm(30, 2, 0.02), at(30, 3)]
+    assert request_costs(rows) == {(0, 30, 3): 0.03}
+    assert request_costs(list(reversed(rows))) == {(0, 30, 3): 0.03}
+
+
 def test_a_version_stats_row_follows_the_table_columns() -> None:
     stats = WindowStats.from_arrays(
         agent="bot",
@@ -240,11 +330,29 @@ Message = Sequence[tuple[Any, ...]]
 """The spans one Kafka message carries: (end_time, agent, version, values) each."""
 
 
+def message_rows(message: Message, offset: int) -> list[SpanRow]:
+    """The span rows of the message at ``offset`` of partition 0."""
+    return [
+        span(
+            agent=agent,
+            version=version,
+            end_time=end,
+            kafka_offset=offset,
+            kafka_index=index,
+            **values,
+        )
+        for index, (end, agent, version, values) in enumerate(message)
+    ]
+
+
 def truth(stream: Sequence[Message], window_seconds: int) -> dict[WindowKey, WindowStats]:
     by_window: dict[WindowKey, WindowAccumulator] = {}
-    for row in (span for message in stream for span in message):
-        key = (row[1], row[2], window_start_of(row[0], window_seconds))
-        by_window.setdefault(key, WindowAccumulator()).add(span(**row[3]))
+    for offset, message in enumerate(stream):
+        rows = message_rows(message, offset)
+        costs = request_costs(rows)
+        for row in rows:
+            key = (row.agent, row.version, window_start_of(row.end_time, window_seconds))
+            by_window.setdefault(key, WindowAccumulator()).add(row, costs.get(position(row)))
     return {key: acc.to_stats(key, window_seconds, "x") for key, acc in by_window.items()}
 
 
@@ -265,10 +373,13 @@ def run_with_crashes(
         offset = committed
         while not crashed and offset < len(stream):
             held = False
-            for index, (end, agent, version, values) in enumerate(stream[offset]):
-                now = max(now, end.timestamp()) + rng.uniform(0.0, 0.3)
-                row = span(agent=agent, version=version, end_time=end, kafka_index=index, **values)
-                held |= windows.add(0, offset, row, offset, now)
+            rows = message_rows(stream[offset], offset)
+            costs = request_costs(rows)
+            for row in rows:
+                now = max(now, row.end_time.timestamp()) + rng.uniform(0.0, 0.3)
+                held |= windows.add(
+                    0, offset, row, offset, now, request_cost=costs.get(position(row))
+                )
             if not held:
                 acked.add(offset)
             offset += 1
@@ -300,6 +411,7 @@ span_values = st.fixed_dictionaries(
         "cost_usd": st.floats(0.0, 2.0, allow_nan=False),
         "task_completed": st.none() | st.booleans(),
         "quality_score": st.none() | st.floats(0.0, 1.0),
+        "trace_id": st.sampled_from(["a", "b", "c"]),
     }
 )
 messages = st.lists(
@@ -329,7 +441,8 @@ def test_stored_rows_add_up_to_every_span_once_whatever_the_crashes(
     crash_rate: float,
 ) -> None:
     """Messages of one span and batches of up to six (spans of one batch may fall in
-    several windows, as stragglers do)."""
+    several windows, as stragglers do; a trace's spans may share a message or not, so
+    request totals come out whole, partial or absent)."""
     spans = []
     clock = 0.0
     for behind, agent, version, values in drafts:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from schemas.topics import LATE_HEADER
 from schemas.window_stats import WindowStats
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
@@ -189,6 +191,28 @@ def test_messages_are_acknowledged_once_their_row_is_on_the_topic_then_stored() 
     assert (row.offset_from, row.offset_until, row.late) == (0, 3, False)
     counters = worker.windows.counters
     assert (counters.rows_emitted, counters.late_rows_emitted, counters.open_windows) == (1, 0, 0)
+
+
+def test_a_request_is_counted_with_the_cost_of_its_spans_in_its_message() -> None:
+    """Offset 0 carries a request and its two llm calls; offset 1 a request whose llm call
+    came in offset 2, after it."""
+    llm: dict[str, Any] = {"kind": "llm", "cost_source": "reported"}
+    batch = [
+        *spans(0, range(1), cost_usd=0.01, kafka_index=0, **llm),
+        *spans(0, range(1), cost_usd=0.02, kafka_index=1, **llm),
+        *spans(0, range(1), kafka_index=2),
+        *spans(0, range(1, 2), trace_id="late"),
+        *spans(0, range(2, 3), cost_usd=0.04, trace_id="late", **llm),
+    ]
+    worker = new_worker()
+    worker.add(batch)
+    worker.clock.now = CLOSE
+    assert worker.flush()
+    (row,) = worker.store.rows
+    stats = row.stats
+    assert (stats.requests, stats.cost_count, stats.request_cost_count) == (2, 3, 1)
+    assert stats.request_cost_sum == pytest.approx(0.03)
+    assert stats.cost_sum == pytest.approx(0.07)
 
 
 def test_nothing_is_acknowledged_when_the_store_fails_and_the_worker_stops() -> None:
