@@ -5,7 +5,7 @@ trailing history (pure: no I/O, no clock).
 version) whose partials it is fed (the owner of the agent's partition, as for the canary
 judge), merges each window's partials until window end + ``grace_s``, and raises an
 :class:`~schemas.alert.Alert` when a metric's e-detector crosses its alarm level: ``cost_spike``
-for the log cost per priced span, ``drift`` for the others (a provider changing a model under
+for the log cost per request, ``drift`` for the others (a provider changing a model under
 a pinned version, a slower tool, more failures). A metric alarms again only after its
 statistic has fallen below the level. Alerts only: there is nothing to roll back to.
 

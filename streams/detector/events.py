@@ -171,7 +171,7 @@ def metric_words(evidence: MetricEvidence, reference: str = "stable's") -> str:
         return f"{_RATE_WORDS[metric][0]} {canary:.1%} vs {baseline:.1%}"
     if metric is Metric.QUALITY_MEAN:
         return f"quality {canary:.3f} vs {baseline:.3f}"
-    what = "latency" if metric is Metric.LATENCY_LOG_MEAN else "cost per priced span"
+    what = "latency" if metric is Metric.LATENCY_LOG_MEAN else "cost per request"
     ratio = math.exp(evidence.effect) if math.isfinite(evidence.effect) else math.nan
     return f"{what} x{ratio:.2f} of {reference} (geometric mean)"
 

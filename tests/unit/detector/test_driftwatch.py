@@ -53,7 +53,7 @@ def test_a_cost_rise_is_a_cost_spike() -> None:
     assert (AlertKind.COST_SPIKE, Metric.LOG_COST_MEAN) in kinds
     assert {a.kind for a in alerts} == {AlertKind.COST_SPIKE}
     spike = next(a for a in alerts if a.kind is AlertKind.COST_SPIKE)
-    assert "cost per priced span x" in spike.message and "of its history" in spike.message
+    assert "cost per request x" in spike.message and "of its history" in spike.message
 
 
 def test_a_partial_delivered_twice_counts_once_and_idle_versions_are_forgotten() -> None:
