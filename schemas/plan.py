@@ -9,7 +9,7 @@ from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.trace import Identifier
+from schemas.judgement import Metric
 
 MAX_STEPS: Final = 20
 
@@ -48,7 +48,11 @@ class JudgeOverrides(_Strict):
 
     alpha_rollback: Annotated[float, Field(gt=0, lt=1)] | None = None
     alpha_alert: Annotated[float, Field(gt=0, lt=1)] | None = None
-    tolerances: dict[Identifier, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    tolerances: dict[Metric, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="Per metric (a name of schemas.judgement.Metric): the largest degradation "
+        "still accepted for PASS (a rate ratio, a log ratio, a drop in quality).",
+    )
     horizon_s: Annotated[float, Field(gt=0)] | None = None
 
 

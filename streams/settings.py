@@ -127,6 +127,24 @@ class Settings(SdkSettings):
             "range": Range(0, 3600),
         },
     )
+    detector: str = field(
+        default="on",
+        metadata={
+            "env": "COALMINE_DETECTOR",
+            "doc": "`on`: the worker judges every canary taking traffic (judgements, alerts, "
+            "rollback commands); `off`: it does not.",
+            "choices": ("on", "off"),
+        },
+    )
+    detector_margin_s: float = field(
+        default=1.0,
+        metadata={
+            "env": "COALMINE_DETECTOR_MARGIN_S",
+            "doc": "The detector compares a window this long after the workers emit it "
+            "(window end + allowed lateness), so every worker's partial is in (at most 60).",
+            "range": Range(0, 60),
+        },
+    )
     max_clock_skew_s: float = field(
         default=30.0,
         metadata={
@@ -306,6 +324,10 @@ class Settings(SdkSettings):
     @property
     def aggregation_enabled(self) -> bool:
         return self.window_seconds > 0
+
+    @property
+    def detector_enabled(self) -> bool:
+        return self.detector == "on" and self.aggregation_enabled
 
     @property
     def worker_url(self) -> str:

@@ -37,12 +37,13 @@ from schemas.topics import (
     TRACES_DLQ,
     VERSION_STATS,
     VERSIONS,
+    Topic,
 )
 from schemas.version import AgentVersion
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
 from streams.ingest.pricing import PriceTable
 from streams.ingest.route import Header, RawMessage, RoutedBatch, SpanRow, SpanWrite
-from streams.runtime import alert_webhook, faust_auth, sqlpage
+from streams.runtime import alert_webhook, detect, faust_auth, sqlpage
 from streams.runtime.control import ControlRecorder
 from streams.runtime.health import HealthState, PartitionPosition, assess, next_offsets
 from streams.runtime.processor import (
@@ -348,28 +349,34 @@ def install_control_agents(
         (APPROVAL_REQUESTS, recorder.record_approval_requests),
         (APPROVAL_DECISIONS, recorder.record_approval_decisions),
     ):
-        channel = app.topic(
-            settings.topic(topic),
-            key_type=bytes,
-            value_type=bytes,
-            partitions=topic.partitions(settings),
-            replicas=settings.replication_factor,
-        )
-        app.agent(channel, concurrency=1, name=f"store-{topic.name}")(
-            _acknowledged_once_stored(app, record)
+        app.agent(_channel(app, settings, topic), concurrency=1, name=f"store-{topic.name}")(
+            _acknowledged_once_stored(app, record, "storing control records")
         )
     return recorder
 
 
+def _channel(app: faust.App, settings: Settings, topic: Topic) -> faust.TopicT:
+    return app.topic(
+        settings.topic(topic),
+        key_type=bytes,
+        value_type=bytes,
+        partitions=topic.partitions(settings),
+        replicas=settings.replication_factor,
+    )
+
+
 def _acknowledged_once_stored(
-    app: faust.App, record: Callable[[Sequence[RawMessage]], Awaitable[bool]]
+    app: faust.App, record: Callable[[Sequence[RawMessage]], Awaitable[bool]], what: str
 ) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
+    """An agent handing each small batch to ``record`` and acknowledging it once ``record``
+    says it is done (False: the worker is stopping, the batch stays unacknowledged)."""
+
     async def agent(stream: faust.StreamT[bytes]) -> None:
         async for events in _event_batches(stream, CONTROL_BATCH_MAX, CONTROL_BATCH_S):
             try:
                 stored = await record([_raw_message(e) for e in events])
-            except Exception as exc:  # a write no retry can mend: stop, unacknowledged
-                log.critical("storing control records failed; stopping the worker: %s", exc)
+            except Exception as exc:  # a write no retry can mend, or a bug: stop, unacknowledged
+                log.critical("%s failed; stopping the worker: %s", what, exc, exc_info=True)
                 await app.crash(exc)
                 return
             if not stored:
@@ -378,6 +385,54 @@ def _acknowledged_once_stored(
                 await stream.ack(event)
 
     return agent
+
+
+def install_detector(
+    app: faust.App, settings: Settings, thread: ClickHouseThread, retry: Retrier
+) -> detect.Detector | None:
+    """The detector (:mod:`streams.runtime.detect`) on ``app``, unless switched off."""
+    if not settings.detector_enabled:
+        return None
+    writers = {
+        topic.name: FaustTopicWriter(app, settings.topic(topic))
+        for topic in (JUDGEMENTS, ALERTS, ROLLBACKS)
+    }
+    stored = detect.stored_partials(thread.run, settings.window_seconds)
+    detector = detect.Detector(settings, writers, stored, retry)
+    app.agent(_channel(app, settings, VERSION_STATS), concurrency=1, name="detector")(
+        _acknowledged_once_stored(app, detector.on_partials, "judging window partials")
+    )
+    app.task(detect.follow_and_tick(app, settings, detector))
+
+    @app.on_partitions_revoked.connect
+    async def disown_agents(
+        sender: faust.App, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
+    ) -> None:
+        detector.disown()  # another worker may judge them now; rebuilt at their next partial
+
+    return detector
+
+
+def install_health_page(
+    app: faust.App, traces_topic: str, health: HealthState, counted: Sequence[object]
+) -> None:
+    """``/health``: ``ok`` or ``degraded`` with the reasons (see :mod:`streams.runtime.health`),
+    and the fields of every ``counted`` counters object."""
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            now = time.monotonic()
+            positions = consumer_positions(app, traces_topic, health, now)
+            verdict = assess(health.snapshot(now, positions))
+            return self.json(
+                {
+                    "status": verdict.status,
+                    "reasons": list(verdict.reasons),
+                    **verdict.details,
+                    **{name: n for c in counted for name, n in vars(c).items()},
+                }
+            )
 
 
 def create_app(
@@ -523,29 +578,9 @@ def create_app(
         Retrier(stopping, RetryPolicy(), health),
         on_new_alerts=webhook.submit if webhook else None,
     )
-
-    @app.page("/health")
-    class Health(View):
-        """``ok`` or ``degraded`` with the reasons (see :mod:`streams.runtime.health`), and
-        counters."""
-
-        async def get(self, request: Request) -> Response:
-            now = time.monotonic()
-            positions = consumer_positions(app, traces.get_topic_name(), health, now)
-            verdict = assess(health.snapshot(now, positions))
-            window_counters = windows.counters.__dict__ if windows else {}
-            webhook_counters = webhook.counters.__dict__ if webhook else {}
-            return self.json(
-                {
-                    "status": verdict.status,
-                    "reasons": list(verdict.reasons),
-                    **verdict.details,
-                    **processor.counters.__dict__,
-                    **window_counters,
-                    **control.counters.__dict__,
-                    **webhook_counters,
-                }
-            )
+    detector = install_detector(app, settings, thread, Retrier(stopping, RetryPolicy(), health))
+    counted = [x.counters for x in (processor, windows, control, webhook, detector) if x]
+    install_health_page(app, traces.get_topic_name(), health, counted)
 
     sqlpage.install(app, settings)
 

@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +26,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from schemas.window_stats import WindowStats
 from streams.errors import ClickHouseUnavailableError
 from streams.failures import Failure, classify, one_line
 from streams.ingest.aggregate import VERSION_STATS_COLUMNS, WindowKey, WindowRow, version_stats_row
@@ -424,6 +425,34 @@ class VersionStatsWriter:
             if until > lowest[partition]:
                 covered[partition][(agent, version, int(start))] = int(until)
         return covered
+
+
+def stored_partials(
+    client: Client, agent: str, versions: Sequence[str], window_seconds: int, since: datetime
+) -> list[tuple[WindowStats, bool]]:
+    """The stored window partials of ``agent``'s ``versions`` from windows starting at or
+    after ``since``, each with its ``late`` flag (a correction row), in window order."""
+    fields = list(WindowStats.model_fields)
+    result = client.query(
+        f"SELECT {', '.join(fields)}, late FROM {DATABASE}.version_stats FINAL "
+        "WHERE agent = {agent:String} AND version IN {versions:Array(String)} "
+        "AND window_seconds = {seconds:UInt32} AND window_start >= {since:DateTime('UTC')} "
+        "ORDER BY window_start, late, version, source",
+        parameters={
+            "agent": agent,
+            "versions": list(versions),
+            "seconds": window_seconds,
+            "since": since.astimezone(UTC).replace(tzinfo=None),
+        },
+    )
+    partials = []
+    for row in result.result_rows:
+        values = dict(zip(fields, row, strict=False))
+        start: datetime = values["window_start"]
+        values["window_start"] = start if start.tzinfo else start.replace(tzinfo=UTC)
+        values["latency_buckets"] = [int(c) for c in values["latency_buckets"]]
+        partials.append((WindowStats.model_validate(values), bool(row[-1])))
+    return partials
 
 
 def drain_after_failure(client: Client) -> None:
