@@ -72,14 +72,23 @@ class Judged:
         return event_id("rollback", self.rollout_id, self.generation)
 
 
+def judged_generations(plan: RolloutPlan) -> int:
+    """How many generations of a rollout are judged, pauses aside: each step's own and the
+    one its latched PASS makes, and for a step needing approval the wait before it."""
+    return sum(2 + step.approval for step in plan.steps)
+
+
 def judge_config(plan: RolloutPlan) -> JudgeConfig:
-    """The judge's settings for a rollout: the defaults with the plan's overrides. Windows are
-    paired and timed by the watch, so the judge itself waits for nothing."""
+    """The judge's settings for one generation of a rollout: the defaults with the plan's
+    overrides, the rollout's alphas split evenly over its judged generations (Bonferroni), so
+    the chance of any false rollback (or alert) over the whole rollout stays within the
+    plan's alpha. Windows are paired and timed by the watch, so the judge waits for nothing."""
     overrides = plan.judge
     base = JudgeConfig()
+    share = judged_generations(plan)
     return JudgeConfig(
-        alpha_rollback=overrides.alpha_rollback or base.alpha_rollback,
-        alpha_alert=overrides.alpha_alert or base.alpha_alert,
+        alpha_rollback=(overrides.alpha_rollback or base.alpha_rollback) / share,
+        alpha_alert=(overrides.alpha_alert or base.alpha_alert) / share,
         tolerances={**base.tolerances, **overrides.tolerances},
         horizon_s=overrides.horizon_s,
         grace_s=0.0,
