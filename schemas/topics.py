@@ -79,6 +79,9 @@ class Topic:
     cleanup_policy: Literal["delete", "compact"] = "delete"
     """``compact`` keeps the latest record per key for good: a topic holding state."""
     partitions: Callable[[TopicSettings], int] = _traces_partitions
+    append_time: bool = False
+    """Records carry the broker's append time as their timestamp (not the producer's):
+    readers compare it with deadlines, and a producer cannot backdate it."""
 
     def full_name(self, prefix: str) -> str:
         return f"{prefix}.{self.name}"
@@ -86,7 +89,10 @@ class Topic:
     @property
     def config(self) -> dict[str, str]:
         """Topic-level configuration applied when the topic is created."""
-        return {"cleanup.policy": self.cleanup_policy}
+        config: dict[str, str] = {"cleanup.policy": self.cleanup_policy}
+        if self.append_time:
+            config["message.timestamp.type"] = "LogAppendTime"
+        return config
 
 
 LATE_HEADER: Final = "coalmine.window.late"
@@ -186,6 +192,23 @@ ALERTS: Final = Topic(
     value_doc="a transition a person should know about (regression, drift, cost spike, …)",
     partitions=_one_partition,
 )
+APPROVAL_REQUESTS: Final = Topic(
+    "approval-requests",
+    key="request `id`",
+    value=ValueModel("schemas.approval:ApprovalRequest", "approval-request"),
+    value_doc="a tool call waiting for a person's approval (its version's policy asks)",
+    partitions=_one_partition,
+    append_time=True,
+)
+APPROVAL_DECISIONS: Final = Topic(
+    "approval-decisions",
+    key="`request_id`",
+    value=ValueModel("schemas.approval:ApprovalDecision", "approval-decision"),
+    value_doc="approve, deny, or the asking agent's expire; per request the first one "
+    "appended by its deadline counts (an expire always does), the rest are refused",
+    partitions=_one_partition,
+    append_time=True,
+)
 
 TOPICS: Final = (
     TRACES,
@@ -198,6 +221,8 @@ TOPICS: Final = (
     ROLLBACKS,
     COMMAND_OUTCOMES,
     DEPLOYMENTS,
+    APPROVAL_REQUESTS,
+    APPROVAL_DECISIONS,
 )
 """Every topic, in the order the data flows."""
 

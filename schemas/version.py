@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from enum import StrEnum
 from typing import Annotated, Any, Final
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -54,11 +55,62 @@ class ModelSpec(_Strict):
     )
 
 
+ArgumentPath = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"),
+]
+"""A value inside a tool call's arguments, by keys (and list indexes) joined with dots:
+``amount``, ``refund.amount``, ``items.0.price``."""
+MAX_APPROVAL_TIMEOUT_S: Final = 7 * 24 * 3600
+
+
+class Comparison(StrEnum):
+    GT = ">"
+    GE = ">="
+    LT = "<"
+    LE = "<="
+    EQ = "=="
+    NE = "!="
+
+
+class ArgumentCondition(_Strict):
+    """``field op value``, e.g. ``amount > 100``: the call asks for approval when it holds, or
+    when it cannot be told (the field is missing, or not comparable with ``value``)."""
+
+    field: ArgumentPath
+    op: Comparison
+    value: str | bool | int | float
+
+
+class OnTimeout(StrEnum):
+    DENY = "deny"
+    ALLOW = "allow"
+
+
+class ApprovalPolicy(_Strict):
+    """A tool whose calls a person must approve before they run (a refund, an email, a
+    deletion). The SDK asks, waits up to ``timeout_s`` and then applies ``on_timeout``."""
+
+    when: tuple[ArgumentCondition, ...] = Field(
+        default=(),
+        description="Ask only when one of these holds (none: every call asks).",
+    )
+    timeout_s: Annotated[int, Field(ge=1, le=MAX_APPROVAL_TIMEOUT_S)] = 900
+    on_timeout: OnTimeout = OnTimeout.DENY
+    redact: tuple[ArgumentPath, ...] = Field(
+        default=(),
+        description="Arguments replaced by `[redacted]` in the request people see and store.",
+    )
+
+
 class ToolSpec(_Strict):
     name: Identifier
     description: Text = ""
     input_schema: dict[str, Any] = Field(
         default_factory=dict, description="JSON Schema of the tool's input."
+    )
+    approval: ApprovalPolicy | None = Field(
+        default=None, description="Calls need a person's approval (absent: they never do)."
     )
 
 

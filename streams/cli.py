@@ -149,6 +149,12 @@ def _bench_router(args: argparse.Namespace, settings: Settings) -> int:
     )
 
 
+def _bench_approvals(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.devtools.bench import approvals
+
+    return approvals.run(settings, decisions=args.decisions, fetch_wait_ms=args.fetch_wait_ms)
+
+
 OTLP_EXTRA_MODULES = frozenset({"aiohttp", "google", "opentelemetry"})
 """What the ``otlp`` extra installs (pyproject.toml) for ``coalmine otlp``."""
 
@@ -207,6 +213,27 @@ def _bench_controller(args: argparse.Namespace, settings: Settings) -> int:
     return controller.run(settings, commands=args.commands)
 
 
+def _add_bench_approvals(
+    bench_commands: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    apv = bench_commands.add_parser(
+        "approvals", help="how soon a call waiting for approval resumes after the decision"
+    )
+    apv.add_argument(
+        "--decisions",
+        type=int_in(Range(1, 10_000)),
+        default=200,
+        help="decisions measured (default %(default)s)",
+    )
+    apv.add_argument(
+        "--fetch-wait-ms",
+        type=int_in(Range(1, 60_000)),
+        help="the decision follower's fetch.wait.max.ms (default: "
+        "COALMINE_SDK_ROUTER_FETCH_WAIT_MS)",
+    )
+    apv.set_defaults(handler=_bench_approvals)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coalmine",
@@ -249,13 +276,17 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.set_defaults(handler=_sql)
 
+    from streams.approvals.cli import add_approvals_parser
     from streams.controller.commands import add_commands as add_deployment_commands
-
-    add_deployment_commands(commands)
     from streams.versions.cli import add_versions_parser
 
-    add_versions_parser(commands)
-    add_alerts_parser(commands)
+    for add_parsers in (
+        add_deployment_commands,
+        add_versions_parser,
+        add_alerts_parser,
+        add_approvals_parser,
+    ):
+        add_parsers(commands)
 
     _add_demo(commands)
 
@@ -310,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the routers' fetch.wait.max.ms (default: COALMINE_SDK_ROUTER_FETCH_WAIT_MS)",
     )
     rtr.set_defaults(handler=_bench_router)
+    _add_bench_approvals(bench_commands)
     otlp = bench_commands.add_parser("otlp", help="OTLP receiver vs the SDK publisher, spans/s")
     otlp.add_argument(
         "--spans",

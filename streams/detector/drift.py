@@ -180,6 +180,10 @@ class DriftDetector:
         else:
             held = self._pending.get(stats.window_start)
             self._pending[stats.window_start] = stats if held is None else held.merge(stats)
+        return self.tick(now)
+
+    def tick(self, now: datetime) -> Decision:
+        """Process the windows that have ended (plus ``grace_s``) by ``now`` and decide."""
         grace = timedelta(seconds=self.config.grace_s)
         for start in sorted(self._pending):
             if self._pending[start].window_end + grace <= now:

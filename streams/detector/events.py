@@ -16,6 +16,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from schemas.alert import Alert, AlertEvidence, AlertKind, Severity
 from schemas.judgement import Judgement, Metric, MetricEvidenceRecord, Verdict
@@ -71,14 +72,23 @@ class Judged:
         return event_id("rollback", self.rollout_id, self.generation)
 
 
+def judged_generations(plan: RolloutPlan) -> int:
+    """How many generations of a rollout are judged, pauses aside: each step's own and the
+    one its latched PASS makes, and for a step needing approval the wait before it."""
+    return sum(2 + step.approval for step in plan.steps)
+
+
 def judge_config(plan: RolloutPlan) -> JudgeConfig:
-    """The judge's settings for a rollout: the defaults with the plan's overrides. Windows are
-    paired and timed by the watch, so the judge itself waits for nothing."""
+    """The judge's settings for one generation of a rollout: the defaults with the plan's
+    overrides, the rollout's alphas split evenly over its judged generations (Bonferroni), so
+    the chance of any false rollback (or alert) over the whole rollout stays within the
+    plan's alpha. Windows are paired and timed by the watch, so the judge waits for nothing."""
     overrides = plan.judge
     base = JudgeConfig()
+    share = judged_generations(plan)
     return JudgeConfig(
-        alpha_rollback=overrides.alpha_rollback or base.alpha_rollback,
-        alpha_alert=overrides.alpha_alert or base.alpha_alert,
+        alpha_rollback=(overrides.alpha_rollback or base.alpha_rollback) / share,
+        alpha_alert=(overrides.alpha_alert or base.alpha_alert) / share,
         tolerances={**base.tolerances, **overrides.tolerances},
         horizon_s=overrides.horizon_s,
         grace_s=0.0,
@@ -158,28 +168,29 @@ def worst_metric(decision: Decision, config: JudgeConfig, level: Verdict) -> Met
     return max(at_level, key=lambda e: e.e_value / alert_threshold(e, config, level))
 
 
-def _number(value: float) -> str:
+def number(value: float) -> str:
     return f"{value:,.0f}" if value >= 10 else f"{value:.3g}"
 
 
-def metric_words(evidence: MetricEvidence) -> str:
-    """``error rate 6.1% vs 1.0%``, ``latency x1.35 (geometric mean)``, ..."""
+def metric_words(evidence: MetricEvidence, reference: str = "stable's") -> str:
+    """``error rate 6.1% vs 1.0%``, ``latency x1.35 of stable's (geometric mean)``, ...:
+    the observed value against the ``reference`` one."""
     metric, canary, baseline = evidence.metric, evidence.estimate_canary, evidence.estimate_baseline
     if metric in _RATE_WORDS:
         return f"{_RATE_WORDS[metric][0]} {canary:.1%} vs {baseline:.1%}"
     if metric is Metric.QUALITY_MEAN:
         return f"quality {canary:.3f} vs {baseline:.3f}"
-    what = "latency" if metric is Metric.LATENCY_LOG_MEAN else "cost per priced span"
+    what = "latency" if metric is Metric.LATENCY_LOG_MEAN else "cost per request"
     ratio = math.exp(evidence.effect) if math.isfinite(evidence.effect) else math.nan
-    return f"{what} x{ratio:.2f} of stable's (geometric mean)"
+    return f"{what} x{ratio:.2f} of {reference} (geometric mean)"
 
 
 def evidence_words(evidence: MetricEvidence, threshold: float) -> str:
     """``error rate 6.1% vs 1.0%, e-value 243 > threshold 200 after 1,204 canary requests``."""
     unit = _RATE_WORDS.get(evidence.metric, ("", "observations"))[1]
     return (
-        f"{metric_words(evidence)}, e-value {_number(evidence.e_value)} > threshold "
-        f"{_number(threshold)} after {evidence.n_canary:,} canary {unit}"
+        f"{metric_words(evidence)}, e-value {number(evidence.e_value)} > threshold "
+        f"{number(threshold)} after {evidence.n_canary:,} canary {unit}"
     )
 
 
@@ -194,19 +205,17 @@ def regression_alert(
             "rolling back" if judged.plan.auto_rollback else "auto_rollback is off: rollout paused"
         )
     else:
-        action = f"alert level; rollback at e-value {_number(worst.threshold)}"
+        action = f"alert level; rollback at e-value {number(worst.threshold)}"
     message = (
         f"{judged.agent} {judged.canary_version} vs {judged.stable_version}: "
         f"{evidence_words(worst, threshold)}; {action}"
     )
-    return Alert(
-        id=judged.alert_id(level),
-        time=time,
-        agent=judged.agent,
-        version=judged.canary_version,
-        baseline_version=judged.stable_version,
-        rollout_id=judged.rollout_id,
-        generation=judged.generation,
+    return _canary_alert(
+        judged,
+        config,
+        level,
+        time,
+        message,
         metric=worst.metric,
         kind=AlertKind.CANARY_REGRESSION,
         severity=Severity.CRITICAL if level is Verdict.ROLLBACK else Severity.WARNING,
@@ -219,9 +228,6 @@ def regression_alert(
             n_baseline=worst.n_baseline,
             n_canary=worst.n_canary,
         ),
-        detector=DETECTOR,
-        parameters=parameters(config),
-        message=message[:1024],
     )
 
 
@@ -233,19 +239,38 @@ def inconclusive_alert(
         f"{decision.explanation} ({decision.windows_compared:,} windows compared); "
         "the rollout pauses for a person to decide"
     )
+    return _canary_alert(
+        judged,
+        config,
+        Verdict.INCONCLUSIVE,
+        time,
+        message,
+        kind=AlertKind.INCONCLUSIVE,
+        severity=Severity.WARNING,
+    )
+
+
+def _canary_alert(
+    judged: Judged,
+    config: JudgeConfig,
+    level: Verdict,
+    time: datetime,
+    message: str,
+    **about: Any,
+) -> Alert:
+    """An alert about a judged canary reaching ``level``; ``about``: the kind and evidence."""
     return Alert(
-        id=judged.alert_id(Verdict.INCONCLUSIVE),
+        id=judged.alert_id(level),
         time=time,
         agent=judged.agent,
         version=judged.canary_version,
         baseline_version=judged.stable_version,
         rollout_id=judged.rollout_id,
         generation=judged.generation,
-        kind=AlertKind.INCONCLUSIVE,
-        severity=Severity.WARNING,
         detector=DETECTOR,
         parameters=parameters(config),
         message=message[:1024],
+        **about,
     )
 
 

@@ -44,7 +44,7 @@ its window was compared joined a later comparison, whereas a replay merges it in
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from schemas.alert import Alert
@@ -247,14 +247,7 @@ class _Issuer:
     def judgement(self, canary: _Canary, decision: Decision, id: str) -> None:
         assert canary.last_window_end is not None
         unpaired = canary.unpaired + decision.windows_unpaired
-        decided = Decision(
-            verdict=decision.verdict,
-            metrics=decision.metrics,
-            now=decision.now,
-            explanation=decision.explanation,
-            windows_compared=decision.windows_compared,
-            windows_unpaired=unpaired,
-        )
+        decided = replace(decision, windows_unpaired=unpaired)
         self.out.judgements.append(
             events.judgement(
                 canary.judged,

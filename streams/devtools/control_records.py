@@ -1,6 +1,6 @@
 """Control records produced by hand, for tests and benchmarks: agent versions, rollback
-requests and commands for the controller, and deployment states where a test is about the
-routers alone.
+requests and commands for the controller, deployment states where a test is about the
+routers alone, and approval requests and decisions where it is about deciding.
 
 :func:`example_version` makes a registrable version of a simulated agent; :class:`ControlWriter`
 produces records to their topics, key as the registry says.
@@ -11,14 +11,16 @@ stand in for its output where a test wants to set a state directly.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import KafkaError, Message, Producer
 from pydantic import BaseModel
 
+from schemas.approval import ApprovalDecision, ApprovalRequest, Decision
 from schemas.deployment import DeploymentChange, DeploymentState, Phase
 from schemas.topics import DEPLOYMENTS, VERSIONS, Topic
-from schemas.version import AgentBundle, AgentVersion, ModelSpec, bundle_digest
+from schemas.version import AgentBundle, AgentVersion, ModelSpec, OnTimeout, bundle_digest
 from streams.errors import CoalmineError
 from streams.logs import RateLimitedLog
 from streams.sdk.closing import ClosedOnExit
@@ -68,6 +70,45 @@ def rollout_state(
         updated_at=datetime.now(UTC),
         last_reason=reason,
         change=DeploymentChange(from_phase=phase, cause="manual", reason=reason),
+    )
+
+
+def approval_request(
+    agent: str,
+    *,
+    asked_at: datetime | None = None,
+    timeout_s: float = 600.0,
+    requested_by: str = "coalmine-devtools",
+) -> ApprovalRequest:
+    """A request to approve a ``refund`` of ``agent`` v1, as the SDK publishes one."""
+    asked_at = asked_at or datetime.now(UTC)
+    return ApprovalRequest(
+        id=uuid.uuid4().hex,
+        time=asked_at,
+        deadline=asked_at + timedelta(seconds=timeout_s),
+        on_timeout=OnTimeout.DENY,
+        agent=agent,
+        version="v1",
+        tool="refund",
+        asks_because="every call",
+        trace_id=uuid.uuid4().hex,
+        span_id=uuid.uuid4().hex[:16],
+        requested_by=requested_by,
+    )
+
+
+def approval_decision(
+    request: ApprovalRequest, decision: Decision, decided_by: str = "ana", reason: str = ""
+) -> ApprovalDecision:
+    """A person's decision about ``request``, as ``coalmine approvals`` sends one."""
+    return ApprovalDecision(
+        id=uuid.uuid4().hex,
+        request_id=request.id,
+        agent=request.agent,
+        time=datetime.now(UTC),
+        decision=decision,
+        decided_by=decided_by,
+        reason=reason,
     )
 
 

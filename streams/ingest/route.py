@@ -48,6 +48,8 @@ class RawMessage:
     key: bytes | None
     value: bytes | None
     headers: tuple[Header, ...] = ()
+    timestamp_ms: int | None = None
+    """The record's timestamp (the broker's append time on a LogAppendTime topic)."""
 
 
 class InvalidEventError(ValueError):

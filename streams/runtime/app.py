@@ -28,6 +28,8 @@ from schemas.alert import Alert
 from schemas.deployment import DeploymentState
 from schemas.topics import (
     ALERTS,
+    APPROVAL_DECISIONS,
+    APPROVAL_REQUESTS,
     DEPLOYMENTS,
     JUDGEMENTS,
     ROLLBACKS,
@@ -35,6 +37,7 @@ from schemas.topics import (
     TRACES_DLQ,
     VERSION_STATS,
     VERSIONS,
+    Topic,
 )
 from schemas.version import AgentVersion
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
@@ -56,6 +59,8 @@ from streams.settings import Settings
 from streams.storage import clickhouse
 from streams.storage.control import (
     AgentVersionWriter,
+    Appended,
+    ApprovalWriter,
     ControlWrite,
     DeploymentEventWriter,
     Positioned,
@@ -189,6 +194,7 @@ def _raw_message(event: EventT[bytes]) -> RawMessage:
         key=message.key,
         value=message.value,
         headers=tuple((key, value or b"") for key, value in pairs),
+        timestamp_ms=round(message.timestamp * 1000) if message.timestamp else None,
     )
 
 
@@ -284,6 +290,16 @@ class AsyncDeploymentEvents:
         return await self._thread.run(lambda c: DeploymentEventWriter(c).write(states, received_at))
 
 
+class AsyncApprovals:
+    """The approval writer, called on the ClickHouse thread."""
+
+    def __init__(self, thread: ClickHouseThread) -> None:
+        self._thread = thread
+
+    async def write(self, records: Sequence[Positioned[Appended]]) -> ControlWrite:
+        return await self._thread.run(lambda c: ApprovalWriter(c).write(records))
+
+
 class AsyncDetectorEvents:
     """The judgement, alert and rollback writer, called on the ClickHouse thread."""
 
@@ -301,16 +317,18 @@ def install_control_agents(
     retry: Retrier,
     on_new_alerts: Callable[[Sequence[Alert]], None] | None = None,
 ) -> ControlRecorder:
-    """Agents storing the control topics (``coalmine.versions``, ``coalmine.deployments``)
-    and the detector's (``coalmine.judgements``, ``coalmine.alerts``, ``coalmine.rollbacks``)
-    in ClickHouse, apart from the span path: their own streams, small batches, acknowledged
-    once stored. Each topic has one partition, so one worker of the group stores it, and
-    that worker hands each alert it stores first to ``on_new_alerts`` (the webhook)."""
+    """Agents storing the control topics (``coalmine.versions``, ``coalmine.deployments``),
+    the detector's (``coalmine.judgements``, ``coalmine.alerts``, ``coalmine.rollbacks``)
+    and the approval topics in ClickHouse, apart from the span path: their own streams, small
+    batches, acknowledged once stored. Each topic has one partition, so one worker of the
+    group stores it, and that worker hands each alert it stores first to ``on_new_alerts``
+    (the webhook)."""
     recorder = ControlRecorder(
         AsyncAgentVersions(thread),
         AsyncDeploymentEvents(thread),
         AsyncDetectorEvents(thread),
-        retry,
+        AsyncApprovals(thread),
+        retry=retry,
     )
 
     async def record_judgements(messages: Sequence[RawMessage]) -> bool:
@@ -328,29 +346,37 @@ def install_control_agents(
         (JUDGEMENTS, record_judgements),
         (ALERTS, record_alerts),
         (ROLLBACKS, record_rollbacks),
+        (APPROVAL_REQUESTS, recorder.record_approval_requests),
+        (APPROVAL_DECISIONS, recorder.record_approval_decisions),
     ):
-        channel = app.topic(
-            settings.topic(topic),
-            key_type=bytes,
-            value_type=bytes,
-            partitions=topic.partitions(settings),
-            replicas=settings.replication_factor,
-        )
-        app.agent(channel, concurrency=1, name=f"store-{topic.name}")(
-            _acknowledged_once_stored(app, record)
+        app.agent(_channel(app, settings, topic), concurrency=1, name=f"store-{topic.name}")(
+            _acknowledged_once_stored(app, record, "storing control records")
         )
     return recorder
 
 
+def _channel(app: faust.App, settings: Settings, topic: Topic) -> faust.TopicT:
+    return app.topic(
+        settings.topic(topic),
+        key_type=bytes,
+        value_type=bytes,
+        partitions=topic.partitions(settings),
+        replicas=settings.replication_factor,
+    )
+
+
 def _acknowledged_once_stored(
-    app: faust.App, record: Callable[[Sequence[RawMessage]], Awaitable[bool]]
+    app: faust.App, record: Callable[[Sequence[RawMessage]], Awaitable[bool]], what: str
 ) -> Callable[[faust.StreamT[bytes]], Awaitable[None]]:
+    """An agent handing each small batch to ``record`` and acknowledging it once ``record``
+    says it is done (False: the worker is stopping, the batch stays unacknowledged)."""
+
     async def agent(stream: faust.StreamT[bytes]) -> None:
         async for events in _event_batches(stream, CONTROL_BATCH_MAX, CONTROL_BATCH_S):
             try:
                 stored = await record([_raw_message(e) for e in events])
-            except Exception as exc:  # a write no retry can mend: stop, unacknowledged
-                log.critical("storing control records failed; stopping the worker: %s", exc)
+            except Exception as exc:  # a write no retry can mend, or a bug: stop, unacknowledged
+                log.critical("%s failed; stopping the worker: %s", what, exc, exc_info=True)
                 await app.crash(exc)
                 return
             if not stored:
@@ -373,14 +399,40 @@ def install_detector(
     }
     stored = detect.stored_partials(thread.run, settings.window_seconds)
     detector = detect.Detector(settings, writers, stored, retry)
-    detect.install(
-        app,
-        settings,
-        detector,
-        lambda stream: _event_batches(stream, detect.BATCH_MAX, detect.BATCH_S),
-        _raw_message,
+    app.agent(_channel(app, settings, VERSION_STATS), concurrency=1, name="detector")(
+        _acknowledged_once_stored(app, detector.on_partials, "judging window partials")
     )
+    app.task(detect.follow_and_tick(app, settings, detector))
+
+    @app.on_partitions_revoked.connect
+    async def disown_agents(
+        sender: faust.App, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
+    ) -> None:
+        detector.disown()  # another worker may judge them now; rebuilt at their next partial
+
     return detector
+
+
+def install_health_page(
+    app: faust.App, traces_topic: str, health: HealthState, counted: Sequence[object]
+) -> None:
+    """``/health``: ``ok`` or ``degraded`` with the reasons (see :mod:`streams.runtime.health`),
+    and the fields of every ``counted`` counters object."""
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            now = time.monotonic()
+            positions = consumer_positions(app, traces_topic, health, now)
+            verdict = assess(health.snapshot(now, positions))
+            return self.json(
+                {
+                    "status": verdict.status,
+                    "reasons": list(verdict.reasons),
+                    **verdict.details,
+                    **{name: n for c in counted for name, n in vars(c).items()},
+                }
+            )
 
 
 def create_app(
@@ -426,6 +478,11 @@ def create_app(
         partitions=TRACES.partitions(settings),
         replicas=settings.replication_factor,
     )
+    dead_letter_topic = app.topic(
+        settings.topic(TRACES_DLQ),
+        partitions=TRACES_DLQ.partitions(settings),
+        replicas=settings.replication_factor,
+    )
 
     def stopping() -> bool:
         return bool(app.should_stop)
@@ -433,14 +490,7 @@ def create_app(
     health = HealthState(time.monotonic)
     processor = IngestProcessor(
         spans=spans or AsyncSpanWriter(thread),
-        dead_letters=FaustTopicWriter(
-            app,
-            app.topic(
-                settings.topic(TRACES_DLQ),
-                partitions=TRACES_DLQ.partitions(settings),
-                replicas=settings.replication_factor,
-            ).get_topic_name(),
-        ),
+        dead_letters=FaustTopicWriter(app, dead_letter_topic.get_topic_name()),
         prices=prices,
         stopping=stopping,
         max_clock_skew_s=settings.max_clock_skew_s,
@@ -519,8 +569,6 @@ def create_app(
         health.forget_partitions()
         if windows is not None:
             await windows.forget()
-        if detector is not None:
-            detector.disown()
 
     webhook = alert_webhook.install(app, settings)
     control = install_control_agents(
@@ -531,29 +579,8 @@ def create_app(
         on_new_alerts=webhook.submit if webhook else None,
     )
     detector = install_detector(app, settings, thread, Retrier(stopping, RetryPolicy(), health))
-
-    @app.page("/health")
-    class Health(View):
-        """``ok`` or ``degraded`` with the reasons (see :mod:`streams.runtime.health`), and
-        counters."""
-
-        async def get(self, request: Request) -> Response:
-            now = time.monotonic()
-            positions = consumer_positions(app, traces.get_topic_name(), health, now)
-            verdict = assess(health.snapshot(now, positions))
-            window_counters = windows.counters.__dict__ if windows else {}
-            return self.json(
-                {
-                    "status": verdict.status,
-                    "reasons": list(verdict.reasons),
-                    **verdict.details,
-                    **processor.counters.__dict__,
-                    **window_counters,
-                    **control.counters.__dict__,
-                    **(detector.counters.__dict__ if detector else {}),
-                    **(webhook.counters.__dict__ if webhook else {}),
-                }
-            )
+    counted = [x.counters for x in (processor, windows, control, webhook, detector) if x]
+    install_health_page(app, traces.get_topic_name(), health, counted)
 
     sqlpage.install(app, settings)
 

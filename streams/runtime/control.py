@@ -1,7 +1,8 @@
 """The control topics into ClickHouse: ``coalmine.versions`` → ``coalmine.agent_versions``,
-``coalmine.deployments`` → ``coalmine.deployment_events`` (one row per generation), and the
+``coalmine.deployments`` → ``coalmine.deployment_events`` (one row per generation), the
 detector's ``coalmine.judgements``, ``coalmine.alerts`` and ``coalmine.rollbacks`` → the
-tables of the same names (one row per event id).
+tables of the same names (one row per event id), and both approval topics →
+``coalmine.approvals`` (one row per record).
 
 The worker's agents hand each batch of records here and acknowledge it once this returns
 ``True``: rows are stored before offsets move. The stores are idempotent (see
@@ -20,7 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
+from pydantic import ValidationError
+
 from schemas.alert import Alert
+from schemas.approval import ApprovalDecision, ApprovalRequest
 from schemas.deployment import DeploymentState
 from schemas.judgement import Judgement
 from schemas.rollback import RollbackCommand
@@ -29,17 +33,20 @@ from streams.alerts.records import parse_event_record
 from streams.ingest.route import RawMessage
 from streams.logs import RateLimitedLog
 from streams.runtime.processor import Retrier
-from streams.storage.control import ControlWrite, Positioned
+from streams.storage.control import Appended, ControlWrite, Positioned
 from streams.storage.detector_events import E, EventTable
 from streams.versions.catalog import (
     InvalidRecordError,
     parse_keyed_record,
     parse_version_record,
 )
+from streams.versions.load import describe_validation_error
 
 log = logging.getLogger(__name__)
 
-Record = TypeVar("Record", AgentVersion, DeploymentState, Judgement, Alert, RollbackCommand)
+Record = TypeVar(
+    "Record", AgentVersion, DeploymentState, Judgement, Alert, RollbackCommand, Appended
+)
 
 
 def parse_deployment_record(key: bytes | None, value: bytes | None) -> DeploymentState:
@@ -66,6 +73,32 @@ class DeploymentEventStore(Protocol):
         """Store one row per (agent, generation) once; any failure raised."""
 
 
+def approval_parser(
+    model: type[ApprovalRequest] | type[ApprovalDecision],
+) -> Callable[[RawMessage], Appended]:
+    """What a record of an approval topic holds, with its append time; else
+    :class:`InvalidRecordError`. Keys are not checked: the rule reads values only."""
+
+    def parse(message: RawMessage) -> Appended:
+        if message.value is None:
+            raise InvalidRecordError("a tombstone (approval records are never deleted)")
+        if message.timestamp_ms is None:
+            raise InvalidRecordError("no timestamp (the topic must use LogAppendTime)")
+        try:
+            event = model.model_validate_json(message.value)
+        except ValidationError as exc:
+            why = describe_validation_error(exc)
+            raise InvalidRecordError(f"not {model.__name__}: {why}") from None
+        return Appended(event, datetime.fromtimestamp(message.timestamp_ms / 1000, UTC))
+
+    return parse
+
+
+class ApprovalStore(Protocol):
+    async def write(self, records: Sequence[Positioned[Appended]]) -> ControlWrite:
+        """Store each (topic, offset) once; any failure raised."""
+
+
 class DetectorEventStore(Protocol):
     async def write(self, table: EventTable[E], events: Sequence[Positioned[E]]) -> ControlWrite:
         """Store the first record of each (agent, id) once; any failure raised."""
@@ -82,6 +115,7 @@ class ControlCounters:
     rollbacks_stored: int = 0
     detector_event_repeats: int = 0
     """Records of a stored event id: delivered again, or the detector deciding again."""
+    approval_records_stored: int = 0
     control_conflicts: int = 0
     """Records naming a stored label or generation with other content (not stored)."""
     control_records_skipped: int = 0
@@ -98,19 +132,38 @@ class ControlRecorder:
         versions: VersionStore,
         deployments: DeploymentEventStore,
         events: DetectorEventStore,
+        approvals: ApprovalStore,
+        *,
         retry: Retrier,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._versions = versions
         self._deployments = deployments
         self._events = events
+        self._approvals = approvals
         self._retry = retry
         self._clock = clock
         self._warn = RateLimitedLog(log, logging.WARNING, interval_s=5.0)
         self.counters = ControlCounters()
 
+    async def record_approval_requests(self, messages: Sequence[RawMessage]) -> bool:
+        return await self._record_approvals(messages, approval_parser(ApprovalRequest))
+
+    async def record_approval_decisions(self, messages: Sequence[RawMessage]) -> bool:
+        return await self._record_approvals(messages, approval_parser(ApprovalDecision))
+
+    async def _record_approvals(
+        self, messages: Sequence[RawMessage], parse: Callable[[RawMessage], Appended]
+    ) -> bool:
+        records = self._parsed(messages, parse)
+        written = await self._stored("approvals", lambda: self._approvals.write(records))
+        if written is None:
+            return False
+        self.counters.approval_records_stored += written.inserted
+        return True
+
     async def record_versions(self, messages: Sequence[RawMessage]) -> bool:
-        versions = self._parsed(messages, parse_version_record)
+        versions = self._parsed(messages, _by_key(parse_version_record))
         written = await self._stored("agent versions", lambda: self._versions.write(versions))
         if written is None:
             return False
@@ -119,7 +172,7 @@ class ControlRecorder:
         return True
 
     async def record_deployments(self, messages: Sequence[RawMessage]) -> bool:
-        states = self._parsed(messages, parse_deployment_record)
+        states = self._parsed(messages, _by_key(parse_deployment_record))
         received_at = datetime.fromtimestamp(self._clock(), UTC)
         written = await self._stored(
             "deployment events", lambda: self._deployments.write(states, received_at)
@@ -138,7 +191,9 @@ class ControlRecorder:
     ) -> bool:
         """Store a batch of a detector topic; ``then`` gets the events stored for the first
         time (not repeats), once they are stored."""
-        events = self._parsed(messages, lambda k, v: parse_event_record(table.model, k, v))
+        events = self._parsed(
+            messages, lambda message: parse_event_record(table.model, message.key, message.value)
+        )
         written = await self._stored(table.name, lambda: self._events.write(table, events))
         if written is None:
             return False
@@ -167,12 +222,12 @@ class ControlRecorder:
     def _parsed(
         self,
         messages: Sequence[RawMessage],
-        parse: Callable[[bytes | None, bytes | None], Record],
+        parse: Callable[[RawMessage], Record],
     ) -> list[Positioned[Record]]:
         parsed = []
         for message in messages:
             try:
-                parsed.append(Positioned(parse(message.key, message.value), message.offset))
+                parsed.append(Positioned(parse(message), message.offset))
             except InvalidRecordError as exc:
                 self.counters.control_records_skipped += 1
                 self._warn(
@@ -183,3 +238,9 @@ class ControlRecorder:
                     exc,
                 )
         return parsed
+
+
+def _by_key(
+    parse: Callable[[bytes | None, bytes | None], Record],
+) -> Callable[[RawMessage], Record]:
+    return lambda message: parse(message.key, message.value)

@@ -9,6 +9,8 @@
   it has read them to their end once.
 * A task ticks the watch every :data:`TICK_S` (windows complete and horizons pass without new
   messages) and applies the records the follower read.
+* Every batch also goes to a :class:`~streams.detector.driftwatch.DriftWatch` (each version
+  against its own history: ``drift`` and ``cost_spike`` alerts).
 * A judge (re)built is replayed from ClickHouse ``version_stats`` on the worker's ClickHouse
   thread.
 
@@ -21,22 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
 import faust
 from clickhouse_connect.driver.client import Client
-from faust.types import EventT
 from pydantic import ValidationError
 
 from schemas.alert import Alert
 from schemas.deployment import DeploymentState
 from schemas.judgement import Judgement
 from schemas.rollback import RollbackCommand
-from schemas.topics import ALERTS, DEPLOYMENTS, JUDGEMENTS, LATE_HEADER, ROLLBACKS, VERSION_STATS
+from schemas.topics import ALERTS, DEPLOYMENTS, JUDGEMENTS, LATE_HEADER, ROLLBACKS
 from schemas.window_stats import WindowStats
+from streams.detector.drift import DriftConfig
+from streams.detector.driftwatch import DriftWatch
 from streams.detector.watch import CanaryWatch, Generation, Outputs, Partial, WatchSettings
 from streams.ingest.route import RawMessage
 from streams.runtime.processor import Retrier, TopicWriter
@@ -48,8 +51,6 @@ from streams.storage import clickhouse
 log = logging.getLogger(__name__)
 
 TICK_S = 0.5
-BATCH_MAX = 500
-BATCH_S = 0.2
 
 M = TypeVar("M", DeploymentState, Alert, RollbackCommand)
 StoredPartials = Callable[[Generation], Awaitable[list[tuple[WindowStats, bool]]]]
@@ -63,11 +64,12 @@ class DetectorCounters:
     partials_read: int = 0
     partials_invalid: int = 0
     judges_replayed: int = 0
+    drift_stale_partials: int = 0
 
 
 class Detector:
     """The watch, what feeds it and where its events go. No Faust here: the app passes the
-    topic writers, the store and the retrier (:func:`install`)."""
+    topic writers, the store and the retrier (:func:`streams.runtime.app.install_detector`)."""
 
     def __init__(
         self,
@@ -75,14 +77,16 @@ class Detector:
         writers: Mapping[str, TopicWriter],
         stored: StoredPartials,
         retry: Retrier,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.watch = CanaryWatch(
-            WatchSettings(
-                window_seconds=settings.window_seconds,
-                allowed_lateness_s=settings.allowed_lateness_s,
-                emission_margin_s=settings.detector_margin_s,
-            )
+        self._clock = clock
+        watch = WatchSettings(
+            window_seconds=settings.window_seconds,
+            allowed_lateness_s=settings.allowed_lateness_s,
+            emission_margin_s=settings.detector_margin_s,
         )
+        self.watch = CanaryWatch(watch)
+        self.drift = DriftWatch(DriftConfig(grace_s=watch.grace_s))
         self._topics = {
             "deployments": settings.topic(DEPLOYMENTS),
             "alerts": settings.topic(ALERTS),
@@ -113,7 +117,10 @@ class Detector:
             partials.append(Partial(stats, dict(message.headers).get(LATE_HEADER) == b"1"))
         self.counters.partials_read += len(partials)
         async with self._lock:
-            out = self.watch.partials(partials, _now())
+            now = self._clock()
+            out = self.watch.partials(partials, now)
+            out.alerts += self.drift.partials(partials, now)
+            self.counters.drift_stale_partials = self.drift.stale
             if not await self._publish(out):
                 return False
             for generation in out.replays:
@@ -142,10 +149,14 @@ class Detector:
 
     async def tick(self) -> bool:
         async with self._lock:
-            return await self._publish(self.watch.tick(_now()))
+            now = self._clock()
+            out = self.watch.tick(now)
+            out.alerts += self.drift.tick(now)
+            return await self._publish(out)
 
     def disown(self) -> None:
         self.watch.disown()
+        self.drift.disown()
 
     async def _replay(self, generation: Generation) -> bool:
         stored = await self._retry("reading a canary's windows", lambda: self._stored(generation))
@@ -161,7 +172,7 @@ class Detector:
             generation.judged.generation,
             len(partials),
         )
-        return await self._publish(self.watch.replay(generation, partials, _now()))
+        return await self._publish(self.watch.replay(generation, partials, self._clock()))
 
     async def _publish(self, out: Outputs) -> bool:
         ordered: tuple[tuple[str, Sequence[Alert | RollbackCommand | Judgement]], ...] = (
@@ -197,10 +208,6 @@ def _sending(
     return send
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _parsed(model: type[M], record: Record) -> M | None:
     try:
         return model.model_validate_json(record.value or b"")
@@ -229,35 +236,10 @@ def stored_partials(
     return read
 
 
-def install(
-    app: faust.App,
-    settings: Settings,
-    detector: Detector,
-    batches: Callable[[faust.StreamT[bytes]], AsyncIterator[Sequence[EventT[bytes]]]],
-    raw: Callable[[EventT[bytes]], RawMessage],
-) -> None:
-    """The version-stats agent, the follower and the tick, on ``app``."""
-    channel = app.topic(
-        settings.topic(VERSION_STATS),
-        key_type=bytes,
-        value_type=bytes,
-        partitions=VERSION_STATS.partitions(settings),
-        replicas=settings.replication_factor,
-    )
-
-    @app.agent(channel, concurrency=1, name="detector")
-    async def judge(stream: faust.StreamT[bytes]) -> None:
-        async for events in batches(stream):
-            try:
-                done = await detector.on_partials([raw(e) for e in events])
-            except Exception as exc:  # a bug of ours: stop, the batch unacknowledged
-                log.critical("the detector failed; stopping the worker: %s", exc, exc_info=True)
-                await app.crash(exc)
-                return
-            if not done:
-                return
-            for event in events:
-                await stream.ack(event)
+def follow_and_tick(
+    app: faust.App, settings: Settings, detector: Detector
+) -> Callable[[], Awaitable[None]]:
+    """The app's task following deployments, alerts and rollbacks and ticking the detector."""
 
     async def follow_and_tick() -> None:
         loop = asyncio.get_running_loop()
@@ -291,4 +273,4 @@ def install(
         finally:
             await asyncio.to_thread(follower.close)
 
-    app.task(follow_and_tick)
+    return follow_and_tick

@@ -6,6 +6,13 @@ checks): tracing an agent must not load the pipeline. Usage: ``from streams.sdk 
 KafkaPublisher, SdkSettings, Tracer`` (see the README).
 """
 
+from streams.sdk.approvals import (
+    ApprovalDeniedError,
+    ApprovalError,
+    Approvals,
+    ApprovalTimeoutError,
+    ApprovalUnavailableError,
+)
 from streams.sdk.batching import BatchLimits
 from streams.sdk.publisher import (
     CountingPublisher,
@@ -19,6 +26,11 @@ from streams.sdk.settings import SdkSettings, SettingsError
 from streams.sdk.tracer import OutcomeSpan, RequestSpan, Span, Tracer
 
 __all__ = [
+    "ApprovalDeniedError",
+    "ApprovalError",
+    "ApprovalTimeoutError",
+    "ApprovalUnavailableError",
+    "Approvals",
     "BatchLimits",
     "CountingPublisher",
     "DeliveryListener",

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
     Consumer,
     KafkaError,
     KafkaException,
@@ -60,6 +61,9 @@ class Record:
     """None: a tombstone (the key was deleted)."""
     partition: int = 0
     offset: int = 0
+    timestamp_ms: int | None = None
+    """The record's timestamp: the broker's append time on a topic configured with
+    ``message.timestamp.type=LogAppendTime``; None when the broker gave none."""
 
 
 def retrying(call: Callable[[], T], what: str, timeout_s: float) -> T:
@@ -139,18 +143,22 @@ class PartitionReader:
         partitions: dict[str, list[int]],
         timeout_s: float,
         since_ms: int | None = None,
+        *,
+        from_end: bool = False,
     ) -> None:
         """Read these partitions (by topic) from the beginning up to their ends now, and on.
         All at once: the first fetch asks for all of them, so no topic's records wait for
         another's. ``since_ms``: from each partition's first record with a timestamp at or
-        after it (ms since the epoch) instead of the beginning."""
+        after it (ms since the epoch) instead of the beginning; ``from_end``: only what is
+        written after their ends now."""
         where = [(topic, p) for topic, numbers in partitions.items() for p in numbers]
         ends = self._current_ends(where, timeout_s)  # before assigning: may raise
-        starts = (
-            dict.fromkeys(where, 0)
-            if since_ms is None
-            else self._offsets_at(where, since_ms, ends, timeout_s)
-        )
+        if from_end:
+            starts = dict(ends)
+        elif since_ms is None:
+            starts = dict.fromkeys(where, 0)
+        else:
+            starts = self._offsets_at(where, since_ms, ends, timeout_s)
         self._consumer.incremental_assign(
             [TopicPartition(t, p, starts[(t, p)] or OFFSET_BEGINNING) for t, p in where]
         )
@@ -219,7 +227,17 @@ class PartitionReader:
                 self._on_error(f"reading {topic or 'a topic'}: {error.str()}")
             elif topic is not None and partition is not None and offset is not None:
                 self._next[(topic, partition)] = offset + 1
-                records.append(Record(topic, message.key(), message.value(), partition, offset))
+                kind, stamp = message.timestamp()
+                records.append(
+                    Record(
+                        topic,
+                        message.key(),
+                        message.value(),
+                        partition,
+                        offset,
+                        None if kind == TIMESTAMP_NOT_AVAILABLE else stamp,
+                    )
+                )
         return records
 
     def close(self) -> None:

@@ -49,6 +49,12 @@ class TopicFollower:
     topic that existed has been handed over (a topic that does not exist yet counts as empty,
     and is looked up again every few seconds). ``on_records`` must not raise; if it does, the
     error is logged and the follower goes on. :meth:`close` stops the thread and the consumer.
+
+    ``from_end``: the topics found at the first lookup are read from their ends then (only
+    what is written after the follower started; :attr:`caught_up` is set once they are
+    assigned), a topic that appears later from its beginning. ``on_tick`` is called from the
+    thread after every read (at least every :data:`POLL_TIMEOUT_S` while the broker answers);
+    like ``on_records`` it must be quick and must not raise.
     """
 
     def __init__(
@@ -60,8 +66,12 @@ class TopicFollower:
         name: str,
         on_caught_up: Callable[[], None] | None = None,
         extra_config: dict[str, Any] | None = None,
+        from_end: bool = False,
+        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self._topics = tuple(topics)
+        self._from_end = from_end
+        self._on_tick = on_tick
         self._on_records = on_records
         self._on_caught_up = on_caught_up
         self._name = name
@@ -102,18 +112,22 @@ class TopicFollower:
                 found = self._look_up(reader, unassigned, unanswered)
                 if found:
                     try:
-                        reader.assign(found, METADATA_TIMEOUT_S)
+                        reader.assign(found, METADATA_TIMEOUT_S, from_end=self._from_end)
                         unassigned -= found.keys()
                     except KafkaException as exc:
                         self._warn("cannot read the ends of %s yet: %s", found, exc.args[0])
                 if unanswered or unassigned & found.keys():
                     next_lookup = time.monotonic() + RETRY_S
+                if not unanswered:
+                    self._from_end = False  # a topic found from now on is new: read it whole
             if reader.assigned:
                 records = reader.read(POLL_TIMEOUT_S)
                 if records:
                     self._hand_over(records)
             else:
                 self._stop.wait(POLL_TIMEOUT_S)
+            if self._on_tick is not None:
+                self._hand_over_tick()
             # A topic that does not exist yet counts as empty, one not looked up yet does not.
             if not unanswered and reader.at_ends and not self.caught_up.is_set():
                 self.caught_up.set()
@@ -136,6 +150,13 @@ class TopicFollower:
             if partitions:
                 found[topic] = partitions
         return found
+
+    def _hand_over_tick(self) -> None:
+        assert self._on_tick is not None
+        try:
+            self._on_tick()
+        except Exception:
+            logger.exception("the tick of %s failed", ", ".join(self._topics))
 
     def _hand_over(self, records: list[Record]) -> None:
         try:

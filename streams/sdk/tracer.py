@@ -37,7 +37,7 @@ import math
 import numbers
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -56,8 +56,10 @@ from schemas.trace import (
 )
 from schemas.version import AgentBundle
 from streams.logs import RateLimitedLog
+from streams.sdk.approvals import Approvals
 from streams.sdk.publisher import Publisher
 from streams.sdk.router import Route, RoutingTable
+from streams.sdk.toolcall import ask_if_needed
 
 logger = logging.getLogger("coalmine.sdk")
 
@@ -281,6 +283,7 @@ class Span:
 
 
 _S = TypeVar("_S", bound=Span)
+_T = TypeVar("_T")
 
 
 class OutcomeSpan(Span):
@@ -316,6 +319,45 @@ class RequestSpan(OutcomeSpan):
         """The deployment state's generation that chose the version; None without one."""
         return self.route.generation
 
+    @property
+    def environment(self) -> str:
+        return self._tracer.environment
+
+    def call_tool(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any],
+        run: Callable[..., _T],
+        *,
+        requested_by: str | None = None,
+    ) -> _T:
+        """``run(**arguments)`` in a tool span, once the version's approval policy for
+        ``tool`` lets it: at once when the policy does not ask, else when a person approves
+        (this thread waits; see :class:`~streams.sdk.approvals.Approvals`). Raises
+        :class:`~streams.sdk.approvals.ApprovalDeniedError`, ``ApprovalTimeoutError`` or
+        ``ApprovalUnavailableError`` (all ``ApprovalError``) instead of running it."""
+        asked = ask_if_needed(self, self._tracer.approvals, tool, arguments, requested_by)
+        if asked is not None:
+            asked.finish(asked.approvals.wait(asked.pending))
+        with self.tool(tool):
+            return run(**arguments)
+
+    async def acall_tool(
+        self,
+        tool: str,
+        arguments: Mapping[str, Any],
+        run: Callable[..., Awaitable[_T]],
+        *,
+        requested_by: str | None = None,
+    ) -> _T:
+        """:meth:`call_tool` for ``async`` code: the wait holds no thread, and ``run`` is a
+        coroutine function."""
+        asked = ask_if_needed(self, self._tracer.approvals, tool, arguments, requested_by)
+        if asked is not None:
+            asked.finish(await asked.approvals.wait_async(asked.pending))
+        with self.tool(tool):
+            return await run(**arguments)
+
 
 def _as_int(value: int) -> int:
     # numpy integers are Integral but not int, and the schema is strict; floats are left
@@ -344,6 +386,9 @@ class Tracer:
     Every request runs one version of the agent: ``version`` when there is no ``router``, else
     the one the router picks for the request's routing key (``version`` being the fallback
     while the agent has no deployment, see :class:`~streams.sdk.router.RoutingTable`).
+    ``bundle`` is the version's content when there is no router (its tools' approval
+    policies); ``approvals`` asks people when a policy holds a tool call back
+    (:meth:`RequestSpan.call_tool`).
 
     ``clock`` returns aware UTC datetimes and ``id_factory`` returns UUIDs; inject both for
     deterministic tests and simulations. Thread-safe: spans of different requests can be
@@ -357,6 +402,8 @@ class Tracer:
         publisher: Publisher,
         *,
         router: RoutingTable | None = None,
+        bundle: AgentBundle | None = None,
+        approvals: Approvals | None = None,
         environment: str = "production",
         clock: Callable[[], datetime] = _utc_now,
         id_factory: Callable[[], UUID] = uuid4,
@@ -364,6 +411,8 @@ class Tracer:
         self.agent = agent
         self.version = version
         self.router = router
+        self.bundle = bundle
+        self.approvals = approvals
         self.environment = environment
         self.publisher = publisher
         self._clock = clock
@@ -392,7 +441,7 @@ class Tracer:
         (its trace id is the key). Read the choice from ``req.version`` / ``req.bundle``."""
         trace_id = trace_id or self.new_trace_id()
         if self.router is None:
-            route = Route(self.agent, self.version, None, None, None)
+            route = Route(self.agent, self.version, None, self.bundle, None)
         else:
             route = self.router.route(self.agent, route_key or trace_id, self.version)
         return RequestSpan(

@@ -1,5 +1,6 @@
-"""The control topics in ClickHouse: agent versions (``coalmine.agent_versions``) and the
-deployment audit trail (``coalmine.deployment_events``), each row stored once.
+"""The control topics in ClickHouse: agent versions (``coalmine.agent_versions``), the
+deployment audit trail (``coalmine.deployment_events``) and approval requests and decisions
+(``coalmine.approvals``), each row stored once.
 
 Like :class:`~streams.storage.clickhouse.SpanWriter`, a writer asks which of a batch's keys
 are stored and inserts only the others: (agent, version) for versions, (agent, generation)
@@ -18,6 +19,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from clickhouse_connect.driver.client import Client
 
+from schemas.approval import ApprovalDecision, ApprovalRequest
 from schemas.deployment import DeploymentState
 from schemas.version import AgentVersion, canonical_json
 from streams.storage.clickhouse import DATABASE, isolate_refused_rows
@@ -64,6 +66,39 @@ DEPLOYMENT_EVENT_COLUMNS: Final = (
     "state",
     "kafka_offset",
 )
+APPROVAL_COLUMNS: Final = (
+    "request_id",
+    "event",
+    "event_id",
+    "agent",
+    "version",
+    "environment",
+    "tenant",
+    "tool",
+    "arguments",
+    "asks_because",
+    "on_timeout",
+    "deadline",
+    "trace_id",
+    "span_id",
+    "actor",
+    "reason",
+    "time",
+    "appended_at",
+    "kafka_offset",
+)
+
+
+@dataclass(frozen=True)
+class Appended:
+    """A record of an approval topic with the broker's append time."""
+
+    event: ApprovalRequest | ApprovalDecision
+    appended_at: datetime
+
+    @property
+    def is_request(self) -> bool:
+        return isinstance(self.event, ApprovalRequest)
 
 
 @dataclass(frozen=True)
@@ -144,6 +179,47 @@ def deployment_event_row(
     )
 
 
+def approval_row(record: Appended, offset: int) -> tuple[Any, ...]:
+    event = record.event
+    if isinstance(event, ApprovalRequest):
+        return (
+            event.id,
+            "request",
+            event.id,
+            event.agent,
+            event.version,
+            event.environment,
+            event.tenant or "",
+            event.tool,
+            _json(event.arguments),
+            event.asks_because,
+            event.on_timeout.value,
+            event.deadline,
+            event.trace_id,
+            event.span_id,
+            event.requested_by,
+            "",
+            event.time,
+            record.appended_at,
+            offset,
+        )
+    return (
+        event.request_id,
+        event.decision.value,
+        event.id,
+        event.agent,
+        *("",) * 7,
+        None,
+        "",
+        "",
+        event.decided_by,
+        event.reason,
+        event.time,
+        record.appended_at,
+        offset,
+    )
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False)
 
@@ -216,6 +292,37 @@ class DeploymentEventWriter:
             parameters={"keys": sorted(keys)},
         )
         return {(agent, int(gen)): state for agent, gen, state in found.result_rows}
+
+
+class ApprovalWriter:
+    """Stores each record of the approval topics once, by its topic and offset (a decision
+    sent twice is two records: both stored, the views apply the rule)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def write(self, records: Sequence[Positioned[Appended]]) -> ControlWrite:
+        """Records in offset order; raises the client's error when ClickHouse fails."""
+        if not records:
+            return ControlWrite()
+        found = self._client.query(
+            f"SELECT event = 'request', kafka_offset, any(event_id) FROM {DATABASE}.approvals "
+            "WHERE (event = 'request', kafka_offset) IN {keys:Array(Tuple(Bool, UInt64))} "
+            "GROUP BY event = 'request', kafka_offset",
+            parameters={"keys": sorted({(p.value.is_request, p.offset) for p in records})},
+        )
+        stored: dict[Hashable, str] = {
+            (bool(is_request), int(offset)): event_id
+            for is_request, offset, event_id in found.result_rows
+        }
+        return write_first_of_each(
+            self._client,
+            "approvals",
+            columns=APPROVAL_COLUMNS,
+            records=[((p.value.is_request, p.offset), p.value.event.id, p) for p in records],
+            stored=stored,
+            row_of=lambda p: approval_row(p.value, p.offset),
+        )
 
 
 def write_first_of_each(

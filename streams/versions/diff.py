@@ -1,7 +1,7 @@
 """Two versions of an agent side by side, as a person reads them: prompt text by lines
 (a unified diff per prompt), model and parameters, tools / guardrails / knowledge bases
-added, removed or changed (changes of nested values such as a tool's input schema by JSON
-path), and the free ``extra`` map. Pure: versions in, lines out.
+added, removed or changed (changes of nested values such as a tool's input schema or its
+approval policy by JSON path), and the free ``extra`` map. Pure: versions in, lines out.
 """
 
 from __future__ import annotations
@@ -95,7 +95,10 @@ def named_changes(old: Sequence[NamedSpec], new: Sequence[NamedSpec]) -> list[st
 
 
 def _plain(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json")
+    plain = model.model_dump(mode="json")
+    if isinstance(model, ToolSpec) and model.approval is None:
+        del plain["approval"]  # a policy added or removed reads as such, not as `null → {…}`
+    return plain
 
 
 def value_changes(old: Any, new: Any, path: str = "") -> list[str]:
@@ -105,9 +108,9 @@ def value_changes(old: Any, new: Any, path: str = "") -> list[str]:
         for key in sorted(old.keys() | new.keys()):
             where = f"{path}.{key}" if path else str(key)
             if key not in old:
-                lines.append(f"{where}: added {_shown(new[key])}")
+                lines += _whole(new[key], where, "added {}")
             elif key not in new:
-                lines.append(f"{where}: removed (was {_shown(old[key])})")
+                lines += _whole(old[key], where, "removed (was {})")
             else:
                 lines += value_changes(old[key], new[key], where)
         return lines
@@ -119,6 +122,14 @@ def value_changes(old: Any, new: Any, path: str = "") -> list[str]:
     if _canonical(old) == _canonical(new):  # as the digest sees them: 1 ≠ 1.0, 0.0 ≠ -0.0
         return []
     return [f"{path or 'value'}: {_shown(old)} → {_shown(new)}"]
+
+
+def _whole(value: Any, path: str, how: str) -> list[str]:
+    """An object added or removed whole: one line per member (an approval policy reads as
+    its fields), anything else on one line."""
+    if isinstance(value, dict) and value:
+        return [line for key in sorted(value) for line in _whole(value[key], f"{path}.{key}", how)]
+    return [f"{path}: {how.format(_shown(value))}"]
 
 
 def _canonical(value: Any) -> str:

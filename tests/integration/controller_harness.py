@@ -92,6 +92,16 @@ def outcomes(settings: Settings) -> list[CommandOutcome]:
     return [CommandOutcome.model_validate_json(v) for v in read_all(settings, COMMAND_OUTCOMES)]
 
 
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Whether ``condition()`` came true within ``timeout_s`` (asked every 50 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def wait_for_state(
     settings: Settings, agent: str, done: Callable[[DeploymentState], bool], timeout_s: float = 30
 ) -> DeploymentState:

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +28,7 @@ from streams.devtools.router_probe import RouterProbe
 from streams.sdk.router import Router
 from streams.settings import Settings
 from streams.topics import ensure_topics
-from tests.integration.controller_harness import coalmine
+from tests.integration.controller_harness import coalmine, wait_until
 from tests.integration.harness import consume_spans
 
 AGENT = "support-bot"
@@ -91,15 +90,6 @@ def fresh(settings: Settings) -> Settings:
 def generation_of(router: Router) -> int | None:
     state = router.deployment(AGENT)
     return None if state is None else state.generation
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def within_binomial_bounds(hits: int, n: int, p: float) -> bool:

@@ -40,6 +40,8 @@ def test_names_and_headers_are_unique_and_fit_kafka() -> None:
 
 def test_topic_creation_takes_partitions_and_config_from_the_registry() -> None:
     # The README says data topics have COALMINE_TRACES_PARTITIONS partitions, control one.
+    # Approval topics carry the broker's append time: decisions are judged by it.
+    append_time = {"cleanup.policy": "delete", "message.timestamp.type": "LogAppendTime"}
     for partitions in (1, 7):
         settings = replace(Settings(), topic_prefix="x", traces_partitions=partitions)
         layout = {
@@ -56,6 +58,8 @@ def test_topic_creation_takes_partitions_and_config_from_the_registry() -> None:
             "x.rollbacks": (1, {"cleanup.policy": "delete"}),
             "x.command-outcomes": (1, {"cleanup.policy": "delete"}),
             "x.deployments": (1, {"cleanup.policy": "compact"}),
+            "x.approval-requests": (1, append_time),
+            "x.approval-decisions": (1, append_time),
         }
 
 

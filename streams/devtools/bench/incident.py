@@ -28,7 +28,6 @@ import statistics
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
@@ -37,6 +36,7 @@ from pathlib import Path
 from schemas.command import CommandAction
 from schemas.deployment import Phase
 from schemas.plan import RolloutPlan, RolloutStep
+from streams.devtools.bench import bench_topics, say
 from streams.devtools.bench.incident_figures import (
     Figures,
     Incident,
@@ -143,12 +143,9 @@ class _Bench:
     """The pipeline, the routers and the agents, ready for rounds of incidents."""
 
     def __init__(self, settings: Settings, options: Options, cleanup: ExitStack) -> None:
+        settings = bench_topics(settings, cleanup, "bench-incident")
         tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="bench-incident-")))
-        self.settings = replace(
-            settings,
-            topic_prefix=f"bench-incident-{uuid.uuid4().hex[:8]}",
-            clickhouse_url=f"chdb://{tmp / 'chdb'}",
-        )
+        self.settings = replace(settings, clickhouse_url=f"chdb://{tmp / 'chdb'}")
         self.options = options
         self.achieved_rates: list[float] = []
         self.traffic_spans: list[tuple[float, float]] = []
@@ -378,7 +375,3 @@ class Report:
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(document, indent=2) + "\n")
-
-
-def say(message: str) -> None:
-    print(message, flush=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import statistics
 import tempfile
 import time
 import uuid
@@ -38,18 +37,15 @@ from schemas.command import CommandAction
 from schemas.plan import RolloutPlan, RolloutStep
 from schemas.rollback import RollbackCommand
 from schemas.topics import ROLLBACKS
-from streams.devtools import localkafka
+from streams.devtools.bench import bench_topics, percentiles, say
 from streams.devtools.control_records import ControlWriter, example_version, rollout_state
 from streams.devtools.controller_process import ControllerProcess
-from streams.devtools.localkafka import process
-from streams.devtools.localkafka.config import local_address
 from streams.devtools.loop import command
 from streams.devtools.router_probe import RouterProbe
 from streams.errors import CoalmineError
 from streams.sdk.compacted import Record
 from streams.sdk.router import BUCKETS, RoutingTable, bucket, rollout_hasher, rollout_salt
 from streams.settings import Settings
-from streams.topics import ensure_topics
 
 AGENT = "bench-bot"
 COST_KEYS = 200_000
@@ -76,11 +72,7 @@ def run(
     if fetch_wait_ms is not None:
         settings = replace(settings, sdk_router_fetch_wait_ms=fetch_wait_ms)
     with ExitStack() as cleanup:
-        local = local_address(settings)
-        if local is not None and not process.answers(*local):
-            cleanup.enter_context(localkafka.LocalKafka(settings))
-        settings = replace(settings, topic_prefix=f"bench-router-{uuid.uuid4().hex[:8]}")
-        ensure_topics(settings)
+        settings = bench_topics(settings, cleanup, "bench-router")
         logs = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="bench-router-")))
         cleanup.enter_context(ControllerProcess(settings, logs / "controller.log"))
         cycle = RollbackCycle(settings, cleanup.enter_context(ControlWriter(settings)))
@@ -97,8 +89,8 @@ def run(
         latencies = measure_propagation(probes, cycle, rollbacks)
     slowest = [max(per_router) for per_router in latencies]
     every = [t for per_router in latencies for t in per_router]
-    say(f"  produced -> last router serving stable, ms: {_percentiles(slowest)}")
-    say(f"  produced -> each router, ms:                 {_percentiles(every)}")
+    say(f"  produced -> last router serving stable, ms: {percentiles(slowest)}")
+    say(f"  produced -> each router, ms:                 {percentiles(every)}")
     return 0
 
 
@@ -264,16 +256,3 @@ def _await(probes: Sequence[RouterProbe], generation: int) -> list[float]:
     if None in seen:
         raise CoalmineError(f"a router did not see generation {generation} within 30 s")
     return seen
-
-
-def _percentiles(values: list[float]) -> str:
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return (
-        f"p50 {statistics.median(ordered):7.1f}   p99 {p99:7.1f}   max {ordered[-1]:7.1f}"
-        f"   (n={len(ordered)})"
-    )
-
-
-def say(message: str) -> None:
-    print(message, flush=True)

@@ -13,7 +13,7 @@ from schemas.deployment import DeploymentState, Phase
 from schemas.judgement import Metric, Verdict
 from schemas.plan import JudgeOverrides, RolloutPlan, RolloutStep
 from schemas.window_stats import WindowStats
-from streams.detector.events import event_id
+from streams.detector.events import event_id, judge_config, judged_generations
 from streams.detector.watch import CanaryWatch, Generation, Outputs, Partial, WatchSettings
 from tests.unit.detector.sim import EPOCH, WINDOW_S, Arm, window, window_start
 
@@ -278,3 +278,18 @@ def test_a_partial_of_another_agent_waits_for_nobody() -> None:
     watch = started()
     stranger = WindowStats.empty("other", "v2", window_start(0), WINDOW_S, "x")
     assert not watch.partials([Partial(stranger)], due(0))
+
+
+def test_a_rollouts_alpha_is_split_over_the_generations_it_judges() -> None:
+    plan = RolloutPlan(
+        steps=(
+            RolloutStep(weight=0.1),
+            RolloutStep(weight=0.5, approval=True),
+            RolloutStep(weight=1.0),
+        ),
+        judge=JudgeOverrides(alpha_rollback=0.014, alpha_alert=0.07),
+    )
+    config = judge_config(plan)
+    # 3 steps and their latched PASS, and the wait for approval before the second.
+    assert judged_generations(plan) == 7
+    assert (config.alpha_rollback, config.alpha_alert) == (0.002, 0.01)

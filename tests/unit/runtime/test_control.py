@@ -5,19 +5,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from schemas.alert import Alert
+from schemas.approval import ApprovalDecision, Decision
 from schemas.deployment import DeploymentState
 from schemas.judgement import Verdict
 from schemas.version import AgentVersion
 from streams.ingest.route import RawMessage
 from streams.runtime.control import ControlRecorder, parse_deployment_record
 from streams.runtime.processor import PipelineBugError, Retrier, RetryPolicy
-from streams.storage.control import ControlWrite, Positioned
+from streams.storage.control import Appended, ControlWrite, Positioned
 from streams.storage.detector_events import (
     ALERTS_TABLE,
     JUDGEMENTS_TABLE,
@@ -41,6 +42,7 @@ class FlakyStores:
         self.error = error or ConnectionError("ClickHouse went away")
         self.versions: list[list[Positioned[AgentVersion]]] = []
         self.states: list[list[Positioned[DeploymentState]]] = []
+        self.approvals: list[list[Positioned[Appended]]] = []
 
     def _fail_maybe(self) -> None:
         if self.failures > 0:
@@ -86,14 +88,26 @@ class DetectorStore(FlakyStores):
         return written
 
 
+class ApprovalStore(FlakyStores):
+    async def write(self, records: Sequence[Positioned[Appended]]) -> ControlWrite:
+        self._fail_maybe()
+        self.approvals.append(list(records))
+        return ControlWrite(inserted=len(records))
+
+
 def recorder(
     versions: VersionStore,
     events: EventStore,
     stopping: bool = False,
     detector: DetectorStore | None = None,
+    approvals: ApprovalStore | None = None,
 ) -> ControlRecorder:
     return ControlRecorder(
-        versions, events, detector or DetectorStore(), Retrier(lambda: stopping, NO_WAIT)
+        versions,
+        events,
+        detector or DetectorStore(),
+        approvals or ApprovalStore(),
+        retry=Retrier(lambda: stopping, NO_WAIT),
     )
 
 
@@ -212,3 +226,29 @@ def test_a_stopping_worker_leaves_detector_events_unstored() -> None:
     batch = messages("coalmine.alerts", record(regression_alert()))
     assert asyncio.run(control.record_events(ALERTS_TABLE, batch, handed.extend)) is False
     assert (handed, control.counters.alerts_stored) == ([], 0)
+
+
+def test_approval_records_are_stored_with_their_append_time_and_junk_is_counted() -> None:
+    approvals = ApprovalStore(failures=1)
+    control = recorder(VersionStore(), EventStore(), approvals=approvals)
+    decision = ApprovalDecision(
+        id="b" * 32,
+        request_id="a" * 32,
+        agent="support-bot",
+        time=datetime(2026, 1, 1, tzinfo=UTC),
+        decision=Decision.APPROVE,
+        decided_by="ana",
+    )
+    value = decision.model_dump_json().encode()
+    batch = [
+        RawMessage("d", 0, 0, None, value, timestamp_ms=1_767_225_600_250),
+        RawMessage("d", 0, 1, None, None, timestamp_ms=1),  # a tombstone
+        RawMessage("d", 0, 2, None, value),  # no append time
+        RawMessage("d", 0, 3, None, b'{"id": 1}', timestamp_ms=1),
+    ]
+    assert asyncio.run(control.record_approval_decisions(batch)) is True
+    ((stored,),) = approvals.approvals
+    assert stored.offset == 0
+    assert stored.value == Appended(decision, datetime(2026, 1, 1, 0, 0, 0, 250_000, tzinfo=UTC))
+    assert control.counters.approval_records_stored == 1
+    assert control.counters.control_records_skipped == 3
