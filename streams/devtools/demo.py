@@ -76,7 +76,6 @@ BAD_PLAN = RolloutPlan(
 )
 GOOD_PLAN = RolloutPlan(
     steps=(
-        RolloutStep(weight=0.25, min_duration_s=10, require_pass=True),
         RolloutStep(weight=0.5, min_duration_s=10, require_pass=True),
         RolloutStep(weight=1.0),
     ),
@@ -141,8 +140,7 @@ def acts(duration_s: float, rate: float, seed: int) -> tuple[Act, Act]:
                 error_rate=BAD_ERROR_RATE,
                 seed=seed + 1,
             ),
-            "a good canary (it behaves like stable): 25%, then 50% once the judge says PASS, "
-            "then 100% once it says PASS again",
+            "a good canary (it behaves like stable): 50% until the judge says PASS, then 100%",
         ),
     )
 
