@@ -35,7 +35,9 @@ from pathlib import Path
 
 from schemas.command import CommandAction
 from schemas.deployment import Phase
-from schemas.plan import RolloutPlan, RolloutStep
+from schemas.plan import JudgeOverrides, RolloutPlan, RolloutStep
+from streams.detector.events import judged_generations
+from streams.detector.judge import JudgeConfig
 from streams.devtools.bench import bench_topics, say
 from streams.devtools.bench.incident_figures import (
     Figures,
@@ -91,8 +93,16 @@ class Options:
     seed: int = 11
 
     def plan(self) -> RolloutPlan:
+        """One long step at the canary's share. The rollout's alphas are the judge's defaults
+        times the generations the detector splits them over, so each generation is judged
+        at the defaults, exactly as the pure judge beside it."""
         step = RolloutStep(weight=self.canary_share, min_duration_s=DAY_S)
-        return RolloutPlan(steps=(step, RolloutStep(weight=1.0)), auto_rollback=True)
+        plan = RolloutPlan(steps=(step, RolloutStep(weight=1.0)), auto_rollback=True)
+        share, judge = judged_generations(plan), JudgeConfig()
+        alphas = JudgeOverrides(
+            alpha_rollback=judge.alpha_rollback * share, alpha_alert=judge.alpha_alert * share
+        )
+        return plan.model_copy(update={"judge": alphas})
 
 
 def run(settings: Settings, options: Options, json_path: Path | None) -> int:

@@ -12,6 +12,9 @@ import pytest
 from schemas.deployment import Phase
 from schemas.judgement import Verdict
 from streams.detector.bench.scenarios import Family
+from streams.detector.events import judge_config
+from streams.detector.judge import JudgeConfig
+from streams.devtools.bench.incident import Options
 from streams.devtools.bench.incident_figures import (
     Incident,
     Scenario,
@@ -134,3 +137,8 @@ def test_judge_window_times_come_from_event_time_not_reading_time() -> None:
     found = incident(SCENARIO, 1, rollout, ONSET, [])
 
     assert found.decided_s == pytest.approx(15.0)
+
+
+def test_the_pipeline_judges_each_generation_at_the_pure_judges_alphas() -> None:
+    config, pure = judge_config(Options().plan()), JudgeConfig()
+    assert (config.alpha_rollback, config.alpha_alert) == (pure.alpha_rollback, pure.alpha_alert)
