@@ -69,6 +69,20 @@ class Metric(StrEnum):
     """Mean quality score in [0, 1]; lower is worse."""
 
 
+RATE_METRICS = frozenset(
+    {
+        Metric.ERROR_RATE,
+        Metric.TASK_FAILURE_RATE,
+        Metric.TOOL_ERROR_RATE,
+        Metric.LATENCY_P95_EXCEEDANCE,
+        Metric.LATENCY_P99_EXCEEDANCE,
+    }
+)
+"""Metrics counting a bad event: estimates are rates, effects rate ratios."""
+MEAN_METRICS = frozenset({Metric.LATENCY_LOG_MEAN, Metric.LOG_COST_MEAN, Metric.QUALITY_MEAN})
+"""Metrics averaging a value: effects are differences of means."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 

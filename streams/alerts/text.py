@@ -14,7 +14,7 @@ from datetime import UTC
 from typing import Final
 
 from schemas.alert import Alert, AlertKind
-from schemas.judgement import Metric
+from schemas.judgement import RATE_METRICS, Metric
 
 METRIC_WORDS: Final = {
     Metric.ERROR_RATE: "error rate",
@@ -26,16 +26,6 @@ METRIC_WORDS: Final = {
     Metric.LOG_COST_MEAN: "mean log cost",
     Metric.QUALITY_MEAN: "mean quality",
 }
-RATE_METRICS: Final = frozenset(
-    {
-        Metric.ERROR_RATE,
-        Metric.TASK_FAILURE_RATE,
-        Metric.TOOL_ERROR_RATE,
-        Metric.LATENCY_P95_EXCEEDANCE,
-        Metric.LATENCY_P99_EXCEEDANCE,
-    }
-)
-"""Metrics whose values are shares, shown as percentages."""
 OBSERVATIONS: Final = {Metric.TOOL_ERROR_RATE: "tool calls", Metric.TASK_FAILURE_RATE: "tasks"}
 """What a metric's sample sizes count, when not requests."""
 

@@ -1,6 +1,6 @@
 """Sequential statistics for canary judgement and drift detection (pure: no I/O, no clock)."""
 
-from schemas.judgement import Metric, Verdict
+from schemas.judgement import MEAN_METRICS, RATE_METRICS, Metric, Verdict
 from streams.detector.drift import DriftConfig, DriftDetector
 from streams.detector.judge import (
     DEFAULT_METRIC_WEIGHTS,
@@ -8,7 +8,7 @@ from streams.detector.judge import (
     CanaryJudge,
     JudgeConfig,
 )
-from streams.detector.types import MEAN_METRICS, RATE_METRICS, Decision, MetricEvidence
+from streams.detector.types import Decision, MetricEvidence
 
 __all__ = [
     "DEFAULT_METRIC_WEIGHTS",

@@ -37,11 +37,11 @@ from types import MappingProxyType
 
 import numpy as np
 
-from schemas.judgement import Metric, Verdict
+from schemas.judgement import MEAN_METRICS, Metric, Verdict
 from schemas.window_stats import LATENCY_BUCKET_COUNT, WindowStats
 from streams.detector.metrics import mean_sums, rate_counts
 from streams.detector.stats import MixtureCusum, binomial_log_lr, gaussian_log_lr
-from streams.detector.types import MEAN_METRICS, Decision, MetricEvidence
+from streams.detector.types import Decision, MetricEvidence
 
 WINDOWS_PER_DAY_5S = 17_280
 

@@ -41,7 +41,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from schemas.judgement import Metric, Verdict
+from schemas.judgement import MEAN_METRICS, RATE_METRICS, Metric, Verdict
 from schemas.window_stats import (
     LATENCY_BUCKET_COUNT,
     WindowStats,
@@ -50,7 +50,7 @@ from schemas.window_stats import (
 )
 from streams.detector.metrics import mean_sums, rate_counts
 from streams.detector.stats import ConditionalRateTest, NormalMixtureMeanTest
-from streams.detector.types import MEAN_METRICS, RATE_METRICS, Decision, MetricEvidence
+from streams.detector.types import Decision, MetricEvidence
 
 DEFAULT_METRIC_WEIGHTS: Mapping[Metric, float] = MappingProxyType(
     {

@@ -7,17 +7,6 @@ from datetime import datetime
 
 from schemas.judgement import Metric, Verdict
 
-RATE_METRICS = frozenset(
-    {
-        Metric.ERROR_RATE,
-        Metric.TASK_FAILURE_RATE,
-        Metric.TOOL_ERROR_RATE,
-        Metric.LATENCY_P95_EXCEEDANCE,
-        Metric.LATENCY_P99_EXCEEDANCE,
-    }
-)
-MEAN_METRICS = frozenset({Metric.LATENCY_LOG_MEAN, Metric.LOG_COST_MEAN, Metric.QUALITY_MEAN})
-
 
 @dataclass(frozen=True)
 class MetricEvidence:
