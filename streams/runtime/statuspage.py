@@ -20,19 +20,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import faust
 from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
 from streams.errors import CoalmineError
-from streams.httpguard import host_allowed, is_loopback, issue_token_file, read_token_file
+from streams.httpguard import host_allowed, issue_token_file
 from streams.runtime.queryrunner import QueryBusyError, QueryRunner
 from streams.settings import Settings
 from streams.statuspage import queries
+from streams.statuspage.address import page_url, token_file
 from streams.statuspage.queries import Fetch, Row
 from streams.statuspage.requests import AgentQuery, agent_query
 from streams.storage import sqlsession
@@ -63,23 +62,6 @@ AGENT_ENDPOINTS: Mapping[str, AgentEndpoint] = {
     "timeline": queries.timeline,
     "alerts": queries.alerts,
 }
-
-
-def token_file(settings: Settings) -> Path:
-    return settings.home / "page-token"
-
-
-def read_token(settings: Settings) -> str:
-    return read_token_file(token_file(settings), "this command")
-
-
-def page_url(settings: Settings, token: str) -> str:
-    """The address a person opens: the worker's, with the token (as Jupyter logs it). A
-    worker listening on every address is reached on loopback from its own machine."""
-    host = settings.worker_host if is_loopback(settings.worker_host) else "127.0.0.1"
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return f"http://{host}:{settings.worker_port}/?token={quote(token)}"
 
 
 @dataclass(frozen=True)
