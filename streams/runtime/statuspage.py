@@ -167,6 +167,9 @@ def install(app: faust.App, settings: Settings) -> None:
         except CoalmineError as exc:
             log.warning("a status page query failed: %s", exc)
             return answer(view, 503, {"error": str(exc)})
+        except Exception:
+            log.exception("a status page request failed")
+            return answer(view, 500, {"error": "internal error (see the worker's log)"})
         return answer(view, 200, document)
 
     @app.page("/", name="status-page")
@@ -179,7 +182,7 @@ def install(app: faust.App, settings: Settings) -> None:
                 cookie = f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
                 return self.text("", status=303, headers={"Location": "/", "Set-Cookie": cookie})
             body, kind = files["index.html"]
-            return self.bytes(body, content_type=kind, headers=dict(SECURITY_HEADERS))
+            return self.bytes(body, headers={**SECURITY_HEADERS, "Content-Type": kind})
 
     @app.page("/static/{path:.+}", name="status-page-files")
     class Files(View):
@@ -190,7 +193,7 @@ def install(app: faust.App, settings: Settings) -> None:
             if found is None:
                 return self.text("not found", status=404)
             body, kind = found
-            return self.bytes(body, content_type=kind, headers=dict(SECURITY_HEADERS))
+            return self.bytes(body, headers={**SECURITY_HEADERS, "Content-Type": kind})
 
     @app.page("/api/agents", name="status-agents")
     class Agents(View):

@@ -55,7 +55,10 @@ def _bounded(parameters: Mapping[str, str], name: str, default: int, maximum: in
     text = parameters.get(name)
     if text is None:
         return default
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= maximum:
+    digits = len(str(maximum))
+    if not (
+        text.isascii() and text.isdigit() and len(text) <= digits and 1 <= int(text) <= maximum
+    ):
         raise ValueError(f"{name} must be a whole number from 1 to {maximum}, not {text[:20]!r}")
     return int(text)
 
