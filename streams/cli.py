@@ -116,7 +116,9 @@ def _sql(args: argparse.Namespace, settings: Settings) -> int:
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams.devtools import demo
 
-    return demo.run(settings, duration_s=args.duration, rate=args.rate, seed=args.seed)
+    return demo.run(
+        settings, duration_s=args.duration, rate=args.rate, seed=args.seed, stay=args.stay
+    )
 
 
 def _bench_detector(args: argparse.Namespace, settings: Settings) -> int:
@@ -375,6 +377,11 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
     demo.add_argument("--rate", type=float_in(RATE), default=200.0, help="requests per second")
     demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument(
+        "--stay",
+        action="store_true",
+        help="after the story, keep the pipeline and the status page up until Ctrl-C",
+    )
     demo.set_defaults(handler=_demo)
 
 

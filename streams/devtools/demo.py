@@ -45,6 +45,7 @@ from streams.devtools.loop import (
 from streams.devtools.router_probe import RouterProbe, WatchedRouter
 from streams.devtools.traffic import CATALOG, AgentProfile
 from streams.settings import Settings
+from streams.statuspage.address import page_url, read_token
 
 CATCH_UP_TIMEOUT_S = 60.0
 STATUS_EVERY_S = 10.0
@@ -145,7 +146,10 @@ def acts(duration_s: float, rate: float, seed: int) -> tuple[Act, Act]:
     )
 
 
-def run(settings: Settings, *, duration_s: float, rate: float, seed: int) -> int:
+def run(
+    settings: Settings, *, duration_s: float, rate: float, seed: int, stay: bool = False
+) -> int:
+    """The demo; ``stay``: afterwards keep the pipeline and its status page up until Ctrl-C."""
     say(
         f"Coalmine demo: a bad canary rolled back and a good one promoted, by themselves "
         f"(at most {duration_s:.0f} s of traffic at {rate:.0f} requests/s)"
@@ -156,9 +160,23 @@ def run(settings: Settings, *, duration_s: float, rate: float, seed: int) -> int
         except KeyboardInterrupt:
             say("\ninterrupted: stopping what the demo started...")
             raise
+        if stay:
+            _stay(settings)
         say("\nstopping...")
-    say("done. `coalmine status`, `coalmine sql` and `coalmine alerts` show more.")
+    say(
+        "done. `coalmine status`, `coalmine sql` and `coalmine alerts` show more; "
+        "`coalmine demo --stay` keeps the status page up after the story."
+    )
     return 0 if decided else 1
+
+
+def _stay(settings: Settings) -> None:
+    say(f"\nthe status page stays up until Ctrl-C: {page_url(settings, read_token(settings))}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 def _run(settings: Settings, cleanup: ExitStack, cast: tuple[Act, Act]) -> bool:

@@ -48,6 +48,7 @@ from streams.sdk.compacted import Record, latest, read_to_end
 from streams.sdk.follow import TopicFollower
 from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
+from streams.statuspage.address import page_url, read_token
 from streams.topics import ensure_topics
 
 COMMAND_TIMEOUT_S = 30.0
@@ -77,6 +78,7 @@ def start_pipeline(
     say(f"starting the worker, which runs the detector (log: {logs / 'worker.log'})...")
     worker = cleanup.enter_context(WorkerProcess(settings, logs / "worker.log"))
     say(f"worker ready; `coalmine sql` answers through {settings.worker_url}")
+    say(f"status page: {page_url(settings, read_token(settings))}")
     say(f"starting the controller (log: {logs / 'controller.log'})...")
     controller = cleanup.enter_context(ControllerProcess(settings, logs / "controller.log"))
     return Pipeline(worker, controller)

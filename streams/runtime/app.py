@@ -43,7 +43,7 @@ from schemas.version import AgentVersion
 from streams.ingest.aggregate import WindowAggregator, WindowKey, WindowRow
 from streams.ingest.pricing import PriceTable
 from streams.ingest.route import Header, RawMessage, RoutedBatch, SpanRow, SpanWrite
-from streams.runtime import alert_webhook, detect, faust_auth, sqlpage
+from streams.runtime import alert_webhook, detect, faust_auth, sqlpage, statuspage
 from streams.runtime.control import ControlRecorder
 from streams.runtime.health import HealthState, PartitionPosition, assess, next_offsets
 from streams.runtime.processor import (
@@ -435,6 +435,19 @@ def install_health_page(
             )
 
 
+def install_pages(
+    app: faust.App,
+    settings: Settings,
+    traces_topic: str,
+    health: HealthState,
+    counted: Sequence[object],
+) -> None:
+    """The worker's web pages: ``/health``, ``/sql`` and the status page."""
+    install_health_page(app, traces_topic, health, counted)
+    sqlpage.install(app, settings)
+    statuspage.install(app, settings)
+
+
 def create_app(
     settings: Settings,
     thread: ClickHouseThread,
@@ -580,8 +593,6 @@ def create_app(
     )
     detector = install_detector(app, settings, thread, Retrier(stopping, RetryPolicy(), health))
     counted = [x.counters for x in (processor, windows, control, webhook, detector) if x]
-    install_health_page(app, traces.get_topic_name(), health, counted)
-
-    sqlpage.install(app, settings)
+    install_pages(app, settings, traces.get_topic_name(), health, counted)
 
     return app

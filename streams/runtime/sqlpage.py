@@ -14,11 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import secrets
-import threading
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +24,8 @@ from faust.web import Request, Response, View
 from mode.types.signals import BaseSignalT
 
 from streams.errors import CoalmineError
-from streams.httpguard import bearer_matches, host_allowed
+from streams.httpguard import bearer_matches, host_allowed, issue_token_file, read_token_file
+from streams.runtime.queryrunner import QueryBusyError, QueryRunner
 from streams.settings import Settings
 from streams.storage import sqlsession
 from streams.storage.sqlguard import QueryRefusedError
@@ -41,10 +38,6 @@ MAX_BODY_BYTES = 12 * sqlsession.LIMITS.max_query_chars + 1024
 bytes each (a surrogate pair, ``\\ud83d\\ude00``)."""
 
 
-class QueryBusyError(CoalmineError):
-    """Another query is running on this worker."""
-
-
 # --- the token -----------------------------------------------------------------------------
 
 
@@ -55,29 +48,11 @@ def token_file(settings: Settings) -> Path:
 
 def issue_token(settings: Settings) -> str:
     """A new token, written to :func:`token_file` readable by this user only (0600)."""
-    token = secrets.token_urlsafe(32)
-    path = token_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    partial.unlink(missing_ok=True)
-    # Created 0600 before anything is written, then renamed over the old file: no moment
-    # where the token sits in a file others may read, and a symlink planted there is replaced.
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-        out.write(token)
-    partial.replace(path)
-    return token
+    return issue_token_file(token_file(settings))
 
 
 def read_token(settings: Settings) -> str:
-    path = token_file(settings)
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise CoalmineError(
-            f"cannot read the worker's query token {path} ({exc.strerror}); run "
-            "`coalmine sql` as the user who runs the worker"
-        ) from None
+    return read_token_file(token_file(settings), "`coalmine sql`")
 
 
 # --- who may ask ---------------------------------------------------------------------------
@@ -124,49 +99,18 @@ def query_of(body: bytes) -> str:
 # --- running queries -----------------------------------------------------------------------
 
 
-class QueryRunner:
-    """User queries on a thread of their own, one at a time; the session opens on first use."""
-
-    def __init__(self, open_session: Callable[[], sqlsession.QuerySession]) -> None:
-        self._open_session = open_session
-        self._session: sqlsession.QuerySession | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sql")
-        # Released by the query's thread when it ends, not when its caller stops waiting.
-        self._busy = threading.Lock()
-
-    async def run(self, query: str) -> tuple[list[str], sqlsession.Rows]:
-        if not self._busy.acquire(blocking=False):
-            raise QueryBusyError(
-                "another query is running on this worker; try again when it has finished "
-                f"(queries stop after {sqlsession.LIMITS.max_execution_s} s)"
-            )
-        try:
-            future = self._pool.submit(self._run, query)
-        except BaseException:
-            self._busy.release()
-            raise
-        future.add_done_callback(lambda _: self._busy.release())
-        return await asyncio.wrap_future(future)
-
-    def _run(self, query: str) -> tuple[list[str], sqlsession.Rows]:
-        if self._session is None:
-            self._session = self._open_session()
-        return self._session.run(query)
-
-    def close(self) -> None:
-        """Waits for a running query (at most its time limit), then closes the session."""
-        self._pool.shutdown(wait=True)
-        if self._session is not None:
-            self._session.close()
-
-
 def install(app: faust.App, settings: Settings) -> None:
     """Add the ``/sql`` page to ``app`` when the database is embedded (a server is queried
     directly by ``coalmine sql``), with a new token."""
     if not settings.is_embedded_clickhouse:
         return
     token = issue_token(settings)
-    runner = QueryRunner(lambda: sqlsession.connect(settings))
+    runner = QueryRunner(
+        lambda: sqlsession.connect(settings),
+        name="sql",
+        busy="another query is running on this worker; try again when it has finished "
+        f"(queries stop after {sqlsession.LIMITS.max_execution_s} s)",
+    )
 
     @app.page(PATH)
     class Sql(View):
@@ -191,7 +135,7 @@ def install(app: faust.App, settings: Settings) -> None:
         except ValueError as exc:
             return 400, {"error": str(exc)}
         try:
-            columns, rows = await runner.run(query)
+            columns, rows = await runner.call(lambda session: session.run(query))
         except QueryBusyError as exc:
             return 429, {"error": str(exc)}
         except (QueryRefusedError, sqlsession.QueryFailedError) as exc:

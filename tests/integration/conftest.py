@@ -37,7 +37,7 @@ def kafka_settings(
     settings = replace(
         user,
         home=home,
-        kafka_bootstrap=f"127.0.0.1:{localkafka.free_loopback_port()}",
+        kafka_bootstrap=f"127.0.0.1:{localkafka.free_loopback_port((sasl_listener.port,))}",
         kafka_jars_dir=localkafka.jars_dir(user),
         clickhouse_url=f"chdb://{home / 'chdb'}"
         if user.is_embedded_clickhouse

@@ -111,7 +111,10 @@ def _start(
     fetch_jars(settings)
     paths.logs.mkdir(parents=True, exist_ok=True)
     properties = render_server_properties(
-        port=port, controller_port=free_loopback_port(), data_dir=paths.data, sasl=sasl
+        port=port,
+        controller_port=free_loopback_port(other_than=(port, *([sasl.port] if sasl else []))),
+        data_dir=paths.data,
+        sasl=sasl,
     )
     paths.server_properties.write_text(properties)
     paths.log4j_properties.write_text(LOG4J_PROPERTIES)
