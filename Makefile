@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint check bench clean kcat
+.PHONY: demo test lint check bench clean kcat chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) lint kcat
+test: $(STAMP) lint kcat chromium
 	$(BIN)/coalmine dev fetch
 	$(BIN)/pytest
 
@@ -31,6 +31,13 @@ kcat:
 	@command -v kcat >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get update -qq && apt-get install -y -qq kcat >/dev/null; } || \
 		{ echo "make test needs kcat: apt-get install kcat (Debian/Ubuntu) or brew install kcat"; exit 1; }
+
+# The status page's browser test drives this chromium through Playwright, which is never let
+# download a browser of its own.
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+		{ echo "make test needs chromium: apt-get install chromium (Debian) for the status page test"; exit 1; }
 
 bench: $(STAMP)
 	$(BIN)/coalmine bench ingest

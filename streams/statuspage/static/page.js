@@ -29,6 +29,7 @@ const state = {
   agent: null, // the selected agent's name
   phase: null, // its phase at the last refresh: sets the refresh interval
   minutes: 60,
+  now: NaN, // the worker's clock at the last refresh (Unix seconds): the charts' right edge
   rolloutId: null, // null: follow the agent's latest rollout
   charts: new Map(), // chart holder element -> { plot, signature }
   timer: 0,
@@ -57,9 +58,9 @@ function weight(w) {
   return orDash(w, (v) => `${Number((v * 100).toFixed(1))} %`);
 }
 
-function utcTime(iso) {
-  const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? String(iso) : d.toISOString().slice(0, 19).replace("T", " ");
+function utcTime(moment) {
+  const d = new Date(moment); // an ISO string or milliseconds
+  return Number.isNaN(d.getTime()) ? String(moment) : d.toISOString().slice(0, 19).replace("T", " ");
 }
 
 function nonNull(values) {
@@ -166,8 +167,15 @@ function resizeCharts() {
   }
 }
 
-function utcDate(ts) {
-  return uPlot.tzDate(new Date(ts * 1000), "Etc/UTC");
+// Time axis labels: hours and minutes, and seconds when the ticks are closer than a minute.
+function clockLabels(u, splits, axisIdx, space, increment) {
+  const chars = increment < 60 ? 8 : 5;
+  return splits.map((ts) => new Date(ts * 1000).toISOString().slice(11, 11 + chars));
+}
+
+// The series charts span the chosen range, not only the minutes that have data.
+function chosenRange(u, min, max) {
+  return Number.isFinite(state.now) ? [state.now - state.minutes * 60, state.now] : [min, max];
 }
 
 function line(label, stroke, format, extra) {
@@ -178,9 +186,11 @@ function baseOptions(width, series, format, extra) {
   return {
     width,
     height: CHART_HEIGHT,
-    tzDate: utcDate,
-    series: [{ label: "UTC" }, ...series],
-    axes: [{}, { size: 70, values: (u, splits) => splits.map((v) => orDash(v, format)) }],
+    series: [{ label: "UTC", value: (u, ts) => orDash(ts, (t) => utcTime(t * 1000)) }, ...series],
+    axes: [
+      { values: clockLabels },
+      { size: 70, values: (u, splits) => splits.map((v) => orDash(v, format)) },
+    ],
     ...extra,
   };
 }
@@ -218,7 +228,10 @@ function renderSeries(figures, series) {
     );
     const signature = JSON.stringify(lines.map((l) => [l.label, l.stroke]));
     const options = (width) =>
-      baseOptions(width, lines, spec.format, { cursor: { sync: { key: "series" } } });
+      baseOptions(width, lines, spec.format, {
+        scales: { x: { time: true, range: chosenRange } },
+        cursor: { sync: { key: "series" } },
+      });
     drawChart(holder, signature, options, data);
   }
 }
@@ -234,9 +247,15 @@ function positiveOrNull(values) {
   return values.map((v) => (typeof v === "number" && v > 0 ? v : null));
 }
 
-// With no point at all (no judgement yet, every bound null) uPlot has no range to draw in.
+// With no point at all (no judgement yet, every bound null) uPlot has no range to draw in,
+// and with only the flat no-effect line a range of zero height.
 function fallbackRange(low, high) {
-  return (u, min, max) => (min === null || max === null ? [low, high] : [min, max]);
+  return (u, min, max) =>
+    min === null || max === null
+      ? [low, high]
+      : min === max
+        ? [min - 1, max + 1]
+        : uPlot.rangeNum(min, max, 0.1, true);
 }
 
 function logRange(u, min, max) {
@@ -495,6 +514,7 @@ async function refreshAgent(agent, entry, figures) {
 async function refresh(figures) {
   const listing = await getJSON("/api/agents");
   const agents = listing.agents || [];
+  state.now = Date.parse(listing.now) / 1000;
   const agent = pickAgent(agents);
   if (agent !== state.agent) state.rolloutId = null;
   state.agent = agent;
