@@ -150,3 +150,19 @@ def test_version_files_in_json_need_no_extra_and_yaml_ones_say_how_to_get_it(
     yaml = run([coalmine, "versions", "register", "bot.yaml"], env, tmp_path, check=False)
     assert yaml.returncode == 2
     assert yaml.stderr.startswith("coalmine: error: `coalmine versions` needs the worker extra")
+
+
+def test_the_wheel_ships_the_status_page_and_its_chart_library(sdk_venv: Path) -> None:
+    """The worker serves these from the installed package (importlib.resources)."""
+    listing = textwrap.dedent(
+        """
+        from importlib import resources
+        static = resources.files("streams.statuspage") / "static"
+        print("\\n".join(str(p.relative_to(static)) for p in static.rglob("*") if p.is_file()))
+        """
+    )
+    found = run([sdk_venv / "python", "-c", listing], clean_env({}), sdk_venv).stdout.split()
+    assert {
+        "index.html", "page.js", "page.css", "vendor/uplot/uPlot.iife.min.js",
+        "vendor/uplot/uPlot.min.css", "vendor/uplot/LICENSE", "vendor/uplot/VERSION",
+    } <= set(found), found  # fmt: skip

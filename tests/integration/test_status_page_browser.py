@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -127,8 +128,10 @@ def canary(kafka_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -
         with loop.traffic(canary_error_rate=0.01):
             markup_agent_spans(loop.settings, 20)
             produce(loop.settings, ALERTS, [(AGENT, markup_alert(deployed))])
+            waited = time.monotonic()
             for what, condition in ready(page).items():
                 assert wait_until(condition, 120), f"the worker never had {what}"
+                print(f"\n{what}: {time.monotonic() - waited:.1f} s after the traffic started")
             yield page
 
 
@@ -219,6 +222,12 @@ def test_the_page_shows_the_rollout_in_a_real_browser(
 
     events = page.locator("#timeline tbody tr td:nth-child(3)").all_inner_texts()
     assert "deploy" in events, events
+    rollouts = canary.api("rollouts", agent=AGENT)["rollouts"]
+    assert page.locator("#rollout option").count() == len(rollouts) > 0
+    assert page.locator("#rollout").input_value() == canary.deployed.rollout_id
+
+    page.locator("#range").select_option("15")
+    page.wait_for_selector("#series[data-minutes='15']")
 
     kept = "#series-requests canvas"
     page.eval_on_selector(kept, "canvas => { canvas.dataset.kept = 'yes'; }")
@@ -258,3 +267,20 @@ def test_markup_in_agent_names_and_alert_messages_is_shown_as_text(
     assert page.locator("main img, main script, main b").count() == 0
     assert page.evaluate("document.body.dataset.pwned") is None
     assert watched.problems == []
+
+
+def test_a_token_no_longer_valid_shows_how_to_get_back_in(
+    canary: Canary, browser_page: tuple[Page, Watched]
+) -> None:
+    page, watched = browser_page
+    banner = page.locator("#error")
+    assert banner.is_hidden()
+    page.context.clear_cookies()  # as after a worker's restart, which issues a new token
+    banner.wait_for(state="visible", timeout=15_000)  # at the next refresh
+    assert "Open the address the worker logged" in banner.inner_text()
+    assert page.locator("#agent-title").inner_text() == AGENT  # what was shown stays
+    assert watched.problems and all("401" in problem for problem in watched.problems)
+
+    page.goto(canary.url)
+    page.wait_for_selector("body[data-ready='1']")
+    assert banner.is_hidden()

@@ -217,6 +217,7 @@ function makeSeriesFigures() {
 
 function renderSeries(figures, series) {
   const versions = series.versions || [];
+  document.getElementById("series").dataset.minutes = String(series.minutes);
   for (const { spec, fig, holder } of figures) {
     const data = [series.minute || [], ...versions.map((v) => v[spec.key] || [])];
     const counts = data.slice(1).map(nonNull);
