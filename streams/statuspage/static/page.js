@@ -46,6 +46,12 @@ function percent(v) {
   return `${p.toFixed(p !== 0 && Math.abs(p) < 10 ? 2 : 1)} %`;
 }
 
+// Three significant digits, in exponent form when far from 1 (e-values reach 1e5 and more).
+function compact(v) {
+  const far = Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3);
+  return far ? v.toExponential(1) : String(Number(v.toPrecision(3)));
+}
+
 function usd(v) {
   return `$${v.toPrecision(3)}`;
 }
@@ -178,6 +184,9 @@ function chosenRange(u, min, max) {
   return Number.isFinite(state.now) ? [state.now - state.minutes * 60, state.now] : [min, max];
 }
 
+// Reference lines (bounds, thresholds) are drawn without point markers.
+const BARE = { points: { show: false } };
+
 function line(label, stroke, format, extra) {
   return { label, stroke, width: 2, value: (u, v) => orDash(v, format), ...extra };
 }
@@ -240,7 +249,7 @@ function renderSeries(figures, series) {
 // --------------------------------------------------------------------------- evidence
 
 function effectFormat(kind) {
-  return kind === "rate" ? (v) => `×${v.toPrecision(3)}` : (v) => v.toPrecision(3);
+  return kind === "rate" ? (v) => `×${compact(v)}` : compact;
 }
 
 // A log scale cannot place 0 (or a missing e-value): such points are gaps.
@@ -278,10 +287,10 @@ function effectChart(holder, metric) {
   const what = metric.kind === "rate" ? "canary / stable" : "canary − stable";
   const lines = [
     line(`effect (${what})`, "#333", format),
-    line("cs lower", "#7aa6e0", format, { width: 1 }),
-    line("cs upper", "#7aa6e0", format, { width: 1 }),
-    line("pass bound", "#2a9d4b", format, { dash: [6, 4] }),
-    line("no effect", "#888", format, { width: 1 }),
+    line("cs lower", "#7aa6e0", format, { ...BARE, width: 1 }),
+    line("cs upper", "#7aa6e0", format, { ...BARE, width: 1 }),
+    line("pass bound", "#2a9d4b", format, { ...BARE, dash: [6, 4] }),
+    line("no effect", "#888", format, { ...BARE, width: 1 }),
   ];
   const noEffect = metric.no_effect ?? 0;
   const options = (width) =>
@@ -296,13 +305,12 @@ function effectChart(holder, metric) {
 
 function eValueChart(holder, metric) {
   const data = [metric.t || [], positiveOrNull(metric.e_value || []), metric.threshold || []];
-  const format = (v) => v.toPrecision(3);
   const lines = [
-    line("e-value", "#6a3d9a", format),
-    line("rollback threshold", "#d62728", format, { dash: [6, 4] }),
+    line("e-value", "#6a3d9a", compact),
+    line("rollback threshold", "#d62728", compact, { ...BARE, dash: [6, 4] }),
   ];
   const options = (width) =>
-    baseOptions(width, lines, format, {
+    baseOptions(width, lines, compact, {
       scales: { y: { distr: 3, log: 10, range: logRange } },
       cursor: { sync: { key: "evidence" } },
     });
