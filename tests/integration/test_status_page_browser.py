@@ -45,6 +45,7 @@ from tests.integration.loop_harness import (
 pytestmark = pytest.mark.integration
 
 MARKUP_AGENT = '<img src=x onerror="document.body.dataset.pwned=1">'
+MARKUP_VERSION = "<svg onload=document.body.dataset.pwned=1>"
 MARKUP_MESSAGE = "<script>document.body.dataset.pwned = 1</script> <b>error rate</b> up"
 SERIES = ("requests", "error_rate", "latency_p95_ms", "cost_per_request_usd", "quality_mean")
 
@@ -93,9 +94,10 @@ class Watched:
 
 
 def markup_agent_spans(settings: Settings, requests: int) -> None:
-    """Requests of an agent whose name is markup, through the SDK as an agent sends them."""
+    """Requests of an agent and a version named in markup, through the SDK as an agent sends
+    them."""
     publisher = KafkaPublisher.from_settings(settings)
-    tracer = Tracer(MARKUP_AGENT, "v1", publisher)
+    tracer = Tracer(MARKUP_AGENT, MARKUP_VERSION, publisher)
     for _ in range(requests):
         with tracer.request("answer"):
             pass
@@ -263,8 +265,11 @@ def test_markup_in_agent_names_and_alert_messages_is_shown_as_text(
     assert page.locator("#agent-title").inner_text() == MARKUP_AGENT
     selected = page.locator("#agents tr[aria-selected='true'] td").first.inner_text()
     assert selected == MARKUP_AGENT
+    requests_chart = page.locator("#series-requests")
+    page.wait_for_selector(f"#series-requests[data-series='{MARKUP_VERSION}']")
+    assert MARKUP_VERSION in requests_chart.locator(".u-legend").inner_text()  # the legend
 
-    assert page.locator("main img, main script, main b").count() == 0
+    assert page.locator("main img, main script, main b, main svg").count() == 0
     assert page.evaluate("document.body.dataset.pwned") is None
     assert watched.problems == []
 

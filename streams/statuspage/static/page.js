@@ -15,7 +15,7 @@ const CHART_HEIGHT = 200;
 const TOKEN_HELP =
   "The page was refused access: its token is missing or no longer valid (a restarted " +
   "worker issues a new one). Open the address the worker logged at start " +
-  "(http://127.0.0.1:6066/?token=…).";
+  `(${window.location.origin}/?token=…).`;
 
 const SERIES = [
   { key: "requests", title: "Requests per minute", format: (v) => v.toFixed(0) },
@@ -83,7 +83,7 @@ async function getJSON(path, params) {
   } catch {
     throw new PageError("The worker does not answer (is it running?). Retrying.");
   }
-  if (reply.status === 401 || reply.status === 403) throw new PageError(TOKEN_HELP);
+  if (reply.status === 401) throw new PageError(TOKEN_HELP);
   const body = await reply.json().catch(() => null);
   if (!reply.ok) {
     const why = body && typeof body.error === "string" ? `: ${body.error}` : "";
