@@ -33,7 +33,9 @@ from urllib.parse import quote
 DATASOURCE_TYPE = "grafana-clickhouse-datasource"
 
 # Grafana's variable syntax, as its template service matches it: $name, [[name:fmt]], ${name:fmt}.
-_VARIABLE = re.compile(r"\$(\w+)|\[\[(\w+?)(?::(\w+))?\]\]|\$\{(\w+)(?:\.([^:^}]+))?(?::([^}]+))?\}")
+_VARIABLE = re.compile(
+    r"\$(\w+)|\[\[(\w+?)(?::(\w+))?\]\]|\$\{(\w+)(?:\.([^:^}]+))?(?::([^}]+))?\}"
+)
 _MACRO = re.compile(r"\$__(\w+)")
 
 
