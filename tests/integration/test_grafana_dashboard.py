@@ -44,13 +44,7 @@ from tests.integration.test_sql_views import (
     query,
     total,
 )
-from tests.unit.alerts.examples import (
-    DEPLOYED_AT,
-    drift_alert,
-    judgement,
-    regression_alert,
-    rollback_request,
-)
+from tests.unit.alerts import examples
 from tests.unit.storage.test_control_rows import canary_state
 
 pytestmark = pytest.mark.integration
@@ -88,7 +82,7 @@ def written(client: Client) -> Written:
 
     def moved(event: E, *times: str) -> E:
         """An example event's ``times`` moved from around DEPLOYED_AT to around ``base``."""
-        shift = base - DEPLOYED_AT
+        shift = base - examples.DEPLOYED_AT
         return event.model_copy(update={name: getattr(event, name) + shift for name in times})
 
     rng = np.random.default_rng(20261202)
@@ -145,33 +139,33 @@ def written(client: Client) -> Written:
             }
         ),
     ]
-    examples = [
-        judgement(5, Verdict.CONTINUE),
-        judgement(60, Verdict.ROLLBACK, 143.0),
-        judgement(1300, Verdict.CONTINUE, rollout_id="cmd-2"),
-        judgement(1400, Verdict.ALERT, 40.0, rollout_id="cmd-2"),
+    made = [
+        examples.judgement(5, Verdict.CONTINUE),
+        examples.judgement(60, Verdict.ROLLBACK, 143.0),
+        examples.judgement(1300, Verdict.CONTINUE, rollout_id="cmd-2"),
+        examples.judgement(1400, Verdict.ALERT, 40.0, rollout_id="cmd-2"),
     ]
     judgements = [
         moved(j.model_copy(update={"canary_version": "v3"}), "time", "window_end")
         if j.rollout_id == "cmd-2"
         else moved(j, "time", "window_end")
-        for j in examples
+        for j in made
     ]
     alerts = [
-        moved(regression_alert(60), "time"),
+        moved(examples.regression_alert(60), "time"),
         moved(
-            regression_alert(
+            examples.regression_alert(
                 1400, rollout_id="cmd-2", alert_id="alert-2", severity=Severity.WARNING
             ),
             "time",
         ),
     ]
-    old_drift = drift_alert().model_copy(update={"time": outside})
+    old_drift = examples.drift_alert().model_copy(update={"time": outside})
     DeploymentEventWriter(client).write(positioned(states), received_at=now)
     events = DetectorEventWriter(client)
     events.write(JUDGEMENTS_TABLE, positioned(judgements))
     events.write(ALERTS_TABLE, positioned([*alerts, old_drift]))
-    events.write(ROLLBACKS_TABLE, positioned([moved(rollback_request(61), "time")]))
+    events.write(ROLLBACKS_TABLE, positioned([moved(examples.rollback_request(61), "time")]))
     return Written(query_range, inside, states, judgements, alerts)
 
 
