@@ -32,9 +32,12 @@ from urllib.parse import quote
 
 DATASOURCE_TYPE = "grafana-clickhouse-datasource"
 
-# Grafana's variable syntax, as its template service matches it: $name, [[name:fmt]], ${name:fmt}.
+# The variable syntax Grafana's template service recognises: ${name}, ${name:format} (a
+# ${name.field} path is ignored here), [[name]], [[name:format]] and $name (word characters).
 _VARIABLE = re.compile(
-    r"\$(\w+)|\[\[(\w+?)(?::(\w+))?\]\]|\$\{(\w+)(?:\.([^:^}]+))?(?::([^}]+))?\}"
+    r"\$\{(?P<braced>\w+)(?:\.[^:^}]+)?(?::(?P<braced_format>[^}]+))?\}"
+    r"|\[\[(?P<bracketed>\w+?)(?::(?P<bracketed_format>\w+))?\]\]"
+    r"|\$(?P<plain>\w+)"
 )
 _MACRO = re.compile(r"\$__(\w+)")
 
@@ -85,8 +88,8 @@ def apply_variables(sql: str, variables: Mapping[str, str]) -> str:
     """Step 1: Grafana's template service with the plugin's format function."""
 
     def replace(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2) or match.group(4)
-        fmt = match.group(3) or match.group(6)
+        name = match["braced"] or match["bracketed"] or match["plain"]
+        fmt = match["braced_format"] or match["bracketed_format"]
         if name not in variables:
             return match.group(0)
         value = variables[name]

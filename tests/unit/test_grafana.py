@@ -120,6 +120,9 @@ def test_variables_are_replaced_as_grafana_does() -> None:
     assert apply_variables(sql, variables) == (
         "a = 'it%27s%5C%20bot%20%C3%BC' AND r = 'cmd-1' AND s = 'cmd-1' $__fromTime"
     )
+    assert apply_variables("[[rollout_id]] [[agent:percentencode]]", variables) == (
+        "cmd-1 it%27s%5C%20bot%20%C3%BC"
+    )
     assert apply_variables("${unknown} $other", variables) == "${unknown} $other"
     with pytest.raises(ValueError):
         apply_variables("${agent:singlequote}", variables)
