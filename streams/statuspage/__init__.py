@@ -48,7 +48,7 @@ seconds; a number the data cannot give is ``null``):
     ``coalmine.judgements`` (at most the last 2,000 judgements):
     ``{"agent", "rollout_id", "stable_version", "canary_version",
     "verdicts": [{"time": iso, "generation", "verdict", "windows_compared", "explanation"}],
-    "metrics": [{"metric", "kind": "rate"|"mean", "no_effect": 1.0|0.0,
+    "metrics": [{"metric", "label", "kind": "rate"|"mean", "no_effect": 1.0|0.0,
     "worse": "higher"|"lower", "t": [unix s...], "effect": [...], "cs_lower": [...],
     "cs_upper": [...], "pass_bound": [...], "e_value": [...], "threshold": [...],
     "verdict": [...], "explanation": str}]}``. ``effect`` and the confidence sequence
@@ -56,7 +56,8 @@ seconds; a number the data cannot give is ``null``):
     difference canary - stable for mean metrics; ``pass_bound`` is the tolerance the sequence
     must stay on the good side of for PASS (``cs_upper <= pass_bound`` when higher is worse,
     ``cs_lower >= pass_bound`` when lower is worse); ``threshold`` is the e-value at which the
-    metric rolls back. ``explanation``: the metric's latest line. Empty lists when the rollout
+    metric rolls back. ``label``: the metric in words (as alerts name it); ``explanation``:
+    the metric's latest line. Empty lists when the rollout
     has no judgement yet; ``rollout_id`` ``null`` when the agent has no rollout.
 
 ``GET /api/timeline?agent=A&rollout_id=R``

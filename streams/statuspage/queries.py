@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from schemas.judgement import RATE_METRICS, Metric
+from streams.alerts.text import METRIC_WORDS
 from streams.statuspage.requests import AgentQuery
 
 Row = dict[str, Any]
@@ -342,6 +343,7 @@ def _metric_series(metric: Metric) -> Row:
     rate = metric in RATE_METRICS
     return {
         "metric": str(metric),
+        "label": METRIC_WORDS[metric],
         "kind": "rate" if rate else "mean",
         "no_effect": 1.0 if rate else 0.0,
         "worse": "lower" if metric in WORSE_WHEN_LOWER else "higher",

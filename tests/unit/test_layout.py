@@ -32,6 +32,8 @@ def top_level_modules_after(statement: str) -> set[str]:
         ("import streams.controller.client, streams.controller.commands", WORKER_EXTRA_MODULES),
         # So is a person reading alerts with `coalmine alerts`.
         ("import streams.alerts.cli, streams.alerts.show", WORKER_EXTRA_MODULES),
+        # The status page's queries and parameters are pure: the worker hands them a fetch.
+        ("import streams.statuspage.queries, streams.statuspage.requests", CLIENTS),
         # The registry names value models without loading them: window stats need numpy.
         ("import schemas.topics", (*WORKER_EXTRA_MODULES, "confluent_kafka", "pydantic")),
     ],

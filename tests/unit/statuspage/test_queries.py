@@ -158,6 +158,7 @@ def test_judgements_become_a_verdict_strip_and_one_series_per_metric() -> None:
     assert error_rate["pass_bound"] == [1.25, 1.25] and error_rate["worse"] == "higher"
     assert error_rate["verdict"] == ["continue", "rollback"]
     assert error_rate["explanation"] == "error_rate at 2.0"
+    assert (error_rate["label"], quality["label"]) == ("error rate", "mean quality")
     assert (quality["kind"], quality["worse"], quality["pass_bound"]) == (
         "mean", "lower", [pytest.approx(-0.02)] * 2,
     )  # fmt: skip
