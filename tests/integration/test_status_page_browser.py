@@ -228,8 +228,8 @@ def test_the_page_shows_the_rollout_in_a_real_browser(
     assert page.locator("#rollout option").count() == len(rollouts) > 0
     assert page.locator("#rollout").input_value() == canary.deployed.rollout_id
 
-    page.locator("#range").select_option("15")
-    page.wait_for_selector("#series[data-minutes='15']")
+    page.locator("#range").select_option("60")
+    page.wait_for_selector("#series[data-minutes='60']")
 
     kept = "#series-requests canvas"
     page.eval_on_selector(kept, "canvas => { canvas.dataset.kept = 'yes'; }")

@@ -28,7 +28,7 @@ const SERIES = [
 const state = {
   agent: null, // the selected agent's name
   phase: null, // its phase at the last refresh: sets the refresh interval
-  minutes: 60,
+  minutes: 15,
   now: NaN, // the worker's clock at the last refresh (Unix seconds): the charts' right edge
   rolloutId: null, // null: follow the agent's latest rollout
   charts: new Map(), // chart holder element -> { plot, signature }
@@ -197,7 +197,8 @@ function baseOptions(width, series, format, extra) {
     height: CHART_HEIGHT,
     series: [{ label: "UTC", value: (u, ts) => orDash(ts, (t) => utcTime(t * 1000)) }, ...series],
     axes: [
-      { values: clockLabels },
+      // Wide enough apart for "17:28:39": uPlot's default 50 px lets second labels touch.
+      { values: clockLabels, space: 80 },
       { size: 70, values: (u, splits) => splits.map((v) => orDash(v, format)) },
     ],
     ...extra,
@@ -324,7 +325,7 @@ function metricRow(container, metric) {
   if (existing) return existing;
   const section = el("div", null, "metric");
   section.dataset.metric = id;
-  const heading = el("h3", metric.metric);
+  const heading = el("h3");
   const pair = el("div", null, "pair");
   const effect = figure(pair, "effect and its confidence sequence");
   const evalue = figure(pair, "e-value (log scale)");
@@ -346,8 +347,16 @@ function renderEvidence(evidence) {
       child.remove();
     }
   }
-  for (const metric of metrics) {
+  for (const metric of [...metrics].sort(bySeverity)) {
     const section = metricRow(container, metric);
+    container.append(section); // the most severe metric first, its charts kept
+    const heading = section.querySelector("h3");
+    const latest = lastOf(metric.verdict);
+    heading.replaceChildren(
+      el("span", metric.label || metric.metric),
+      el("span", metric.metric, "quiet"),
+      el("span", latest ?? "–", `badge verdict-${VERDICTS.has(latest) ? latest : "unknown"}`),
+    );
     const [effectFig, evalueFig] = section.querySelectorAll("figure");
     const drawn = effectChart(effectFig.querySelector(".plot"), metric);
     effectFig.dataset.points = String(drawn.points);
@@ -361,6 +370,21 @@ function renderEvidence(evidence) {
     for (const stray of container.querySelectorAll(":scope > p")) stray.remove();
   }
   renderVerdicts(evidence);
+}
+
+// Why a rollout stands where it does: the metrics that decided it come first.
+const SEVERITY = ["rollback", "alert", "inconclusive", "continue", "pass"];
+
+function lastOf(values) {
+  return values && values.length ? values[values.length - 1] : null;
+}
+
+function bySeverity(a, b) {
+  const rank = (m) => {
+    const i = SEVERITY.indexOf(lastOf(m.verdict));
+    return i < 0 ? SEVERITY.length : i;
+  };
+  return rank(a) - rank(b);
 }
 
 function byTime(a, b) {
