@@ -8,14 +8,19 @@ session opens on first use.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import faust
+from mode.types.signals import BaseSignalT
 
 from streams.errors import CoalmineError
 from streams.storage import sqlsession
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -64,3 +69,16 @@ class QueryRunner:
         self._pool.shutdown(wait=True)
         if self._session is not None:
             self._session.close()
+
+
+def close_on_shutdown(app: faust.App, runner: QueryRunner, whose: str) -> None:
+    """Close ``runner`` when ``app`` stops, before the ClickHouse it queries goes away."""
+
+    @app.on_before_shutdown.connect
+    async def close_queries(
+        sender: faust.App, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
+    ) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, runner.close)
+        except Exception:
+            log.exception("closing the query session of %s failed", whose)

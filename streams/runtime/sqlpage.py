@@ -11,7 +11,6 @@ them. Every answer is JSON, errors included (``{"error": "..."}``).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -21,11 +20,10 @@ from typing import Any
 
 import faust
 from faust.web import Request, Response, View
-from mode.types.signals import BaseSignalT
 
 from streams.errors import CoalmineError
 from streams.httpguard import bearer_matches, host_allowed, issue_token_file, read_token_file
-from streams.runtime.queryrunner import QueryBusyError, QueryRunner
+from streams.runtime.queryrunner import QueryBusyError, QueryRunner, close_on_shutdown
 from streams.settings import Settings
 from streams.storage import sqlsession
 from streams.storage.sqlguard import QueryRefusedError
@@ -144,11 +142,4 @@ def install(app: faust.App, settings: Settings) -> None:
             return 503, {"error": str(exc)}
         return 200, {"columns": columns, "rows": rows}
 
-    @app.on_before_shutdown.connect
-    async def close_queries(
-        sender: faust.App, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
-    ) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, runner.close)
-        except Exception:
-            log.exception("closing the query session failed")
+    close_on_shutdown(app, runner, "/sql")

@@ -11,7 +11,6 @@ limits of ``coalmine sql``); a few more wait their turn, beyond that a request g
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
@@ -24,11 +23,10 @@ from typing import Any
 
 import faust
 from faust.web import Request, Response, View
-from mode.types.signals import BaseSignalT
 
 from streams.errors import CoalmineError
 from streams.httpguard import host_allowed, issue_token_file
-from streams.runtime.queryrunner import QueryBusyError, QueryRunner
+from streams.runtime.queryrunner import QueryBusyError, QueryRunner, close_on_shutdown
 from streams.settings import Settings
 from streams.statuspage import queries
 from streams.statuspage.address import page_url, token_file
@@ -206,14 +204,7 @@ def install(app: faust.App, settings: Settings) -> None:
     for name, endpoint in AGENT_ENDPOINTS.items():
         app.page(f"/api/{name}", name=f"status-{name}")(_agent_view(endpoint, refused, answer, run))
 
-    @app.on_before_shutdown.connect
-    async def close_queries(
-        sender: faust.App, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any
-    ) -> None:
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, runner.close)
-        except Exception:
-            log.exception("closing the status page's query session failed")
+    close_on_shutdown(app, runner, "the status page")
 
     log.info("status page: %s", page_url(settings, token))
 
