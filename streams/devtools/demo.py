@@ -223,6 +223,10 @@ def _run(settings: Settings, cleanup: ExitStack, cast: tuple[Act, Act]) -> bool:
         if time.monotonic() >= next_status:
             next_status += STATUS_EVERY_S
             show.say(f"  ... {traffic.sent()} requests sent; " + _status(rollouts))
+    # The follower updates the rollouts before the loop reads its happenings: the last ones
+    # (a promotion, a rollback) may still wait to be told.
+    for happening in follower.happenings(timeout_s=0):
+        show.report(happening)
     traffic.stop()
     decided = _decided(rollouts)
     if not decided:
