@@ -23,6 +23,7 @@ from schemas.framing import split_spans
 from streams.devtools import localkafka
 from streams.devtools.child_process import killed_after
 from streams.devtools.worker_process import WorkerProcess
+from streams.sdk import KafkaPublisher, Tracer
 from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
 from streams.topics import ensure_topics
@@ -152,3 +153,36 @@ def headers_of(message: Message) -> dict[str, bytes]:
     raw = message.headers() or []
     pairs = raw.items() if isinstance(raw, dict) else raw
     return {key: value.encode() if isinstance(value, str) else value or b"" for key, value in pairs}
+
+
+class SpanStream:
+    """Produces request spans of agent :attr:`AGENT` through the SDK in a thread until
+    stopped; counts them."""
+
+    AGENT = "sql-page-bot"
+
+    def __init__(self, settings: Settings) -> None:
+        self._publisher = KafkaPublisher.from_settings(settings)
+        self._tracer = Tracer(self.AGENT, "v1", self._publisher)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+        self.produced = 0
+
+    def __enter__(self) -> SpanStream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        assert self._publisher.flush(30) == 0
+        self._publisher.close(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for _ in range(10):
+                with self._tracer.request("answer"):
+                    pass
+                self.produced += 1
+            self._publisher.flush(5)
+            time.sleep(0.2)

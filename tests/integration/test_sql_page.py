@@ -22,46 +22,15 @@ import pytest
 from streams import sqlcli
 from streams.devtools.worker_process import WorkerProcess
 from streams.runtime import sqlpage
-from streams.sdk import KafkaPublisher, Tracer
 from streams.settings import Settings
 from streams.storage.sqlguard import QueryRefusedError
 from streams.storage.sqlsession import LIMITS, QueryFailedError
-from tests.integration.harness import isolated_settings, running_worker, wait_for
+from tests.integration.harness import SpanStream, isolated_settings, running_worker, wait_for
 from tests.integration.test_sql_session import ATTACKS, LIMITED, OUTFILE
 
 pytestmark = pytest.mark.integration
 
 HEAVY = "SELECT count() FROM system.numbers WHERE sipHash64(number) = 0"
-
-
-class SpanStream:
-    """Produces request spans through the SDK in a thread until stopped; counts them."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._publisher = KafkaPublisher.from_settings(settings)
-        self._tracer = Tracer("sql-page-bot", "v1", self._publisher)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-        self.produced = 0
-
-    def __enter__(self) -> SpanStream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        assert self._publisher.flush(30) == 0
-        self._publisher.close(5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for _ in range(10):
-                with self._tracer.request("answer"):
-                    pass
-                self.produced += 1
-            self._publisher.flush(5)
-            time.sleep(0.2)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from streams.runtime.statuspage import COOKIE, MAX_QUERY_STRING_CHARS
 from streams.statuspage.address import read_token
 from streams.statuspage.queries import SERIES_FIGURES, iso
 from tests.integration.controller_harness import wait_until
+from tests.integration.harness import SpanStream, wait_for
 from tests.integration.loop_harness import AGENT, CANARY, HELD, STABLE, Loop, plan, running_loop
 
 pytestmark = pytest.mark.integration
@@ -263,11 +264,14 @@ def test_the_page_refuses_what_it_must_and_answers_bad_parameters_in_one_line(
     assert "Traceback" not in page.loop.worker.log_path.read_text(errors="replace")
 
 
-def test_a_stalled_client_and_a_crowd_of_requests_leave_the_page_answering(
+def test_a_stalled_client_and_a_crowd_of_requests_leave_the_page_and_ingestion_working(
     rolled_back: RolledBack,
 ) -> None:
     page, settings = rolled_back, rolled_back.loop.settings
-    with socket.create_connection((settings.worker_host, settings.worker_port)) as stalled:
+    with (
+        SpanStream(settings) as spans,
+        socket.create_connection((settings.worker_host, settings.worker_port)) as stalled,
+    ):
         stalled.sendall(b"GET /api/agents HTTP/1.1\r\nHost: 127.0.0.1")  # and never more
         assert page.get("/api/agents").status == 200
 
@@ -282,3 +286,7 @@ def test_a_stalled_client_and_a_crowd_of_requests_leave_the_page_answering(
     print(f"\n48 requests at once: {[a.status for a in answers].count(429)} answered 429")
     assert page.get("/api/agents").status == 200
     assert page.loop.worker.health()["status"] == "ok"
+    # Every span sent meanwhile was stored: the page's queries never held up ingestion.
+    query = f"SELECT count() FROM coalmine.spans WHERE agent = '{SpanStream.AGENT}'"
+    assert spans.produced > 0
+    assert wait_for(page.loop.worker, query, spans.produced) == spans.produced
