@@ -36,7 +36,13 @@ from streams.storage import sqlsession
 
 log = logging.getLogger(__name__)
 
-COOKIE = "coalmine_page_token"
+
+def cookie_name(port: int) -> str:
+    """The page's cookie, named after the worker's port: browsers keep cookies per host, not
+    per port, so two workers on one machine would otherwise replace each other's token."""
+    return f"coalmine_page_token_{port}"
+
+
 MAX_WAITING_QUERIES = 8
 """Page requests that may wait for the query thread; one page load asks for six."""
 MAX_QUERY_STRING_CHARS = 1024
@@ -68,10 +74,11 @@ class Refusal:
     error: str
 
 
-def presented_token(headers: Mapping[str, str], cookies: Mapping[str, str]) -> str:
-    """The token a request carries: the page's cookie, else a bearer token."""
+def presented_token(headers: Mapping[str, str], cookies: Mapping[str, str], cookie: str) -> str:
+    """The token a request carries: the page's cookie (named ``cookie``), else a bearer
+    token."""
     scheme, _, bearer = headers.get("Authorization", "").partition(" ")
-    return cookies.get(COOKIE) or (bearer if scheme.lower() == "bearer" else "")
+    return cookies.get(cookie) or (bearer if scheme.lower() == "bearer" else "")
 
 
 def refusal(
@@ -124,6 +131,7 @@ def install(app: faust.App, settings: Settings) -> None:
     """Add the page, its files and its JSON endpoints to ``app``, with a new token written to
     :func:`token_file`, and log the page's address."""
     token = issue_token_file(token_file(settings))
+    cookie = cookie_name(settings.worker_port)
     files = _static_files()
     runner = QueryRunner(
         lambda: sqlsession.connect(settings),
@@ -137,7 +145,7 @@ def install(app: faust.App, settings: Settings) -> None:
             request.method,
             request.headers,
             request.query_string,
-            presented=presented_token(request.headers, request.cookies)
+            presented=presented_token(request.headers, request.cookies, cookie)
             if presented is None
             else presented,
             token=token,
@@ -177,8 +185,10 @@ def install(app: faust.App, settings: Settings) -> None:
             if (why := refused(request, from_address)) is not None:
                 return self.text(why.error, status=why.status, headers=dict(SECURITY_HEADERS))
             if from_address is not None:
-                cookie = f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
-                return self.text("", status=303, headers={"Location": "/", "Set-Cookie": cookie})
+                set_cookie = f"{cookie}={token}; HttpOnly; SameSite=Strict; Path=/"
+                return self.text(
+                    "", status=303, headers={"Location": "/", "Set-Cookie": set_cookie}
+                )
             body, kind = files["index.html"]
             return self.bytes(body, headers={**SECURITY_HEADERS, "Content-Type": kind})
 

@@ -19,7 +19,7 @@ import pytest
 
 from schemas.deployment import DeploymentState, Phase
 from schemas.plan import RolloutStep
-from streams.runtime.statuspage import COOKIE, MAX_QUERY_STRING_CHARS
+from streams.runtime.statuspage import MAX_QUERY_STRING_CHARS, cookie_name
 from streams.statuspage.address import read_token
 from streams.statuspage.queries import SERIES_FIGURES, iso
 from tests.integration.controller_harness import wait_until
@@ -223,7 +223,9 @@ def test_the_page_refuses_what_it_must_and_answers_bad_parameters_in_one_line(
         assert page.get(path, {"Origin": "http://evil.example"}).status == 403
         assert page.get(path, no_token).status == 401
         assert page.get(path, {"Authorization": "Bearer guess"}).status == 401
-        assert page.get(path, {**no_token, "Cookie": f"{COOKIE}=guess"}).status == 401
+        assert page.get(path, {**no_token, "Cookie": f"{cookie_name(port)}=guess"}).status == 401
+        right_token_for_another_port = f"{cookie_name(port + 1)}={page.token}"
+        assert page.get(path, {**no_token, "Cookie": right_token_for_another_port}).status == 401
     wrong = page.get("/?token=guess", no_token)
     assert wrong.status == 401 and "Set-Cookie" not in wrong.headers
     rebound = page.get(f"/?token={page.token}", {**no_token, "Host": f"rebound.example:{port}"})

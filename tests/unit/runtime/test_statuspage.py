@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from streams.runtime.statuspage import COOKIE, presented_token, refusal
+from streams.runtime.statuspage import cookie_name, presented_token, refusal
 from streams.settings import Settings
 from streams.statuspage.address import page_url
 
@@ -50,12 +50,14 @@ def test_refusals_come_before_any_work(
     assert refused(headers, method, query, presented) == status
 
 
-def test_the_token_comes_from_the_cookie_or_a_bearer_header() -> None:
-    assert presented_token({}, {COOKIE: "from-cookie"}) == "from-cookie"
-    assert presented_token({"Authorization": "Bearer abc"}, {}) == "abc"
-    assert presented_token({"Authorization": "bearer abc"}, {}) == "abc"
-    assert presented_token({"Authorization": "Basic abc"}, {}) == ""
-    assert presented_token({}, {"other": "x"}) == ""
+def test_the_token_comes_from_this_workers_cookie_or_a_bearer_header() -> None:
+    mine = cookie_name(6066)
+    assert presented_token({}, {mine: "from-cookie"}, mine) == "from-cookie"
+    assert presented_token({}, {cookie_name(6067): "another-worker's"}, mine) == ""
+    assert presented_token({"Authorization": "Bearer abc"}, {}, mine) == "abc"
+    assert presented_token({"Authorization": "bearer abc"}, {}, mine) == "abc"
+    assert presented_token({"Authorization": "Basic abc"}, {}, mine) == ""
+    assert presented_token({}, {"other": "x"}, mine) == ""
 
 
 def test_the_address_names_loopback_and_carries_the_token() -> None:
