@@ -57,6 +57,9 @@ class Metric(StrEnum):
     """Attempted tasks not completed per attempted task (1 - task completion rate)."""
     TOOL_ERROR_RATE = "tool_error_rate"
     """Failed tool calls per tool call."""
+    APPROVAL_RATE = "approval_rate"
+    """Tool calls held for a person's approval per request (a request may ask several times;
+    only agents whose versions have approval policies ask at all)."""
     LATENCY_P95_EXCEEDANCE = "latency_p95_exceedance"
     """Share of requests slower than the baseline's p95, frozen before the comparison."""
     LATENCY_P99_EXCEEDANCE = "latency_p99_exceedance"
@@ -74,11 +77,15 @@ RATE_METRICS = frozenset(
         Metric.ERROR_RATE,
         Metric.TASK_FAILURE_RATE,
         Metric.TOOL_ERROR_RATE,
+        Metric.APPROVAL_RATE,
         Metric.LATENCY_P95_EXCEEDANCE,
         Metric.LATENCY_P99_EXCEEDANCE,
     }
 )
 """Metrics counting a bad event: estimates are rates, effects rate ratios."""
+COUNT_PER_TRIAL_METRICS = frozenset({Metric.APPROVAL_RATE})
+"""Rate metrics whose events are not a share of their trials (a request may ask for several
+approvals): their estimates read as a number per trial, not a percentage."""
 MEAN_METRICS = frozenset({Metric.LATENCY_LOG_MEAN, Metric.LOG_COST_MEAN, Metric.QUALITY_MEAN})
 """Metrics averaging a value: effects are differences of means."""
 

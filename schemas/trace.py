@@ -74,6 +74,12 @@ class SpanStatus(StrEnum):
 
 QUALITY_KINDS = frozenset({SpanKind.REQUEST, SpanKind.EVAL})
 
+APPROVALS_ASKED_ATTRIBUTE: Final = "coalmine.approvals_asked"
+"""On a request span: how many of its tool calls its version's policy held for a person's
+approval (the SDK sets it; absent means none). The windows add it up per version and the
+detector judges the approval rate from it, so it is an integer in [0, MAX_APPROVALS_ASKED]."""
+MAX_APPROVALS_ASKED = 10_000
+
 
 class TraceEvent(BaseModel):
     """One span. ``event_id`` is the idempotency key: a span is stored once however often it
@@ -145,7 +151,13 @@ class TraceEvent(BaseModel):
     )
 
     attributes: Annotated[dict[AttributeKey, AttributeValue], Field(max_length=MAX_ATTRIBUTES)] = (
-        Field(default_factory=dict)
+        Field(
+            default_factory=dict,
+            description="Small extra values. One is read by Coalmine: "
+            f"`{APPROVALS_ASKED_ATTRIBUTE}` (request spans only, an integer in "
+            f"[0, {MAX_APPROVALS_ASKED}]): how many of the request's tool calls waited for a "
+            "person's approval.",
+        )
     )
 
     @field_validator("event_id", mode="before")
@@ -170,6 +182,16 @@ class TraceEvent(BaseModel):
             self.task_completed is not None or self.quality_score is not None
         ):
             raise ValueError("task_completed and quality_score belong on request or eval spans")
+        asked = self.attributes.get(APPROVALS_ASKED_ATTRIBUTE)
+        if asked is not None and not (
+            self.kind is SpanKind.REQUEST
+            and type(asked) is int
+            and 0 <= asked <= MAX_APPROVALS_ASKED
+        ):
+            raise ValueError(
+                f"attribute {APPROVALS_ASKED_ATTRIBUTE} belongs on request spans, an integer "
+                f"in [0, {MAX_APPROVALS_ASKED}]"
+            )
         if self.status is SpanStatus.OK and self.error_type is not None:
             raise ValueError("error_type is set but status is ok")
         if self.cached_input_tokens > self.input_tokens:

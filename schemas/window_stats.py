@@ -83,6 +83,7 @@ COUNT_FIELDS = (
     "cost_count",
     "request_cost_count",
     "quality_count",
+    "approvals_asked",
 )
 """Integer measures: partials add up exactly."""
 SUM_FIELDS = (
@@ -204,7 +205,9 @@ class WindowStats(BaseModel):
     request. ``request_cost_count`` counts the priced requests, each with the total cost of
     its priced spans that arrived with it (at most ``requests``); ``request_cost_sum`` and
     ``request_log_cost_*`` run over those totals. ``quality_count`` spans carried a quality
-    score in [0, 1]. Rows written before the per-request fields existed read them as 0.
+    score in [0, 1]. ``approvals_asked`` adds up the requests' tool calls their version's policy
+    held for a person's approval (a request may ask several times). Rows written before the
+    per-request fields existed read them as 0.
     """
 
     model_config = ConfigDict(
@@ -246,6 +249,8 @@ class WindowStats(BaseModel):
     quality_count: Count = 0
     quality_sum: NonNegativeSum = 0.0
     quality_sumsq: NonNegativeSum = 0.0
+
+    approvals_asked: Count = 0
 
     latency_sum_ms: NonNegativeSum = 0.0
     latency_buckets: Annotated[

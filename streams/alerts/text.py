@@ -14,12 +14,13 @@ from datetime import UTC
 from typing import Final
 
 from schemas.alert import Alert, AlertKind
-from schemas.judgement import RATE_METRICS, Metric
+from schemas.judgement import COUNT_PER_TRIAL_METRICS, RATE_METRICS, Metric
 
 METRIC_WORDS: Final = {
     Metric.ERROR_RATE: "error rate",
     Metric.TASK_FAILURE_RATE: "task failure rate",
     Metric.TOOL_ERROR_RATE: "tool error rate",
+    Metric.APPROVAL_RATE: "approvals asked per request",
     Metric.LATENCY_P95_EXCEEDANCE: "share slower than the baseline's p95",
     Metric.LATENCY_P99_EXCEEDANCE: "share slower than the baseline's p99",
     Metric.LATENCY_LOG_MEAN: "mean log latency",
@@ -51,7 +52,8 @@ def figure(value: float) -> str:
 
 
 def _value(metric: Metric, value: float) -> str:
-    return percent(value) if metric in RATE_METRICS else figure(value)
+    is_share = metric in RATE_METRICS and metric not in COUNT_PER_TRIAL_METRICS
+    return percent(value) if is_share else figure(value)
 
 
 def evidence_words(alert: Alert) -> str:

@@ -19,7 +19,13 @@ from datetime import datetime
 from typing import Any
 
 from schemas.alert import Alert, AlertEvidence, AlertKind, Severity
-from schemas.judgement import Judgement, Metric, MetricEvidenceRecord, Verdict
+from schemas.judgement import (
+    COUNT_PER_TRIAL_METRICS,
+    Judgement,
+    Metric,
+    MetricEvidenceRecord,
+    Verdict,
+)
 from schemas.plan import RolloutPlan
 from schemas.rollback import RollbackCommand
 from streams.detector.judge import JudgeConfig
@@ -32,6 +38,7 @@ _RATE_WORDS: dict[Metric, tuple[str, str]] = {
     Metric.ERROR_RATE: ("error rate", "requests"),
     Metric.TASK_FAILURE_RATE: ("task failure rate", "tasks"),
     Metric.TOOL_ERROR_RATE: ("tool error rate", "tool calls"),
+    Metric.APPROVAL_RATE: ("approvals asked per request", "requests"),
     Metric.LATENCY_P95_EXCEEDANCE: ("requests slower than stable's p95", "requests"),
     Metric.LATENCY_P99_EXCEEDANCE: ("requests slower than stable's p99", "requests"),
 }
@@ -176,6 +183,8 @@ def metric_words(evidence: MetricEvidence, reference: str = "stable's") -> str:
     """``error rate 6.1% vs 1.0%``, ``latency x1.35 of stable's (geometric mean)``, ...:
     the observed value against the ``reference`` one."""
     metric, canary, baseline = evidence.metric, evidence.estimate_canary, evidence.estimate_baseline
+    if metric in COUNT_PER_TRIAL_METRICS:
+        return f"{_RATE_WORDS[metric][0]} {canary:.3g} vs {baseline:.3g}"
     if metric in _RATE_WORDS:
         return f"{_RATE_WORDS[metric][0]} {canary:.1%} vs {baseline:.1%}"
     if metric is Metric.QUALITY_MEAN:

@@ -3,10 +3,11 @@
 The judge is fed window statistics of both arms as they arrive and answers after every call.
 Each metric keeps an e-process for "canary worse" and a confidence sequence for the effect:
 
-- rate metrics (errors, task failures, tool errors, latency above the baseline's frozen p95 /
-  p99) use :class:`~streams.detector.stats.ConditionalRateTest`: each window's bad events are
-  split between the arms in proportion to that window's traffic under H0, whatever the common
-  base rate or the split is doing (Lindon & Malek 2022; Lindon, Sanden & Shirikian 2022);
+- rate metrics (errors, task failures, tool errors, approvals asked per request, latency above
+  the baseline's frozen p95 / p99) use :class:`~streams.detector.stats.ConditionalRateTest`:
+  each window's bad events are split between the arms in proportion to that window's traffic
+  under H0, whatever the common base rate or the split is doing (Lindon & Malek 2022;
+  Lindon, Sanden & Shirikian 2022);
 - mean metrics (log cost, quality, log latency) use
   :class:`~streams.detector.stats.NormalMixtureMeanTest` on within-window differences
   (Robbins 1970; Johari et al. 2022; Howard et al. 2021).
@@ -55,8 +56,9 @@ from streams.detector.types import Decision, MetricEvidence
 DEFAULT_METRIC_WEIGHTS: Mapping[Metric, float] = MappingProxyType(
     {
         Metric.ERROR_RATE: 0.5,
-        Metric.TASK_FAILURE_RATE: 0.1,
+        Metric.TASK_FAILURE_RATE: 0.05,
         Metric.TOOL_ERROR_RATE: 0.05,
+        Metric.APPROVAL_RATE: 0.05,
         Metric.LATENCY_P95_EXCEEDANCE: 0.1,
         Metric.LATENCY_P99_EXCEEDANCE: 0.05,
         Metric.LATENCY_LOG_MEAN: 0.05,
@@ -73,6 +75,7 @@ DEFAULT_TOLERANCES: Mapping[Metric, float] = MappingProxyType(
         Metric.ERROR_RATE: 1.25,
         Metric.TASK_FAILURE_RATE: 1.25,
         Metric.TOOL_ERROR_RATE: 1.25,
+        Metric.APPROVAL_RATE: 1.25,
         Metric.LATENCY_P95_EXCEEDANCE: 1.25,
         Metric.LATENCY_P99_EXCEEDANCE: 1.5,
         Metric.LATENCY_LOG_MEAN: math.log(1.1),
@@ -88,6 +91,7 @@ DEFAULT_RATE_PRIORS: Mapping[Metric, tuple[float, float]] = MappingProxyType(
         Metric.ERROR_RATE: (0.45, 0.3),
         Metric.TASK_FAILURE_RATE: (0.45, 0.3),
         Metric.TOOL_ERROR_RATE: (0.45, 0.3),
+        Metric.APPROVAL_RATE: (0.45, 0.3),
         Metric.LATENCY_P95_EXCEEDANCE: (0.7, 0.5),
         Metric.LATENCY_P99_EXCEEDANCE: (0.7, 0.5),
     }

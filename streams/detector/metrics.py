@@ -24,6 +24,8 @@ def rate_counts(
         return stats.tasks_attempted - stats.tasks_completed, stats.tasks_attempted
     if metric is Metric.TOOL_ERROR_RATE:
         return stats.tool_errors, stats.tool_calls
+    if metric is Metric.APPROVAL_RATE:  # a count per request, not a share: Poisson-like
+        return stats.approvals_asked, stats.requests
     if threshold_bucket is None:
         raise ValueError(f"{metric} needs a frozen latency threshold")
     return sum(stats.latency_buckets[threshold_bucket + 1 :]), stats.requests

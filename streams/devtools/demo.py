@@ -87,6 +87,7 @@ GOOD_PLAN = RolloutPlan(
             Metric.ERROR_RATE: 3.0,
             Metric.TASK_FAILURE_RATE: 3.0,
             Metric.TOOL_ERROR_RATE: 3.0,
+            Metric.APPROVAL_RATE: 3.0,
             Metric.LATENCY_P95_EXCEEDANCE: 2.0,
             Metric.LATENCY_P99_EXCEEDANCE: 3.0,
             Metric.LATENCY_LOG_MEAN: math.log(1.5),

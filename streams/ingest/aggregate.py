@@ -4,7 +4,8 @@ Each worker aggregates the Kafka partitions it owns; nothing here does I/O or re
 
 **What a window counts.** A span belongs to the window holding its ``end_time`` (when the work
 finished, which is also when the SDK sends it). Request-level figures (requests, errors,
-latency, task outcomes) come from ``request`` spans; tool calls and tool errors from ``tool``
+latency, task outcomes, approvals asked: the request span's ``coalmine.approvals_asked``)
+come from ``request`` spans; tool calls and tool errors from ``tool``
 spans; llm calls from ``llm`` spans; a ``guardrail`` span with status ``error`` is a block;
 tokens and cost add up over every span; quality over every span that carries a score. The
 cost moments (``cost_count`` and the sums) run over *priced* spans: those with a reported
@@ -54,6 +55,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
+from schemas.trace import APPROVALS_ASKED_ATTRIBUTE
 from schemas.window_stats import (
     LATENCY_BUCKET_COUNT,
     LOG_COST_EPSILON_USD,
@@ -123,6 +125,7 @@ class WindowAccumulator:
     quality_count: int = 0
     quality_sum: float = 0.0
     quality_sumsq: float = 0.0
+    approvals_asked: int = 0
     latency_sum_ms: float = 0.0
     latency_buckets: list[int] = field(default_factory=lambda: [0] * LATENCY_BUCKET_COUNT)
 
@@ -140,6 +143,9 @@ class WindowAccumulator:
                 self.request_log_cost_sumsq += log_total * log_total
             self.requests += 1
             self.errors += failed
+            asked = row.attributes.get(APPROVALS_ASKED_ATTRIBUTE)
+            if asked is not None:  # an integer: TraceEvent validated it
+                self.approvals_asked += int(asked)
             duration = float(row.duration_ms)
             self.latency_sum_ms += duration
             self.latency_buckets[latency_bucket_index(duration)] += 1
@@ -201,6 +207,7 @@ class WindowAccumulator:
             quality_count=self.quality_count,
             quality_sum=self.quality_sum,
             quality_sumsq=self.quality_sumsq,
+            approvals_asked=self.approvals_asked,
             latency_sum_ms=self.latency_sum_ms,
             latency_buckets=list(self.latency_buckets),
         )

@@ -83,6 +83,7 @@ def ask_if_needed(
     why = asks(policy, arguments)
     if policy is None or why is None:
         return None
+    req.note_approval_asked()
     if approvals is None:
         raise ApprovalUnavailableError(
             f"{tool} needs approval ({why}), but the tracer was given no Approvals: not called"

@@ -46,6 +46,7 @@ from uuid import UUID, uuid4
 from pydantic import ValidationError
 
 from schemas.trace import (
+    APPROVALS_ASKED_ATTRIBUTE,
     MAX_ATTRIBUTE_KEY_CHARS,
     MAX_ATTRIBUTE_VALUE_CHARS,
     MAX_ATTRIBUTES,
@@ -308,6 +309,14 @@ class RequestSpan(OutcomeSpan):
     def __init__(self, tracer: Tracer, name: str, route: Route, **kwargs: Any) -> None:
         super().__init__(tracer, SpanKind.REQUEST, name, version=route.version, **kwargs)
         self.route = route
+        self._approvals_asked = 0
+
+    def note_approval_asked(self) -> None:
+        """One more of this request's tool calls held for a person's approval. The request
+        span carries the count (attribute ``coalmine.approvals_asked``): the detector judges
+        a canary that asks people more often than stable."""
+        self._approvals_asked += 1
+        self.set_attribute(APPROVALS_ASKED_ATTRIBUTE, self._approvals_asked)
 
     @property
     def bundle(self) -> AgentBundle | None:

@@ -38,6 +38,7 @@ from streams.sdk import (
     ApprovalDeniedError,
     Approvals,
     ApprovalTimeoutError,
+    KafkaPublisher,
     Tracer,
 )
 from streams.sdk.compacted import read_to_end
@@ -309,10 +310,10 @@ def test_the_worker_stores_requests_and_decisions_and_sums_them_per_version(
     settings = worker.settings
     tools = Tools()
     outcomes: list[tuple[str, str]] = []
+    publisher = KafkaPublisher.from_settings(settings)  # the spans go to the worker too
     with Approvals(settings) as approvals:
         tracers = {
-            v: Tracer(AGENT, v, ListPublisher(), bundle=BUNDLE, approvals=approvals)
-            for v in ("v1", "v2")
+            v: Tracer(AGENT, v, publisher, bundle=BUNDLE, approvals=approvals) for v in ("v1", "v2")
         }
 
         def call(version: str, tool: str, amount: int) -> None:
@@ -342,6 +343,10 @@ def test_the_worker_stores_requests_and_decisions_and_sums_them_per_version(
         call("v2", "send_email", 0)
         timed_out = requests_on_topic(settings, len(plan) + 1)[-1]
         decide(settings, timed_out, Decision.APPROVE)
+        with tracers["v2"].request("task") as req:  # a call its policy does not hold
+            req.call_tool("refund", {"amount": 5, "card": "x"}, tools.refund)
+    assert publisher.flush(30) == 0
+    publisher.close()
     assert sorted(outcomes) == [
         ("v1", "denied"),
         ("v1", "granted"),
@@ -349,7 +354,7 @@ def test_the_worker_stores_requests_and_decisions_and_sums_them_per_version(
         ("v2", "granted"),
         ("v2", "timed_out"),
     ]
-    assert len(tools.runs) == 3
+    assert len(tools.runs) == 4
 
     # People's time per version, from the topics' own append times.
     records = read_to_end(client_config(settings), settings.topic(APPROVAL_REQUESTS))
@@ -374,6 +379,20 @@ def test_the_worker_stores_requests_and_decisions_and_sums_them_per_version(
         ["v1", 3, 2, 1, 0, 0, 1, round(sum(waits["v1"]) / 3, 3)],
         ["v2", 2, 1, 0, 1, 0, 1, round(waits["v2"][0], 3)],
     ]
+    assert rows_within(worker, query, expected) == expected
+    # The judge's approval rate: each request span counts the calls its policy held.
+    windows = (
+        "SELECT version, sum(requests), sum(approvals_asked) FROM coalmine.version_stats "
+        f"WHERE agent = '{AGENT}' GROUP BY version ORDER BY version"
+    )
+    expected = [["v1", 3, 3], ["v2", 3, 2]]
+    assert rows_within(worker, windows, expected) == expected
+
+
+def rows_within(
+    worker: WorkerProcess, query: str, expected: list[list[object]]
+) -> list[list[object]]:
+    """The query's rows once they equal ``expected``, or after a minute, whatever they are."""
     deadline = time.monotonic() + 60
     rows: list[list[object]] = []
     while time.monotonic() < deadline:
@@ -381,7 +400,7 @@ def test_the_worker_stores_requests_and_decisions_and_sums_them_per_version(
         if rows == expected:
             break
         time.sleep(0.5)
-    assert rows == expected
+    return rows
 
 
 def test_list_follow_prints_new_requests_and_each_decisions_verdict(settings: Settings) -> None:

@@ -219,6 +219,10 @@ CASES: dict[str, Case] = {
     "duplicate attribute key": Case(raw_attributes(b'{"a": 1, "a": 2}'), "appears twice"),
     "quality on an llm span": Case(event(kind="llm"), "belong on request or eval spans"),
     "error type on an ok span": Case(event(error_type="Timeout"), "error_type is set"),
+    "approvals asked as text": Case(
+        event(attributes={"coalmine.approvals_asked": "999999"}),
+        "coalmine.approvals_asked belongs on request spans, an integer",
+    ),
     # Kafka framing the pipeline must take in its stride (valid values: stored)
     "many headers": Case(event(), None, headers=[(f"h{i}", b"x" * 100) for i in range(200)]),
     "binary key": Case(event(), None, key=bytes(range(256))),

@@ -26,6 +26,8 @@ Z_99 = 2.3263478740408408
 HEADLINE_RPS = 100.0
 HEADLINE_SHARE = 0.10
 HOUR_S = 3600.0
+APPROVALS_SCENARIO = "approvals-x3"
+"""The canary's tool calls wait for a person three times as often: 0.05 -> 0.15 per request."""
 LOOP_SCENARIO = "llm-calls-x2"
 """The canary loops into twice the llm calls per request, each at the same price: a cost
 regression per request that the cost of a span does not show."""
@@ -60,6 +62,8 @@ class Traffic:
     llm_calls_per_request: int = 1
     quality_mean: float = 0.80
     quality_concentration: float = 10.0
+    approvals_per_request: float = 0.0
+    """Mean tool calls held for a person's approval per request (Poisson); none by default."""
 
     def __post_init__(self) -> None:
         if self.llm_calls_per_request < 1:
@@ -83,8 +87,9 @@ class Regression:
     ``latency_factor`` multiplies every latency, or with ``latency_tail_only`` widens the
     log-scale spread so that p99 is multiplied by the factor while the median stays (p95 then
     moves by factor^0.71). ``cost_factor`` multiplies every cost (the median and the mean).
-    ``error_rate`` and ``llm_calls_per_request`` (an agent looping into more calls, each at
-    the same price) replace the baseline's; deltas add to the quality mean and task completion.
+    ``error_rate``, ``llm_calls_per_request`` (an agent looping into more calls, each at
+    the same price) and ``approvals_per_request`` replace the baseline's; deltas add to the
+    quality mean and task completion.
     """
 
     error_rate: float | None = None
@@ -94,6 +99,7 @@ class Regression:
     quality_delta: float = 0.0
     completion_delta: float = 0.0
     llm_calls_per_request: int | None = None
+    approvals_per_request: float | None = None
 
     def apply(self, traffic: Traffic) -> Traffic:
         """The canary's traffic once the regression is active."""
@@ -114,6 +120,9 @@ class Regression:
             else self.llm_calls_per_request,
             quality_mean=traffic.quality_mean + self.quality_delta,
             task_completion=traffic.task_completion + self.completion_delta,
+            approvals_per_request=traffic.approvals_per_request
+            if self.approvals_per_request is None
+            else self.approvals_per_request,
         )
 
     @property
@@ -222,6 +231,12 @@ def _aa_scenarios(quick: bool) -> list[Scenario]:
         replace(side, name="aa-1h-rps10", rps=10.0),
         replace(side, name="aa-1h-rps1000", rps=1000.0),
         replace(
+            side,
+            name="aa-1h-approvals",
+            traffic=Traffic(approvals_per_request=0.05),
+            description="A/A, 0.05 approvals asked per request",
+        ),
+        replace(
             robust,
             name="aa-diurnal-drifted-split",
             diurnal_amplitude=0.5,
@@ -244,7 +259,15 @@ def _regression_scenarios(quick: bool) -> list[Scenario]:
         for name, regression, text in _regressions()
     ]
     err2 = grid[0]
+    asking = Traffic(approvals_per_request=0.05)
     grid += [
+        replace(
+            err2,
+            name=APPROVALS_SCENARIO,
+            traffic=asking,
+            regression=Regression(approvals_per_request=0.15),
+            description="approvals asked per request 0.05 -> 0.15",
+        ),
         replace(err2, name="err-1-2pct-share5", share=0.05),
         replace(err2, name="err-1-2pct-share50", share=0.50),
         replace(err2, name="err-1-2pct-rps10", rps=10.0),

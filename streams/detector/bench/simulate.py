@@ -78,6 +78,8 @@ class ArmSeries:
     latency_buckets: IntArray
     latency_sum_ms: FloatArray
     present: BoolArray
+    approvals_asked: IntArray | None = None
+    """None: no approvals in this scenario (nothing drawn)."""
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,9 @@ def simulate_arm(
         latency_sum_ms=buckets @ _MIDPOINTS,
         present=np.asarray(rng.random(n.shape[0]) >= missing_rate, dtype=np.bool_),
     )
+    asking = _pick(active, before.approvals_per_request, after.approvals_per_request)
+    if np.any(asking > 0):  # drawn only here, so that other scenarios keep their streams
+        arm = replace(arm, approvals_asked=rng.poisson(n * asking).astype(np.int64))
     if np.all(per_request == 1):  # a request's cost is its one call's
         return arm
     # Drawn last, and only here, so that one-call scenarios keep their random streams.
@@ -318,6 +323,7 @@ def window_stats(arm: ArmSeries, index: int, version: str) -> WindowStats | None
         quality_count=n,
         quality_sum=float(arm.quality_sum[index]),
         quality_sumsq=float(arm.quality_sumsq[index]),
+        approvals_asked=0 if arm.approvals_asked is None else int(arm.approvals_asked[index]),
         latency_sum_ms=float(arm.latency_sum_ms[index]),
         latency_buckets=arm.latency_buckets[index].tolist(),
     )

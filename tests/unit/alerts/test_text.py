@@ -62,6 +62,13 @@ def test_the_test_is_said_in_the_metric_s_units(
     assert evidence_words(alert).endswith(words)
 
 
+def test_approvals_asked_read_as_a_number_per_request_not_a_share() -> None:
+    alert = regression_alert().model_copy(
+        update={"metric": Metric.APPROVAL_RATE, "observed": 1.25, "baseline": 0.05}
+    )
+    assert evidence_words(alert).startswith("approvals asked per request 1.25 vs 0.05, e-value")
+
+
 def test_an_alert_with_no_figures_is_its_message() -> None:
     bare = Alert.model_validate(
         {**drift_alert().model_dump(), "metric": None, "observed": None, "baseline": None}

@@ -4,7 +4,8 @@ Each request draws its own outcome (numpy, vectorised per window), so the window
 aggregates of simulated requests: error ~ Bernoulli(p), task completed ~ Bernoulli(0.9),
 2 tool calls with 2 % errors, lognormal latency (median 1.5 s, log-sd 0.5), one llm call per
 request (``llm_calls_per_request``) each with a lognormal cost (median $0.01, log-sd 0.8), a
-request costing the sum of its calls, Beta(8, 2) quality.
+request costing the sum of its calls, Beta(8, 2) quality, and no approvals asked unless the
+arm asks (``approvals_per_request``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class Arm:
     cost_factor: float = 1.0
     quality_shift: float = 0.0
     llm_calls_per_request: int = 1
+    approvals_per_request: float = 0.0
+    """Tool calls held for a person's approval per request (Poisson, drawn only when > 0)."""
 
 
 def window_start(i: int) -> datetime:
@@ -56,6 +59,7 @@ def window(
     totals = call_costs.sum(axis=1)
     log_totals = _log_costs(totals)
     tool_calls = int(rng.poisson(2.0 * n))
+    asked = int(rng.poisson(arm.approvals_per_request * n)) if arm.approvals_per_request else 0
     return WindowStats(
         agent="agent",
         version=version,
@@ -81,6 +85,7 @@ def window(
         quality_count=n,
         quality_sum=float(quality.sum()),
         quality_sumsq=float(np.square(quality).sum()),
+        approvals_asked=asked,
         latency_sum_ms=float(latency.sum()),
         latency_buckets=latency_histogram(latency),
     )

@@ -62,7 +62,9 @@ def test_aa_false_rollbacks_stay_within_villes_bound() -> None:
         for i in range(windows):
             phase = math.sin(2 * math.pi * i / 120)
             share = 0.3 + 0.2 * phase
-            arm = Arm(error_rate=0.01 * (1 + 0.8 * phase))
+            arm = Arm(
+                error_rate=0.01 * (1 + 0.8 * phase), approvals_per_request=0.05 * (1 + 0.8 * phase)
+            )
             b = window(rng, i, "v1", PER_WINDOW * (1 - share), arm)
             c = window(rng, i, "v2", PER_WINDOW * share, arm)
             pooled += (c.errors, c.requests, b.errors, b.requests)
@@ -88,6 +90,27 @@ def test_clear_error_regression_is_rolled_back_quickly() -> None:
     assert errors.estimate_canary > errors.estimate_baseline
     assert "error_rate" in decision.explanation
     assert "error_rate" in errors.explanation
+
+
+def test_a_canary_asking_people_more_often_is_rolled_back_on_the_approval_rate() -> None:
+    # Stable's tool calls wait for a person 0.05 times per request, the canary's 0.15 times;
+    # everything else equal. A 10% canary at 100 rps: ~7 approvals asked per canary window.
+    judge = CanaryJudge()
+    rng = np.random.default_rng(5)
+    for i in range(120):
+        b = window(rng, i, "v1", PER_WINDOW * 0.9, Arm(approvals_per_request=0.05))
+        c = window(rng, i, "v2", PER_WINDOW * 0.1, Arm(approvals_per_request=0.15))
+        decision = judge.observe(b, c, window_start(i + 1))
+        if decision.verdict is Verdict.ROLLBACK:
+            break
+    else:
+        pytest.fail("no rollback in 10 minutes")
+    asked = next(e for e in decision.metrics if e.metric is Metric.APPROVAL_RATE)
+    assert asked.verdict is Verdict.ROLLBACK
+    assert asked.threshold == pytest.approx(1 / (0.01 * 0.05))
+    assert asked.estimate_canary == pytest.approx(0.15, rel=0.3)
+    assert asked.estimate_baseline == pytest.approx(0.05, rel=0.1)
+    assert asked.cs_lower is not None and asked.cs_lower > 1.0
 
 
 @pytest.mark.parametrize(
@@ -118,7 +141,8 @@ def test_rollback_is_latched() -> None:
 
 def test_equal_versions_pass_on_a_long_run() -> None:
     """1000 rps split 50/50 for up to 10 minutes: every confidence sequence narrows inside
-    its tolerance."""
+    its tolerance (the approval rate, with no approval asked in either arm, holds nothing
+    back)."""
     judge = CanaryJudge()
     rng = np.random.default_rng(5)
     verdict = Verdict.CONTINUE

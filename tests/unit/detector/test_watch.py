@@ -133,6 +133,16 @@ def test_a_worse_canary_is_rolled_back_once_with_its_evidence_in_words() -> None
     assert alert.message in rollback.reason
 
 
+def test_a_canary_asking_people_far_more_often_is_rolled_back_on_its_approval_rate() -> None:
+    watch = started()
+    out, _ = run(watch, np.random.default_rng(2), 60, Arm(approvals_per_request=0.5))
+    (rollback,) = out.rollbacks
+    alert = next(a for a in out.alerts if a.id == rollback.alert_ids[-1])
+    assert alert.metric is Metric.APPROVAL_RATE
+    assert alert.message.startswith("agent v2 vs v1: approvals asked per request 0.")
+    assert " vs 0, e-value " in alert.message  # stable asked none
+
+
 def test_auto_rollback_off_alerts_without_a_rollback_command() -> None:
     watch = started(state(auto_rollback=False))
     out, _ = run(watch, np.random.default_rng(1), 40, BAD)

@@ -51,6 +51,7 @@ def span(**values: Any) -> SpanRow:
         cost_source="price_table",
         task_completed=None,
         quality_score=None,
+        attributes={},
     )
     row.update(values)
     return SpanRow(**row)
@@ -73,11 +74,12 @@ def test_window_start_is_the_floor_of_the_end_time() -> None:
     assert window_start_of(EPOCH - timedelta(microseconds=1), 5) == T0 - 5
 
 
-def test_a_window_counts_requests_tools_llm_calls_tokens_cost_and_quality() -> None:
+def test_a_window_counts_requests_tools_llm_calls_tokens_cost_quality_and_approvals() -> None:
+    asked_twice = {"coalmine.approvals_asked": "2", "ticket": "7"}
     rows = [
-        span(duration_ms=120.0, task_completed=True, quality_score=0.5),
+        span(duration_ms=120.0, task_completed=True, quality_score=0.5, attributes=asked_twice),
         span(duration_ms=900.0, status="error", task_completed=False),
-        span(duration_ms=0.4),
+        span(duration_ms=0.4, attributes={"coalmine.approvals_asked": "1"}),
         span(kind="tool", status="error", duration_ms=5000.0),
         span(kind="tool"),
         span(kind="llm", input_tokens=1000, output_tokens=50, cost_usd=0.01),
@@ -116,6 +118,7 @@ def test_a_window_counts_requests_tools_llm_calls_tokens_cost_and_quality() -> N
         quality_count=2,
         quality_sum=1.25,
         quality_sumsq=0.25 + 0.5625,
+        approvals_asked=3,
         latency_sum_ms=1020.4,
         latency_buckets=latency_histogram([120.0, 900.0, 0.4]),
     )

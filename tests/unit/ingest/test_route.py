@@ -82,10 +82,17 @@ def reason_for(value: bytes) -> str:
     return str(caught.value)
 
 
+APPROVALS_RULE = (
+    "attribute coalmine.approvals_asked belongs on request spans, an integer in [0, 10000]"
+)
+
+
 def test_a_valid_event_decodes() -> None:
     decoded = decode(encoded())
     assert decoded.agent == "support-bot"
     assert decoded.duration_ms == pytest.approx(250.0)
+    request = decode(encoded(kind="request", attributes={"coalmine.approvals_asked": 10_000}))
+    assert request.attributes == {"coalmine.approvals_asked": 10_000}
 
 
 @pytest.mark.parametrize(
@@ -115,6 +122,17 @@ def test_a_valid_event_decodes() -> None:
         (encoded(quality_score=0.5), "belong on request or eval spans"),
         (encoded(kind="request", quality_score=1.5), "quality_score: Input should be less than"),
         (encoded(attributes={f"k{i}": i for i in range(40)}), "attributes: Dictionary should"),
+        *(
+            (encoded(kind=kind, attributes={"coalmine.approvals_asked": asked}), APPROVALS_RULE)
+            for kind, asked in [
+                ("llm", 1),  # a request's count, not a span's
+                ("request", -1),
+                ("request", 10_001),
+                ("request", "2"),
+                ("request", 2.0),
+                ("request", True),
+            ]
+        ),
         (encoded(cost_usd=float("nan")), "cost_usd: Input should be a finite number"),
         (encoded(cost_usd=float("inf")), "cost_usd: Input should be a finite number"),
         (encoded(cost_usd=1.0).replace(b"1.0", b"1e999"), "cost_usd: Input should be a finite"),

@@ -10,7 +10,7 @@ from uuid import uuid4
 import pytest
 
 from schemas.approval import ApprovalDecision, ApprovalRequest, Decision, Outcome
-from schemas.trace import SpanKind, SpanStatus
+from schemas.trace import APPROVALS_ASKED_ATTRIBUTE, SpanKind, SpanStatus
 from schemas.version import AgentBundle, ApprovalPolicy, ModelSpec, OnTimeout, ToolSpec
 from streams.sdk import ApprovalDeniedError, ApprovalTimeoutError, ApprovalUnavailableError, Tracer
 from streams.sdk.approvals import ApprovalBook, ApprovalResult
@@ -139,6 +139,7 @@ def test_tools_the_policy_does_not_hold_run_at_once_in_a_tool_span() -> None:
         )
         assert req.call_tool("undeclared", {}, lambda: 7) == 7
     assert [e.kind for e in publisher.events] == [SpanKind.TOOL, SpanKind.TOOL, SpanKind.REQUEST]
+    assert publisher.events[-1].attributes == {}  # no approval asked: no count on the request
 
 
 def test_a_call_that_must_ask_but_cannot_never_runs() -> None:
@@ -161,3 +162,7 @@ def test_a_call_that_must_ask_but_cannot_never_runs() -> None:
             req.call_tool("refund", {"amount": 1}, refund)
     assert ran == []
     assert all(e.status is SpanStatus.ERROR for e in publisher.events)
+    # The policy held the call without a way to ask: that counts as asked, for the judge;
+    # without the bundle nobody can tell whether it would have.
+    requests = [e for e in publisher.events if e.kind is SpanKind.REQUEST]
+    assert [r.attributes.get(APPROVALS_ASKED_ATTRIBUTE) for r in requests] == [1, None]
