@@ -22,7 +22,7 @@ import pytest
 
 from schemas.approval import ApprovalDecision, ApprovalRequest, Decision
 from schemas.topics import APPROVAL_DECISIONS, APPROVAL_REQUESTS
-from schemas.trace import SpanKind, SpanStatus
+from schemas.trace import APPROVALS_ASKED_ATTRIBUTE, SpanKind, SpanStatus
 from schemas.version import (
     AgentBundle,
     ApprovalPolicy,
@@ -170,6 +170,8 @@ def test_a_call_held_until_approved_from_another_process_runs_once(
     assert wait.attributes["approval.outcome"] == "granted"
     assert request.span_id == wait.span_id and request.trace_id == wait.trace_id
     assert [e.name for e in publisher.events].count("refund") == 2  # two tool spans
+    # One of the request's two calls was held: the count the judge's approval rate reads.
+    assert publisher.by_name("refund-order").attributes == {APPROVALS_ASKED_ATTRIBUTE: 1}
 
 
 def test_one_decision_record_delivered_twice_applies_once(
