@@ -266,6 +266,7 @@ class Approvals(ClosedOnExit):
             {**client_config(settings), "acks": "all", "enable.idempotence": True, "linger.ms": 0}
         )
         self._warn = RateLimitedLog(logger, logging.ERROR)
+        self._closed = False
         self._follower = TopicFollower(
             settings,
             [self._decisions_topic],
@@ -282,7 +283,11 @@ class Approvals(ClosedOnExit):
 
     def ask(self, request: ApprovalRequest) -> Pending:
         """Publish ``request`` and register it; raises :class:`ApprovalUnavailableError` when the
-        decision log is not being read yet (its decisions could slip past)."""
+        decision log is not being read yet (its decisions could slip past), or any more."""
+        if self._closed:
+            raise ApprovalUnavailableError(
+                f"{request.tool} needs approval, but its Approvals is closed", request
+            )
         if not self._follower.caught_up.wait(READY_WAIT_S):
             raise ApprovalUnavailableError(
                 f"{request.tool} needs approval, but {self._decisions_topic} cannot be read",
@@ -341,6 +346,11 @@ class Approvals(ClosedOnExit):
             self._warn("%s not delivered: %s", message.topic(), error.str())
 
     def close(self) -> None:
-        """Stop following decisions; calls still waiting time out after their grace."""
+        """Stop following decisions; calls still waiting time out after their grace, and
+        calls asking from now on raise :class:`ApprovalUnavailableError`. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
         self._follower.close()
         self._producer.flush(5.0)
+        self._producer.close()  # not left to the collector, which may run after the broker is gone

@@ -38,6 +38,7 @@ from streams.sdk import (
     ApprovalDeniedError,
     Approvals,
     ApprovalTimeoutError,
+    ApprovalUnavailableError,
     KafkaPublisher,
     Tracer,
 )
@@ -298,6 +299,21 @@ def test_many_pending_calls_hold_no_thread_each(settings: Settings, approvals: A
     assert results.count("denied") == calls // 2
     assert sorted(amount for _, amount in tools.runs) == [101 + i for i in range(0, calls, 2)]
     assert approvals.book.waiting == 0
+
+
+def test_a_closed_approvals_asks_nobody_and_closes_once(settings: Settings) -> None:
+    approvals = Approvals(settings)
+    tracer = Tracer(AGENT, "v1", ListPublisher(), bundle=BUNDLE, approvals=approvals)
+    tools = Tools()
+    approvals.close()
+    approvals.close()  # a second close changes nothing
+    with (
+        pytest.raises(ApprovalUnavailableError, match="its Approvals is closed"),
+        tracer.request("refund-order") as req,
+    ):
+        req.call_tool("refund", {"amount": 500, "card": "x"}, tools.refund)
+    assert tools.runs == []
+    assert requests_on_topic(settings, 0) == []
 
 
 def decide(settings: Settings, request: ApprovalRequest, decision: Decision) -> None:

@@ -82,6 +82,7 @@ class Person:
     def close(self) -> None:
         self._requests.close()
         self._producer.flush(TIMEOUT_S)
+        self._producer.close()
 
 
 def resumed_blocking(approvals: Approvals, pending: Pending) -> Callable[[], float]:
