@@ -28,6 +28,17 @@ from tests.integration.loop_harness import AGENT, CANARY, HELD, STABLE, Loop, pl
 
 pytestmark = pytest.mark.integration
 
+FAUST_BUILTIN_PAGES = (
+    "/router/",
+    "/router/topics",
+    "/router/traces/key/",
+    "/table/",
+    "/table/traces/",
+    "/graph/",
+    "/assignment/",
+    "/performance/",
+)
+
 
 @dataclass
 class Answer:
@@ -242,6 +253,10 @@ def test_the_page_refuses_what_it_must_and_answers_bad_parameters_in_one_line(
     assert page.get(f"/api/alerts?agent={'x' * MAX_QUERY_STRING_CHARS}").status == 414
     for path in ("/static/../../../etc/passwd", "/static/%2e%2e/%2e%2e/etc/passwd", "/static/"):
         assert page.get(path).status == 404, path
+    # Faust's own pages (tables, cluster routing, sensors, partition assignment) are not served.
+    for path in FAUST_BUILTIN_PAGES:
+        assert page.get(path).status == 404, path
+        assert page.get(path, no_token).status == 404, path
 
     bad = {
         "/api/series": "the agent parameter is required",
