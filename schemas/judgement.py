@@ -88,6 +88,18 @@ COUNT_PER_TRIAL_METRICS = frozenset({Metric.APPROVAL_RATE})
 approvals): their estimates read as a number per trial, not a percentage."""
 MEAN_METRICS = frozenset({Metric.LATENCY_LOG_MEAN, Metric.LOG_COST_MEAN, Metric.QUALITY_MEAN})
 """Metrics averaging a value: effects are differences of means."""
+METRIC_WORDS = {
+    Metric.ERROR_RATE: "error rate",
+    Metric.TASK_FAILURE_RATE: "task failure rate",
+    Metric.TOOL_ERROR_RATE: "tool error rate",
+    Metric.APPROVAL_RATE: "approvals asked per request",
+    Metric.LATENCY_P95_EXCEEDANCE: "share slower than the baseline's p95",
+    Metric.LATENCY_P99_EXCEEDANCE: "share slower than the baseline's p99",
+    Metric.LATENCY_LOG_MEAN: "mean log latency",
+    Metric.LOG_COST_MEAN: "mean log cost per request",
+    Metric.QUALITY_MEAN: "mean quality",
+}
+"""A metric in words, as alerts and the status page name it."""
 
 
 class _Strict(BaseModel):

@@ -21,6 +21,8 @@ from typing import Any
 from schemas.alert import Alert, AlertEvidence, AlertKind, Severity
 from schemas.judgement import (
     COUNT_PER_TRIAL_METRICS,
+    METRIC_WORDS,
+    RATE_METRICS,
     Judgement,
     Metric,
     MetricEvidenceRecord,
@@ -34,14 +36,8 @@ from streams.detector.types import Decision, MetricEvidence
 DETECTOR = "canary_judge"
 ISSUED_BY = "detector"
 
-_RATE_WORDS: dict[Metric, tuple[str, str]] = {
-    Metric.ERROR_RATE: ("error rate", "requests"),
-    Metric.TASK_FAILURE_RATE: ("task failure rate", "tasks"),
-    Metric.TOOL_ERROR_RATE: ("tool error rate", "tool calls"),
-    Metric.APPROVAL_RATE: ("approvals asked per request", "requests"),
-    Metric.LATENCY_P95_EXCEEDANCE: ("requests slower than stable's p95", "requests"),
-    Metric.LATENCY_P99_EXCEEDANCE: ("requests slower than stable's p99", "requests"),
-}
+_OBSERVATIONS = {Metric.TASK_FAILURE_RATE: "tasks", Metric.TOOL_ERROR_RATE: "tool calls"}
+"""What a metric's sample sizes count, when not requests."""
 
 
 def event_id(kind: str, *parts: str | int) -> str:
@@ -184,9 +180,9 @@ def metric_words(evidence: MetricEvidence, reference: str = "stable's") -> str:
     the observed value against the ``reference`` one."""
     metric, canary, baseline = evidence.metric, evidence.estimate_canary, evidence.estimate_baseline
     if metric in COUNT_PER_TRIAL_METRICS:
-        return f"{_RATE_WORDS[metric][0]} {canary:.3g} vs {baseline:.3g}"
-    if metric in _RATE_WORDS:
-        return f"{_RATE_WORDS[metric][0]} {canary:.1%} vs {baseline:.1%}"
+        return f"{METRIC_WORDS[metric]} {canary:.3g} vs {baseline:.3g}"
+    if metric in RATE_METRICS:
+        return f"{METRIC_WORDS[metric]} {canary:.1%} vs {baseline:.1%}"
     if metric is Metric.QUALITY_MEAN:
         return f"quality {canary:.3f} vs {baseline:.3f}"
     what = "latency" if metric is Metric.LATENCY_LOG_MEAN else "cost per request"
@@ -196,7 +192,8 @@ def metric_words(evidence: MetricEvidence, reference: str = "stable's") -> str:
 
 def evidence_words(evidence: MetricEvidence, threshold: float) -> str:
     """``error rate 6.1% vs 1.0%, e-value 243 > threshold 200 after 1,204 canary requests``."""
-    unit = _RATE_WORDS.get(evidence.metric, ("", "observations"))[1]
+    default = "requests" if evidence.metric in RATE_METRICS else "observations"
+    unit = _OBSERVATIONS.get(evidence.metric, default)
     return (
         f"{metric_words(evidence)}, e-value {number(evidence.e_value)} > threshold "
         f"{number(threshold)} after {evidence.n_canary:,} canary {unit}"

@@ -12,8 +12,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from schemas.judgement import RATE_METRICS, Metric
-from streams.alerts.text import METRIC_WORDS
+from schemas.judgement import METRIC_WORDS, RATE_METRICS, Metric
 from streams.statuspage.requests import AgentQuery
 
 Row = dict[str, Any]

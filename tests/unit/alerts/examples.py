@@ -78,7 +78,10 @@ def regression_alert(
         ),
         detector="canary_judge",
         parameters={"alpha_rollback": 0.01},
-        message="canary v2 is worse than v1 on error rate: rolling back",
+        message=(
+            f"{agent} v2 vs v1: error rate 2.1% vs 1.0%, e-value 143 > threshold 100 after "
+            "11,204 canary requests; rolling back"
+        ),
     )
 
 
@@ -94,7 +97,10 @@ def drift_alert(seconds: float = 30, *, agent: str = "support-bot") -> Alert:
         observed=-4.1,
         baseline=-4.6,
         detector="drift",
-        message="v1 costs 65% more per request than in the last hour",
+        message=(
+            f"{agent} v1 drifted from its own trailing history: cost per request x1.65 of "
+            "its history (geometric mean), e-detector 1,204 > threshold 1,000 after 720 windows"
+        ),
     )
 
 

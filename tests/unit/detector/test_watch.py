@@ -13,6 +13,7 @@ from schemas.deployment import DeploymentState, Phase
 from schemas.judgement import Metric, Verdict
 from schemas.plan import JudgeOverrides, RolloutPlan, RolloutStep
 from schemas.window_stats import WindowStats
+from streams.alerts.text import alert_line, chat_text
 from streams.detector.events import event_id, judge_config, judged_generations
 from streams.detector.watch import CanaryWatch, Generation, Outputs, Partial, WatchSettings
 from tests.unit.detector.sim import EPOCH, WINDOW_S, Arm, window, window_start
@@ -131,6 +132,10 @@ def test_a_worse_canary_is_rolled_back_once_with_its_evidence_in_words() -> None
     assert alert.message.startswith("agent v2 vs v1: error rate ")
     assert " e-value " in alert.message and "canary requests; rolling back" in alert.message
     assert alert.message in rollback.reason
+    # What people read says the evidence once (it once printed it from the fields and again
+    # in the message, rounded differently).
+    for text in (alert_line(alert), chat_text(alert)):
+        assert text.count(" e-value ") == 1 and text.count("error rate ") == 1, text
 
 
 def test_a_canary_asking_people_far_more_often_is_rolled_back_on_its_approval_rate() -> None:
