@@ -113,3 +113,14 @@ class RateLimitedLog:
         if suppressed:
             message += f" ({suppressed} similar message(s) suppressed)"
         self._logger.log(level, message, *args)
+
+
+SDK_LIBRDKAFKA_LOG = "coalmine.sdk.librdkafka"
+"""Where an agent process's Kafka clients (publisher, router, approvals) log."""
+
+
+def librdkafka_log(name: str) -> RateLimitedLog:
+    """A confluent-kafka client's ``logger``: librdkafka writes to stderr by default, a line
+    per reconnect attempt while a broker is down; this sends them through logging ``name``,
+    rate-limited."""
+    return RateLimitedLog(logging.getLogger(name), logging.WARNING)

@@ -23,7 +23,7 @@ from schemas.topics import ALERTS
 from streams.alerts.records import parse_event_record
 from streams.alerts.text import alert_line
 from streams.errors import CoalmineError
-from streams.logs import RateLimitedLog
+from streams.logs import RateLimitedLog, librdkafka_log
 from streams.sdk.compacted import PartitionReader, retrying
 from streams.sdk.kafka_security import client_config
 from streams.versions.catalog import InvalidRecordError
@@ -70,7 +70,7 @@ def run(
     config = {
         **client_config(settings),
         # librdkafka's own lines (a broker down: one per reconnect) at most once per 10 s.
-        "logger": RateLimitedLog(logging.getLogger("coalmine.librdkafka"), logging.WARNING),
+        "logger": librdkafka_log("coalmine.librdkafka"),
     }
     reader = PartitionReader(config, name="coalmine-alerts", on_error=on_error)
     try:

@@ -22,6 +22,7 @@ from schemas.approval import ApprovalDecision, Decision
 from schemas.topics import APPROVAL_DECISIONS, APPROVAL_REQUESTS
 from streams.approvals.board import Board, Entry, request_line, verdict_line
 from streams.errors import CoalmineError
+from streams.logs import librdkafka_log
 from streams.sdk.approval_rules import Verdict
 from streams.sdk.compacted import CompactedReader
 from streams.sdk.kafka_security import client_config
@@ -159,7 +160,14 @@ def _produce(settings: Settings, decision: ApprovalDecision) -> None:
         if error is not None:
             failures.append(error.str())
 
-    producer = Producer({**client_config(settings), "acks": "all", "enable.idempotence": True})
+    producer = Producer(
+        {
+            **client_config(settings),
+            "acks": "all",
+            "enable.idempotence": True,
+            "logger": librdkafka_log("coalmine.librdkafka"),
+        }
+    )
     producer.produce(
         settings.topic(APPROVAL_DECISIONS),
         key=decision.request_id.encode(),

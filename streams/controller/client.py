@@ -24,6 +24,7 @@ from schemas.plan import RolloutPlan
 from schemas.topics import COMMAND_OUTCOMES, COMMANDS, DEPLOYMENTS
 from streams.controller.records import load_states
 from streams.errors import CoalmineError
+from streams.logs import librdkafka_log
 from streams.sdk.compacted import latest, read_to_end
 from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
@@ -101,7 +102,14 @@ def send(settings: Settings, command: Command, timeout_s: float) -> CommandOutco
 
 
 def _produce(settings: Settings, command: Command) -> None:
-    producer = Producer({**client_config(settings), "acks": "all", "enable.idempotence": True})
+    producer = Producer(
+        {
+            **client_config(settings),
+            "acks": "all",
+            "enable.idempotence": True,
+            "logger": librdkafka_log("coalmine.librdkafka"),
+        }
+    )
     producer.produce(
         settings.topic(COMMANDS), key=command.agent.encode(), value=command.model_dump_json()
     )

@@ -10,7 +10,6 @@ stand in for its output where a test wants to set a state directly.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -22,7 +21,7 @@ from schemas.deployment import DeploymentChange, DeploymentState, Phase
 from schemas.topics import DEPLOYMENTS, VERSIONS, Topic
 from schemas.version import AgentBundle, AgentVersion, ModelSpec, OnTimeout, bundle_digest
 from streams.errors import CoalmineError
-from streams.logs import RateLimitedLog
+from streams.logs import librdkafka_log
 from streams.sdk.closing import ClosedOnExit
 from streams.sdk.kafka_security import client_config
 from streams.sdk.settings import SdkSettings
@@ -126,7 +125,7 @@ class ControlWriter(ClosedOnExit):
                 "enable.idempotence": True,  # records of one key keep their order on retries
                 # A benchmark stops its broker while this producer still exists: its farewell
                 # lines go through logging, not straight to stderr.
-                "logger": RateLimitedLog(logging.getLogger("coalmine.devtools"), logging.WARNING),
+                "logger": librdkafka_log("coalmine.devtools"),
             }
         )
         self._failures: list[str] = []

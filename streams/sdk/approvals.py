@@ -45,7 +45,7 @@ from schemas.approval import (
 )
 from schemas.topics import APPROVAL_DECISIONS, APPROVAL_REQUESTS
 from schemas.version import OnTimeout
-from streams.logs import RateLimitedLog
+from streams.logs import SDK_LIBRDKAFKA_LOG, RateLimitedLog, librdkafka_log
 from streams.sdk.approval_rules import DecisionLog
 from streams.sdk.closing import ClosedOnExit
 from streams.sdk.compacted import Record
@@ -263,7 +263,13 @@ class Approvals(ClosedOnExit):
         self._decisions_topic = settings.topic(APPROVAL_DECISIONS)
         self.book = ApprovalBook(clock)
         self._producer = Producer(
-            {**client_config(settings), "acks": "all", "enable.idempotence": True, "linger.ms": 0}
+            {
+                **client_config(settings),
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 0,
+                "logger": librdkafka_log(SDK_LIBRDKAFKA_LOG),
+            }
         )
         self._warn = RateLimitedLog(logger, logging.ERROR)
         self._closed = False

@@ -21,7 +21,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from streams.logs import RateLimitedLog
+from streams.logs import SDK_LIBRDKAFKA_LOG, RateLimitedLog, librdkafka_log
 from streams.sdk.compacted import PartitionReader, Record
 from streams.sdk.kafka_security import client_config
 from streams.sdk.settings import SdkSettings
@@ -78,7 +78,7 @@ class TopicFollower:
         self._config: dict[str, Any] = {
             **client_config(settings),
             "client.id": name,
-            "logger": RateLimitedLog(logging.getLogger("coalmine.sdk.librdkafka"), logging.WARNING),
+            "logger": librdkafka_log(SDK_LIBRDKAFKA_LOG),
             **(extra_config or {}),
         }
         self.caught_up = threading.Event()

@@ -23,7 +23,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from schemas.framing import join_spans
 from schemas.topics import TRACES
 from schemas.trace import MAX_EVENT_BYTES, SCHEMA_VERSION, TraceEvent
-from streams.logs import RateLimitedLog
+from streams.logs import SDK_LIBRDKAFKA_LOG, RateLimitedLog, librdkafka_log
 from streams.sdk.batching import Batch, BatchLimits, Span, SpanBatcher
 from streams.sdk.closing import ClosedOnExit
 from streams.sdk.kafka_security import security_config
@@ -125,9 +125,7 @@ class KafkaPublisher(ClosedOnExit):
             "queue.buffering.max.messages": max_queue_messages,
             "queue.buffering.max.kbytes": max_queue_kbytes,
             "error_cb": self._on_client_error,
-            # librdkafka logs to stderr by default, a line per reconnect attempt while the
-            # broker is down; route them through logging, rate-limited.
-            "logger": RateLimitedLog(logging.getLogger("coalmine.sdk.librdkafka"), logging.WARNING),
+            "logger": librdkafka_log(SDK_LIBRDKAFKA_LOG),
         }
         config.update(extra_config or {})
         self._producer = Producer(config)

@@ -33,6 +33,7 @@ from schemas.version import (
     ToolSpec,
 )
 from streams.devtools.control_records import ControlWriter, approval_decision, approval_request
+from streams.devtools.localkafka import free_loopback_port
 from streams.devtools.worker_process import WorkerProcess
 from streams.sdk import (
     ApprovalDeniedError,
@@ -314,6 +315,27 @@ def test_a_closed_approvals_asks_nobody_and_closes_once(settings: Settings) -> N
         req.call_tool("refund", {"amount": 500, "card": "x"}, tools.refund)
     assert tools.runs == []
     assert requests_on_topic(settings, 0) == []
+
+
+AGENT_WITHOUT_BROKER = """
+import sys, time
+from streams.sdk import Approvals, SdkSettings
+with Approvals(SdkSettings(kafka_bootstrap=sys.argv[1])):
+    time.sleep(3)
+"""
+
+
+def test_an_agent_whose_broker_is_down_logs_a_line_not_librdkafka_s_flood() -> None:
+    """librdkafka writes a line to stderr per reconnect attempt (every 0.5 s here) unless the
+    client is given a logger; the agent's logging gets them, rate-limited."""
+    nobody = f"127.0.0.1:{free_loopback_port()}"
+    run = subprocess.run(
+        [sys.executable, "-c", AGENT_WITHOUT_BROKER, nobody],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    raw = [line for line in run.stderr.splitlines() if line.startswith("%")]
+    assert raw == [] and len(run.stderr.splitlines()) <= 4, run.stderr
 
 
 def decide(settings: Settings, request: ApprovalRequest, decision: Decision) -> None:
