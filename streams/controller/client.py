@@ -64,10 +64,9 @@ def load_plan(path: Path) -> RolloutPlan:
 
 def send(settings: Settings, command: Command, timeout_s: float) -> CommandOutcome | None:
     """Produce ``command`` and wait up to ``timeout_s`` for its outcome (None: no answer)."""
-    connect = client_config(settings)
     outcomes = Consumer(
         {
-            **connect,
+            **_connect(settings),
             "group.id": f"coalmine-cli-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -101,15 +100,12 @@ def send(settings: Settings, command: Command, timeout_s: float) -> CommandOutco
         outcomes.close()
 
 
+def _connect(settings: Settings) -> dict[str, Any]:
+    return {**client_config(settings), "logger": librdkafka_log("coalmine.librdkafka")}
+
+
 def _produce(settings: Settings, command: Command) -> None:
-    producer = Producer(
-        {
-            **client_config(settings),
-            "acks": "all",
-            "enable.idempotence": True,
-            "logger": librdkafka_log("coalmine.librdkafka"),
-        }
-    )
+    producer = Producer({**_connect(settings), "acks": "all", "enable.idempotence": True})
     producer.produce(
         settings.topic(COMMANDS), key=command.agent.encode(), value=command.model_dump_json()
     )

@@ -65,6 +65,7 @@ from streams.controller.inputs import (
 from streams.controller.machine import MAX_STEPS_PER_TICK, apply
 from streams.controller.records import load_states
 from streams.errors import CoalmineError
+from streams.logs import librdkafka_log
 from streams.sdk.compacted import CompactedReader, latest, read_to_end, retrying
 from streams.sdk.kafka_security import client_config
 from streams.settings import Settings
@@ -128,7 +129,7 @@ class Controller:
         self._next_gate_read = 0.0
         self._uncommitted: dict[str, TopicPartition] = {}
         self._next_commit = 0.0
-        self._connect = client_config(settings)
+        self._connect = {**client_config(settings), "logger": librdkafka_log(__name__)}
         self._versions_reader: CompactedReader | None = None
         self._catalog = VersionCatalog()
         """Versions as every reader sees them: a label's first record."""
