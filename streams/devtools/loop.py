@@ -271,11 +271,34 @@ class WindowLag:
     def during(self, spans: list[tuple[float, float]]) -> list[float]:
         """The lags of windows that ended within one of ``spans`` (wall-clock start, end):
         the last window before traffic stops waits for the idle flush, not for lateness."""
+        return [lag for _, lag in self._during(spans).values()]
+
+    def slowest(self, spans: list[tuple[float, float]], count: int) -> list[SlowWindow]:
+        """The ``count`` windows of :meth:`during` that reached the topic last after their end."""
+        found = sorted(self._during(spans).items(), key=lambda item: -item[1][1])[:count]
         return [
-            lag
-            for end, lag in self.first.values()
-            if any(start <= end <= stop for start, stop in spans)
+            SlowWindow(agent, version, start.isoformat(), round(lag, 3))
+            for (agent, version, start), (_, lag) in found
         ]
+
+    def _during(
+        self, spans: list[tuple[float, float]]
+    ) -> dict[tuple[str, str, datetime], tuple[float, float]]:
+        return {
+            key: (end, lag)
+            for key, (end, lag) in self.first.items()
+            if any(start <= end <= stop for start, stop in spans)
+        }
+
+
+@dataclass(frozen=True)
+class SlowWindow:
+    """A window that reached ``coalmine.version-stats`` late: whose, and how late."""
+
+    agent: str
+    version: str
+    window_start: str
+    lag_s: float
 
 
 # --------------------------------------------------------------------------- reading

@@ -56,6 +56,7 @@ from streams.devtools.generate import run as generate
 from streams.devtools.loop import (
     LoopFollower,
     Rollout,
+    SlowWindow,
     command,
     deploy,
     register,
@@ -70,6 +71,8 @@ SWITCH_TIMEOUT_S = 15.0
 PROGRESS_EVERY_S = 15.0
 CATCH_UP_TIMEOUT_S = 60.0
 DAY_S = 86_400.0
+SLOWEST_WINDOWS = 5
+"""Windows named in the JSON among those that reached the topic last."""
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ def run(settings: Settings, options: Options, json_path: Path | None) -> int:
         for scenario, count in work:
             results.append((scenario, bench.scenario(scenario, count)))
         lags = bench.follower.lag.during(bench.traffic_spans)
+        slowest = bench.follower.lag.slowest(bench.traffic_spans, SLOWEST_WINDOWS)
         achieved = bench.achieved_rates
     say(f"\npure judge on the same scenarios ({options.judge_replications} simulated runs)...")
     table = [
@@ -139,7 +143,7 @@ def run(settings: Settings, options: Options, json_path: Path | None) -> int:
         for scenario, found in results
     ]
     report = Report(
-        options, table, results, lags, achieved,
+        options, table, results, lags, slowest, achieved,
         budget_s(settings.window_seconds, settings.allowed_lateness_s),
     )  # fmt: skip
     report.print()
@@ -306,6 +310,7 @@ class Report:
     results: list[tuple[Scenario, list[Incident]]]
     lags: list[float]
     """Seconds after its end each window reached ``coalmine.version-stats``."""
+    slowest: list[SlowWindow]
     achieved: list[float]
     """Requests/s the traffic reached, per round."""
     budget: float
@@ -345,11 +350,13 @@ class Report:
                     f"{f.rollback_p50_s - f.judge_p50_s:+.1f} s (medians of {f.incidents} and "
                     f"{f.judge_runs} runs: the judge's own spread dominates at this size)"
                 )
-        if lags:
+        if lags and self.slowest:
+            last = self.slowest[0]
             say(
                 f"Whether the pipeline kept up: windows reached coalmine.version-stats p50 "
                 f"{statistics.median(lags):.1f} s, max {max(lags):.1f} s after their end "
-                f"({len(lags)} windows); traffic sent at {min(achieved):.0f}-"
+                f"({last.agent} {last.version}, the window from {last.window_start}; "
+                f"{len(lags)} windows); traffic sent at {min(achieved):.0f}-"
                 f"{max(achieved):.0f} req/s ({self.options.rate:g} per agent asked)."
             )
 
@@ -380,6 +387,7 @@ class Report:
                 "p50": statistics.median(self.lags) if self.lags else None,
                 "max": max(self.lags, default=None),
                 "windows": len(self.lags),
+                "slowest": [asdict(window) for window in self.slowest],
             },
             "achieved_rates": self.achieved,
         }

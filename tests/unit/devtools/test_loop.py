@@ -10,7 +10,7 @@ from schemas.deployment import DeploymentState, Phase
 from schemas.judgement import Judgement, Verdict
 from schemas.rollback import RollbackCommand
 from schemas.window_stats import WindowStats
-from streams.devtools.loop import RolloutWatch, WindowLag
+from streams.devtools.loop import RolloutWatch, SlowWindow, WindowLag
 
 T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
@@ -163,3 +163,6 @@ def test_a_window_lag_is_its_first_partial_after_its_end() -> None:
     assert sorted(lag.lags_s) == [2.5, 3.0]
     lag.add(window("v12", 60), end + 60 + 62.0)  # after the traffic stopped: the idle flush
     assert sorted(lag.during([(end - 10, end + 30)])) == [2.5, 3.0]
+    assert lag.slowest([(end - 10, end + 30)], 1) == [
+        SlowWindow("support-bot", "v13", T0.isoformat(), 3.0)
+    ]
