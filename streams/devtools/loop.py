@@ -271,21 +271,20 @@ class WindowLag:
     def during(self, spans: list[tuple[float, float]]) -> list[float]:
         """The lags of windows that ended within one of ``spans`` (wall-clock start, end):
         the last window before traffic stops waits for the idle flush, not for lateness."""
-        return [lag for _, lag in self._during(spans).values()]
+        return list(self._during(spans).values())
 
     def slowest(self, spans: list[tuple[float, float]], count: int) -> list[SlowWindow]:
         """The ``count`` windows of :meth:`during` that reached the topic last after their end."""
-        found = sorted(self._during(spans).items(), key=lambda item: -item[1][1])[:count]
+        found = sorted(self._during(spans).items(), key=lambda item: -item[1])[:count]
         return [
             SlowWindow(agent, version, start.isoformat(), round(lag, 3))
-            for (agent, version, start), (_, lag) in found
+            for (agent, version, start), lag in found
         ]
 
-    def _during(
-        self, spans: list[tuple[float, float]]
-    ) -> dict[tuple[str, str, datetime], tuple[float, float]]:
+    def _during(self, spans: list[tuple[float, float]]) -> dict[tuple[str, str, datetime], float]:
+        """Per window that ended within one of ``spans``: its lag."""
         return {
-            key: (end, lag)
+            key: lag
             for key, (end, lag) in self.first.items()
             if any(start <= end <= stop for start, stop in spans)
         }
